@@ -1,0 +1,22 @@
+// Plain file-descriptor helpers shared by the rest of src/sys and by leak checks.
+import { readdirSync } from "node:fs";
+import { lib } from "./lib.ts";
+import { check } from "./errors.ts";
+
+export function closeFd(fd: number): void {
+  if (fd >= 0) lib.nh_close(fd);
+}
+
+export const SHUT_RD = 0;
+export const SHUT_WR = 1;
+export const SHUT_RDWR = 2;
+
+export function shutdownFd(fd: number, how: number): void {
+  check(lib.nh_shutdown(fd, how), "shutdown");
+}
+
+/** Number of open fds of this process (the leak check used by tests and metrics). */
+export function openFdCount(): number {
+  // readdir itself holds one fd open while listing; subtract it.
+  return readdirSync("/proc/self/fd").length - 1;
+}
