@@ -27,11 +27,11 @@ class FdPoller {
 
   constructor() {
     this.#wakeFd = check(lib.nh_eventfd(), "eventfd");
-    // The worker is an extra entrypoint of the compiled binary (scripts/build lists it).
-    this.#worker = new Worker(new URL("./poller-worker.ts", import.meta.url).href);
+    this.#worker = new Worker(workerUrl());
     this.#worker.onmessage = (ev: MessageEvent<PollEvent[] | { stopped: true }>) => {
       if (Array.isArray(ev.data)) for (const [slot, gen, revents] of ev.data) this.#fire(slot, gen, revents);
     };
+    this.#worker.onerror = (ev) => console.error(`nshub: fd poller thread failed: ${ev.message}`);
     this.#worker.postMessage({ sab: this.#shared.buffer, wakeFd: this.#wakeFd });
     this.#worker.unref();
   }
@@ -100,6 +100,16 @@ class FdPoller {
     Atomics.store(this.#shared, HIGH_WATER, this.#highWater);
     return slot;
   }
+}
+
+/**
+ * Where the poller worker's code is. In the compiled binary it is an extra entrypoint
+ * (scripts/build lists it) stored under src/'s layout in Bun's embedded filesystem, while this
+ * module is bundled into the main entry at the root; under `bun run` it sits next to us.
+ */
+function workerUrl(): string {
+  if (import.meta.url.startsWith("file:///$bunfs/")) return "/$bunfs/root/sys/poller-worker.js";
+  return new URL("./poller-worker.ts", import.meta.url).href;
 }
 
 let poller: FdPoller | undefined;

@@ -1,0 +1,91 @@
+// nshub: one binary, many subcommands. This file only dispatches; each subcommand lives in
+// its own module and is loaded on demand so `nshub cni` starts fast.
+import { basename } from "node:path";
+import pkg from "../package.json" with { type: "json" };
+
+type Run = (args: string[]) => Promise<number>;
+interface Command {
+  summary: string;
+  load?: () => Promise<{ main: Run }>;
+}
+
+const commands: Record<string, Command> = {
+  agent: { summary: "node agent: enrollment, in-pod rules, pod cache, ZDS server" },
+  proxy: { summary: "node proxy: per-pod listeners inside each pod's netns, relay, admin" },
+  cni: { summary: "chained CNI plugin (also runs when invoked as nshub-cni)" },
+  install: { summary: "put nshub-cni into the CNI bin dir and chain it into the node's conflist" },
+  uninstall: { summary: "undo install: restore the conflist, remove nshub-cni" },
+  enroll: { summary: "enroll a running pod: nshub enroll <namespace>/<pod>" },
+  unenroll: { summary: "unenroll a running pod: nshub unenroll <namespace>/<pod>" },
+  status: { summary: "show both daemons, readiness and pod counts" },
+  pods: { summary: "list pods the proxy serves" },
+  connections: { summary: "list live connections (--watch to follow)" },
+  "logs-level": { summary: "read or set the proxy's log level" },
+  demo: { summary: "a virtual node in network namespaces with live captured traffic" },
+  check: { summary: "verify this process can do what nshub needs (setns, SO_MARK, fd passing)", load: () => import("./cli/check.ts") },
+};
+
+export function usage(): string {
+  const width = Math.max(...Object.keys(commands).map((c) => c.length));
+  const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
+  return [
+    `nshub ${pkg.version} — sidecarless in-pod traffic capture (Istio ambient compatible)`,
+    "",
+    "usage: nshub <command> [options]",
+    "",
+    "commands:",
+    ...lines,
+    "",
+    "  nshub --help | -h     this text;  nshub <command> --help  a command's options",
+    "  nshub --version | -v  print the version",
+  ].join("\n");
+}
+
+export async function dispatch(argv: string[], invokedAs: string): Promise<number> {
+  // The container runtime runs plugins by file name: a copy named nshub-cni is the CNI plugin.
+  if (invokedAs === "nshub-cni") return run("cni", argv);
+  const [name, ...rest] = argv;
+  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
+    console.log(usage());
+    return name === undefined ? 2 : 0;
+  }
+  if (name === "--version" || name === "-v" || name === "version") {
+    console.log(`nshub ${pkg.version} (bun ${Bun.version})`);
+    return 0;
+  }
+  if (name.startsWith("-")) {
+    console.error(`nshub: unknown option ${name}\n\n${usage()}`);
+    return 2;
+  }
+  return run(name, rest);
+}
+
+async function run(name: string, args: string[]): Promise<number> {
+  const cmd = commands[name];
+  if (!cmd) {
+    console.error(`nshub: unknown command "${name}"\n\n${usage()}`);
+    return 2;
+  }
+  if (!cmd.load) {
+    console.error(`nshub ${name}: not built yet in this version (${pkg.version}).`);
+    return 1;
+  }
+  const mod = await cmd.load();
+  try {
+    return await mod.main(args);
+  } catch (e) {
+    // Bad flags (node:util parseArgs in strict mode) are a usage error, not a crash.
+    const code = (e as { code?: string }).code ?? "";
+    if (code.startsWith("ERR_PARSE_ARGS")) {
+      console.error(`nshub ${name}: ${(e as Error).message}\nsee: nshub ${name} --help`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+if (import.meta.main) {
+  const invokedAs = basename(process.argv0 === "bun" ? process.execPath : process.argv0);
+  const code = await dispatch(process.argv.slice(2), invokedAs);
+  process.exit(code);
+}
