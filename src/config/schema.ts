@@ -1,0 +1,85 @@
+// The configuration file's shape, its defaults and its validation, in one place. Every key is
+// documented here and in the README; unknown keys are errors so a typo never passes silently.
+import { z } from "zod";
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[0-9.]+|[A-Za-z0-9.-]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:15000");
+const fileMode = z
+  .union([z.number().int().min(0).max(0o777), z.string().regex(/^0?[0-7]{3}$/, "expected an octal mode like \"0600\"")])
+  .transform((v) => (typeof v === "number" ? v : parseInt(v, 8)));
+const port = z.number().int().min(1).max(65535);
+const level = z.enum(["trace", "debug", "info", "warn", "error"]);
+const globList = z.array(z.string().min(1)).default([]);
+
+export const enrollmentSchema = z
+  .strictObject({
+    /** Namespaces whose pods are enrolled (glob patterns; empty = none unless pods.include matches). */
+    namespaces: z.strictObject({ include: globList, exclude: globList }).prefault({}),
+    /** Pods as "<namespace>/<name>" glob patterns; exclude wins over every include. */
+    pods: z.strictObject({ include: globList, exclude: globList }).prefault({}),
+  })
+  .prefault({});
+
+export const agentSchema = z
+  .strictObject({
+    zdsSocket: z.string().default("/var/run/nshub/zds.sock"),
+    zdsSocketMode: fileMode.default(0o600),
+    /** uids allowed to connect to the ZDS socket (SO_PEERCRED); empty = whoever the mode allows. */
+    zdsAllowedUids: z.array(z.number().int().min(0)).default([]),
+    apiSocket: z.string().default("/var/run/nshub/agent.sock"),
+    apiSocketMode: fileMode.default(0o600),
+    adminAddress: hostPort.default("127.0.0.1:15010"),
+    stateFile: z.string().default("/var/run/nshub/agent-state.json"),
+    procRoot: z.string().default("/proc"),
+    /** Capture the pod's DNS (UDP/TCP 53) to the proxy's 15053. Off until the DNS proxy exists. */
+    dnsCapture: z.boolean().default(false),
+    /** SNAT node-local probes to probeSnatAddress so they bypass the proxy (Istio's host rule). */
+    hostProbeSnat: z.boolean().default(true),
+    probeSnatAddress: z.string().default("169.254.7.127"),
+    enrollment: enrollmentSchema,
+  })
+  .prefault({});
+
+export const proxySchema = z
+  .strictObject({
+    zdsSocket: z.string().default("/var/run/nshub/zds.sock"),
+    adminAddress: hostPort.default("127.0.0.1:15000"),
+    metricsAddress: hostPort.default("0.0.0.0:15020"),
+    readinessAddress: hostPort.default("0.0.0.0:15021"),
+    outboundPort: port.default(15001),
+    inboundPort: port.default(15006),
+    /** SO_MARK on every socket the proxy makes in a pod: the in-pod rules let it pass. */
+    mark: z.number().int().min(1).max(0xffffffff).default(0x539),
+    connectTimeoutMs: z.number().int().positive().default(10_000),
+    /** Most bytes queued per direction of one connection before its reader is paused. */
+    maxQueuedBytes: z.number().int().min(16 * 1024).default(256 * 1024),
+    /** On SIGTERM or /quitquitquit: how long open connections may finish. */
+    drainDeadlineMs: z.number().int().min(0).default(30_000),
+    /** A pod whose listeners failed to bind is retried this often. */
+    pendingRetryMs: z.number().int().positive().default(5_000),
+    keepaliveIdleSec: z.number().int().positive().default(180),
+  })
+  .prefault({});
+
+export const cniSchema = z
+  .strictObject({
+    agentSocket: z.string().default("/var/run/nshub/agent.sock"),
+    timeoutMs: z.number().int().positive().default(5_000),
+    logFile: z.string().default("/var/log/nshub/cni.log"),
+  })
+  .prefault({});
+
+export const configSchema = z.strictObject({
+  logLevel: level.default("info"),
+  agent: agentSchema,
+  proxy: proxySchema,
+  cni: cniSchema,
+});
+
+export type Config = z.output<typeof configSchema>;
+export type AgentConfig = Config["agent"];
+export type ProxyConfig = Config["proxy"];
+export type CniConfig = Config["cni"];
+export type EnrollmentConfig = AgentConfig["enrollment"];
+export type LogLevel = Config["logLevel"];

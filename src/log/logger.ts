@@ -1,0 +1,59 @@
+// Leveled logging for the daemons: JSON lines when stderr is not a terminal (for log
+// collectors), readable lines on a terminal. The level can change at run time (admin API).
+export type Level = "trace" | "debug" | "info" | "warn" | "error";
+export type Fields = Record<string, unknown>;
+
+const ORDER: Record<Level, number> = { trace: 0, debug: 1, info: 2, warn: 3, error: 4 };
+export const LEVELS = Object.keys(ORDER) as Level[];
+
+let threshold: Level = (process.env.NSHUB_LOG_LEVEL as Level) in ORDER ? (process.env.NSHUB_LOG_LEVEL as Level) : "info";
+let json = process.env.NSHUB_LOG_FORMAT ? process.env.NSHUB_LOG_FORMAT === "json" : !process.stderr.isTTY;
+let sink: (line: string) => void = (line) => process.stderr.write(line + "\n");
+
+export function setLogLevel(level: string): void {
+  if (!(level in ORDER)) throw new Error(`unknown log level "${level}" (one of ${LEVELS.join(", ")})`);
+  threshold = level as Level;
+}
+
+export function getLogLevel(): Level {
+  return threshold;
+}
+
+/** Redirects output (tests; the CNI plugin, whose stdout belongs to the runtime). */
+export function setLogSink(fn: (line: string) => void, format?: "json" | "text"): void {
+  sink = fn;
+  if (format) json = format === "json";
+}
+
+export interface Logger {
+  enabled(level: Level): boolean;
+  trace(msg: string, fields?: Fields): void;
+  debug(msg: string, fields?: Fields): void;
+  info(msg: string, fields?: Fields): void;
+  warn(msg: string, fields?: Fields): void;
+  error(msg: string, fields?: Fields): void;
+  child(fields: Fields): Logger;
+}
+
+export function createLogger(scope: string, base: Fields = {}): Logger {
+  const emit = (level: Level, msg: string, fields?: Fields) => {
+    if (ORDER[level] < ORDER[threshold]) return;
+    const all = { ...base, ...fields };
+    for (const [k, v] of Object.entries(all)) if (v instanceof Error) all[k] = v.message;
+    const time = new Date().toISOString();
+    if (json) sink(JSON.stringify({ time, level, scope, msg, ...all }));
+    else {
+      const kv = Object.entries(all).map(([k, v]) => `${k}=${typeof v === "string" && !/\s/.test(v) ? v : JSON.stringify(v)}`);
+      sink(`${time} ${level.toUpperCase().padEnd(5)} ${scope}: ${msg}${kv.length ? "  " + kv.join(" ") : ""}`);
+    }
+  };
+  return {
+    enabled: (level) => ORDER[level] >= ORDER[threshold],
+    trace: (m, f) => emit("trace", m, f),
+    debug: (m, f) => emit("debug", m, f),
+    info: (m, f) => emit("info", m, f),
+    warn: (m, f) => emit("warn", m, f),
+    error: (m, f) => emit("error", m, f),
+    child: (f) => createLogger(scope, { ...base, ...f }),
+  };
+}
