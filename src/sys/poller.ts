@@ -76,6 +76,10 @@ class FdPoller {
     // If the poller already claimed this registration its event is on the way; let #fire finish it.
     if (Atomics.compareExchange(this.#shared, at, w.gen, 0) !== w.gen) return;
     this.#finish(slot, w, 0);
+    // Wake the thread so it drops the fd from its poll set: poll(2) holds a reference to every
+    // file it waits on, so until it returns, closing the fd would not release the socket (its
+    // peer would see no EOF).
+    lib.nh_eventfd_signal(this.#wakeFd);
   }
 
   #fire(slot: number, gen: number, revents: number): void {

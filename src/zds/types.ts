@@ -56,3 +56,39 @@ export interface SnapshotEntry {
   /** Absent when the agent has lost the pod's netns: sent as KeepWorkload. */
   netns?: Netns;
 }
+
+/** Log sink used by the ZDS server and client; `fields` carry the structured details. */
+export type ZdsLogLevel = "debug" | "info" | "warn" | "error";
+export type ZdsLog = (level: ZdsLogLevel, msg: string, fields?: Record<string, unknown>) => void;
+
+/**
+ * Why a ZdsServer request (addWorkload / delWorkload) failed:
+ * - `no-connection`: no proxy connected (add only);
+ * - `nack`: the proxy answered with a non-empty Ack.error (`nack` holds the text);
+ * - `timeout`: no ack within ackTimeoutMs (the server closed that connection);
+ * - `closed`: the connection ended before the ack arrived (or before the request was sent);
+ * - `stopped`: the server was stopped;
+ * - `io`: sending failed (e.g. EPIPE), or the netns was closed before the request was sent.
+ */
+export type ZdsRequestErrorKind = "no-connection" | "nack" | "timeout" | "closed" | "stopped" | "io";
+
+export class ZdsRequestError extends Error {
+  readonly kind: ZdsRequestErrorKind;
+  /** The proxy's Ack.error text for kind "nack". */
+  readonly nack: string | undefined;
+  /** For a delWorkload that failed on more than one connection: each connection's error. */
+  readonly errors: ZdsRequestError[];
+
+  constructor(kind: ZdsRequestErrorKind, message: string, options?: { nack?: string; errors?: ZdsRequestError[] }) {
+    super(message);
+    this.name = "ZdsRequestError";
+    this.kind = kind;
+    this.nack = options?.nack;
+    this.errors = options?.errors ?? [];
+  }
+
+  /** A nack saying the pod's proxy failed to start (the proxy keeps retrying it). */
+  get isProxyStartFailure(): boolean {
+    return this.kind === "nack" && (this.nack ?? "").startsWith("failure to start proxy");
+  }
+}
