@@ -1,0 +1,128 @@
+// GET /config_dump: the proxy's state as JSON, in ztunnel's shape (reference/ztunnel.md §2.3)
+// where ztunnel has one, so `istioctl ztunnel-config`-style tooling and habits carry over:
+//
+//   {
+//     "workloads":     [ {uid, name, namespace, serviceAccount, workloadIps, protocol, state,
+//                         netns, listeners, connections: {inbound, outbound}, error?} ]  (by uid)
+//     "workloadState": { "<uid>": {state, info: {name, namespace, serviceAccount},
+//                         connections: {inbound: [conn], outbound: [conn]}} }
+//     "config":  the effective configuration,
+//     "version": build information
+//   }
+//
+// conn = {id, src, originalDst, actualDst, protocol: "TCP", state, bytesSent, bytesReceived,
+// startedAt, ageSeconds}; bytes are counted from the source's (client's) side.
+import type { ConnectionView, EndpointView, ProxyView, VersionInfo, WorkloadState } from "./view.ts";
+
+export interface DumpListener {
+  kind: string;
+  address: string;
+  port: number;
+}
+
+export interface DumpWorkload {
+  uid: string;
+  name: string;
+  namespace: string;
+  serviceAccount: string;
+  workloadIps: string[];
+  protocol: "TCP";
+  state: WorkloadState;
+  /** "dev:ino" of the pod's network namespace, null when unknown. */
+  netns: string | null;
+  listeners: DumpListener[];
+  connections: { inbound: number; outbound: number };
+  error?: string;
+}
+
+export interface DumpConnection {
+  id: number;
+  src: string;
+  originalDst: string;
+  actualDst: string;
+  protocol: "TCP";
+  state: string;
+  /** client → destination */
+  bytesSent: number;
+  /** destination → client */
+  bytesReceived: number;
+  startedAt: string;
+  ageSeconds: number;
+}
+
+export interface DumpWorkloadState {
+  /** "Unknown" only for connections of a pod the proxy no longer lists (being torn down). */
+  state: WorkloadState | "Unknown";
+  info: { name: string; namespace: string; serviceAccount: string };
+  connections: { inbound: DumpConnection[]; outbound: DumpConnection[] };
+}
+
+export interface ConfigDump {
+  workloads: DumpWorkload[];
+  workloadState: Record<string, DumpWorkloadState>;
+  config: unknown;
+  version: VersionInfo;
+}
+
+export function endpoint(e: EndpointView): string {
+  return e.ip.includes(":") ? `[${e.ip}]:${e.port}` : `${e.ip}:${e.port}`;
+}
+
+function dumpConnection(c: ConnectionView, now: number): DumpConnection {
+  return {
+    id: c.id,
+    src: endpoint(c.source),
+    originalDst: endpoint(c.originalDst),
+    actualDst: endpoint(c.upstream),
+    protocol: "TCP",
+    state: c.state,
+    bytesSent: c.bytesSent,
+    bytesReceived: c.bytesReceived,
+    startedAt: new Date(c.startedAt).toISOString(),
+    ageSeconds: Math.max(0, Math.round((now - c.startedAt) / 100) / 10),
+  };
+}
+
+export function buildConfigDump(view: ProxyView, now = Date.now()): ConfigDump {
+  const workloads: DumpWorkload[] = [];
+  const workloadState: Record<string, DumpWorkloadState> = {};
+  const byUid = new Map<string, DumpWorkload>();
+  for (const w of view.workloads()) {
+    const d: DumpWorkload = {
+      uid: w.uid,
+      name: w.name,
+      namespace: w.namespace,
+      serviceAccount: w.serviceAccount,
+      workloadIps: [...(w.ips ?? [])],
+      protocol: "TCP",
+      state: w.state,
+      netns: w.netns,
+      listeners: w.listeners.map((l) => ({ kind: l.kind, address: l.address, port: l.port })),
+      connections: { inbound: 0, outbound: 0 },
+      ...(w.error ? { error: w.error } : {}),
+    };
+    workloads.push(d);
+    byUid.set(w.uid, d);
+    workloadState[w.uid] = {
+      state: w.state,
+      info: { name: w.name, namespace: w.namespace, serviceAccount: w.serviceAccount },
+      connections: { inbound: [], outbound: [] },
+    };
+  }
+  const conns = [...view.connections()].sort((a, b) => a.startedAt - b.startedAt || a.id - b.id);
+  for (const c of conns) {
+    let st = workloadState[c.pod.uid];
+    if (!st) {
+      st = workloadState[c.pod.uid] = {
+        state: "Unknown",
+        info: { name: c.pod.name, namespace: c.pod.namespace, serviceAccount: "" },
+        connections: { inbound: [], outbound: [] },
+      };
+    }
+    st.connections[c.direction].push(dumpConnection(c, now));
+    const w = byUid.get(c.pod.uid);
+    if (w) w.connections[c.direction]++;
+  }
+  workloads.sort((a, b) => (a.uid < b.uid ? -1 : a.uid > b.uid ? 1 : 0));
+  return { workloads, workloadState, config: view.config(), version: view.version() };
+}

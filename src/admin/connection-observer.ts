@@ -1,0 +1,84 @@
+// Connects the proxy's connection records (src/proxy/records.ts) to the metrics and the access
+// log: one ConnectionObserver to add to the proxy's ConnectionTable.
+//
+// It implements no onBytes: the relay then skips the per-chunk observer call entirely, and the
+// byte counters are brought up to date from the records' own totals (rec.bytesSent /
+// rec.bytesReceived) when Prometheus scrapes and when the connection closes.
+import type { CloseHow, ConnectionObserver, ConnectionRecord, Endpoint } from "../proxy/records.ts";
+import { fmt } from "../proxy/records.ts";
+import { accessLogger, logAccess } from "../log/access.ts";
+import type { Logger } from "../log/logger.ts";
+import { connectionLabels, type ConnectionHandle, type ConnectionMetrics, type LabelWorkload } from "./metrics.ts";
+import type { ConnectionView } from "./view.ts";
+
+/** Compile-time proof that the proxy's live records can be handed to the admin as they are. */
+export function connectionViews(live: Iterable<ConnectionRecord>): Iterable<ConnectionView> {
+  return live;
+}
+
+export interface ConnectionObserverOptions {
+  metrics: ConnectionMetrics;
+  /** The access logger; false disables access logs. Default: the `access` logger. */
+  accessLog?: Logger | false;
+  /** Who is behind an address, when the proxy can tell (e.g. another pod on this node). */
+  peerLookup?: (ip: string) => LabelWorkload | undefined;
+  trustDomain?: string;
+  cluster?: string;
+}
+
+const KEY = "metrics";
+
+export function createConnectionObserver(opts: ConnectionObserverOptions): ConnectionObserver {
+  const log = opts.accessLog === false ? undefined : (opts.accessLog ?? accessLogger());
+  return {
+    onConnectionOpen(rec: ConnectionRecord) {
+      const peerAddr: Endpoint = rec.direction === "outbound" ? rec.originalDst : rec.source;
+      const labels = connectionLabels({
+        direction: rec.direction,
+        pod: rec.pod,
+        peer: opts.peerLookup?.(peerAddr.ip),
+        trustDomain: opts.trustDomain,
+        cluster: opts.cluster,
+      });
+      // Istio's sent = response (destination → source) = the record's bytesReceived.
+      rec.ext[KEY] = opts.metrics.open(labels, { direction: rec.direction, pull: (h) => h.setTotals(rec.bytesReceived, rec.bytesSent) });
+      if (log?.enabled("debug")) {
+        log.debug("connection opened", { "src.addr": fmt(rec.source), "dst.addr": fmt(rec.originalDst), direction: rec.direction, pod: `${rec.pod.namespace}/${rec.pod.name}` });
+      }
+    },
+    onConnectionClose(rec: ConnectionRecord, how: CloseHow) {
+      const h = rec.ext[KEY] as ConnectionHandle | undefined;
+      h?.close(how);
+      if (!log) return;
+      const labels = h?.labels;
+      const outbound = rec.direction === "outbound";
+      logAccess(
+        {
+          direction: rec.direction,
+          src: {
+            addr: fmt(rec.source),
+            workload: outbound ? rec.pod.name : known(labels?.source_workload),
+            namespace: outbound ? rec.pod.namespace : known(labels?.source_workload_namespace),
+          },
+          dst: {
+            addr: fmt(rec.upstream),
+            originalAddr: fmt(rec.originalDst),
+            workload: outbound ? known(labels?.destination_workload) : rec.pod.name,
+            namespace: outbound ? known(labels?.destination_workload_namespace) : rec.pod.namespace,
+          },
+          // From the enrolled pod's side: outbound it is the client, inbound the server.
+          bytesSent: outbound ? rec.bytesSent : rec.bytesReceived,
+          bytesRecv: outbound ? rec.bytesReceived : rec.bytesSent,
+          durationMs: (rec.closedAt ?? Date.now()) - rec.startedAt,
+          reason: how,
+          error: rec.error,
+        },
+        log,
+      );
+    },
+  };
+}
+
+function known(v: string | undefined): string | undefined {
+  return v === undefined || v === "unknown" ? undefined : v;
+}

@@ -1,0 +1,182 @@
+// The proxy's HTTP surface, as ztunnel lays it out (reference/ztunnel.md §2.1–2.5):
+//   admin      127.0.0.1:15000  GET /, GET /config_dump, GET|POST /logging, POST /quitquitquit
+//   metrics    0.0.0.0:15020    GET /metrics, GET /stats/prometheus
+//   readiness  0.0.0.0:15021    GET /healthz/ready
+// The admin server is on loopback by default: it can stop the proxy and change its log level,
+// so only the node itself may reach it (pods have their own loopback; tested in
+// test/netns/admin-loopback.test.ts).
+import { Hono } from "hono";
+import type { Registry } from "prom-client";
+import { LEVELS } from "../log/logger.ts";
+import type { Logger } from "../log/logger.ts";
+import { formatHostPort, isLoopback, parseHostPort } from "./address.ts";
+import { buildConfigDump } from "./config-dump.ts";
+import type { ProxyView } from "./view.ts";
+
+interface IndexEntry {
+  method: string;
+  path: string;
+  description: string;
+}
+
+export const ADMIN_ENDPOINTS: readonly IndexEntry[] = [
+  { method: "GET", path: "/", description: "this list" },
+  { method: "GET", path: "/config_dump", description: "workloads (pods), their state, listeners and live connections; effective config; version" },
+  { method: "GET", path: "/logging", description: "the current log level" },
+  { method: "POST", path: "/logging?level=<level>", description: `set the log level (${LEVELS.join(", ")}); ?reset restores the level the proxy started with` },
+  { method: "POST", path: "/quitquitquit", description: "start a graceful shutdown (drain, then exit)" },
+];
+
+function jsonResponse(body: unknown, status = 200): Response {
+  return new Response(JSON.stringify(body, null, 2) + "\n", { status, headers: { "content-type": "application/json; charset=utf-8" } });
+}
+
+function methodNotAllowed(allow: string): Response {
+  return new Response(`method not allowed; use ${allow}\n`, { status: 405, headers: { allow } });
+}
+
+function escapeHtml(s: string): string {
+  return s.replace(/[&<>"]/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[ch]!);
+}
+
+function indexHtml(title: string, entries: readonly IndexEntry[]): string {
+  const rows = entries
+    .map((e) => {
+      const path = escapeHtml(e.path);
+      const link = e.method === "GET" ? `<a href="${path}">${path}</a>` : path;
+      return `<tr><td>${e.method}</td><td>${link}</td><td>${escapeHtml(e.description)}</td></tr>`;
+    })
+    .join("\n");
+  return `<!doctype html>\n<html><head><meta charset="utf-8"><title>${escapeHtml(title)}</title></head>\n<body><h1>${escapeHtml(title)}</h1>\n<table>\n${rows}\n</table></body></html>\n`;
+}
+
+function wantsJson(req: Request): boolean {
+  const accept = req.headers.get("accept") ?? "";
+  return accept.includes("application/json") && !accept.includes("text/html");
+}
+
+/** Why `level` is not acceptable, or undefined when it is. */
+export function checkLogLevel(level: string): string | undefined {
+  if ((LEVELS as readonly string[]).includes(level)) return undefined;
+  if (level.includes("=")) return `per-target log levels ("${level}") are not supported; use one level for the whole proxy: ${LEVELS.join(", ")}`;
+  if (level === "") return `missing log level; use one of: ${LEVELS.join(", ")}`;
+  return `unknown log level "${level}"; use one of: ${LEVELS.join(", ")}`;
+}
+
+export function createProxyAdminApp(view: ProxyView): Hono {
+  const app = new Hono();
+  const initialLevel = view.getLogLevel();
+
+  app.get("/", (c) => {
+    if (wantsJson(c.req.raw)) return jsonResponse({ endpoints: ADMIN_ENDPOINTS });
+    return c.html(indexHtml("nshub proxy admin", ADMIN_ENDPOINTS));
+  });
+
+  app.get("/config_dump", () => jsonResponse(buildConfigDump(view)));
+
+  app.get("/logging", () => jsonResponse({ level: view.getLogLevel() }));
+  app.post("/logging", (c) => {
+    const previous = view.getLogLevel();
+    const reset = c.req.query("reset") !== undefined;
+    const raw = c.req.query("level");
+    if (raw === undefined && !reset) return jsonResponse({ level: previous });
+    const level = reset ? initialLevel : raw!.trim().toLowerCase();
+    const problem = checkLogLevel(level);
+    if (problem) return jsonResponse({ error: problem, level: previous }, 400);
+    view.setLogLevel(level);
+    return jsonResponse({ level: view.getLogLevel(), previous });
+  });
+  app.all("/logging", () => methodNotAllowed("GET, POST"));
+
+  app.post("/quitquitquit", () => {
+    view.quit("POST /quitquitquit");
+    return new Response("OK: graceful shutdown started\n");
+  });
+  app.all("/quitquitquit", () => methodNotAllowed("POST"));
+
+  app.notFound((c) => c.text(`not found: ${c.req.path}; see GET / for the endpoints\n`, 404));
+  app.onError((e) => jsonResponse({ error: e instanceof Error ? e.message : String(e) }, 500));
+  return app;
+}
+
+/** /metrics and /stats/prometheus (ztunnel serves both) in Prometheus' text format. */
+export function createMetricsApp(registry: Registry): Hono {
+  const app = new Hono();
+  const serve = async () => new Response(await registry.metrics(), { headers: { "content-type": registry.contentType } });
+  app.get("/metrics", serve);
+  app.get("/stats/prometheus", serve);
+  app.get("/", (c) => c.text("metrics: GET /metrics or /stats/prometheus\n"));
+  app.notFound((c) => c.text(`not found: ${c.req.path}; metrics are at /metrics\n`, 404));
+  app.onError((e) => new Response(`collecting metrics failed: ${e instanceof Error ? e.message : String(e)}\n`, { status: 500 }));
+  return app;
+}
+
+/** GET /healthz/ready: 200 "ready", or 503 "not ready: <reason>". */
+export function createReadinessApp(view: Pick<ProxyView, "readiness">): Hono {
+  const app = new Hono();
+  app.get("/healthz/ready", (c) => {
+    const r = view.readiness();
+    return c.text(r.ready ? "ready\n" : `not ready: ${r.reason}\n`, r.ready ? 200 : 503);
+  });
+  app.notFound((c) => c.text("not found; readiness is at /healthz/ready\n", 404));
+  return app;
+}
+
+export interface AdminAddresses {
+  adminAddress: string;
+  metricsAddress: string;
+  readinessAddress: string;
+}
+
+export interface AdminServers {
+  readonly adminUrl: string;
+  readonly metricsUrl: string;
+  readonly readinessUrl: string;
+  /** Stops the three servers (open requests are cut). */
+  stop(): void;
+}
+
+type BunServer = ReturnType<typeof Bun.serve>;
+
+export function serveApp(what: string, address: string, app: Hono, idleTimeout = 30): BunServer {
+  const { hostname, port } = parseHostPort(address);
+  try {
+    return Bun.serve({ hostname, port, fetch: app.fetch, idleTimeout });
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    const why = code === "EADDRINUSE" ? "the address is in use (another nshub proxy running?)" : (e as Error).message;
+    throw new Error(`cannot serve the ${what} on ${formatHostPort({ hostname, port })}: ${why}`);
+  }
+}
+
+/**
+ * Starts the admin, metrics and readiness servers. Throws (having started nothing) when an
+ * address is invalid or taken. Port 0 picks a free port (see the returned URLs).
+ */
+export function serveAdmin(addrs: AdminAddresses, view: ProxyView, opts: { registry: Registry; log?: Logger }): AdminServers {
+  // Validate all three before binding any.
+  const admin = parseHostPort(addrs.adminAddress);
+  parseHostPort(addrs.metricsAddress);
+  parseHostPort(addrs.readinessAddress);
+  if (!isLoopback(admin.hostname)) {
+    opts.log?.warn("the admin API is not on loopback: anyone who can reach it can stop the proxy and change its log level", { adminAddress: addrs.adminAddress });
+  }
+  const started: BunServer[] = [];
+  try {
+    started.push(serveApp("admin API", addrs.adminAddress, createProxyAdminApp(view)));
+    started.push(serveApp("metrics endpoint", addrs.metricsAddress, createMetricsApp(opts.registry)));
+    started.push(serveApp("readiness endpoint", addrs.readinessAddress, createReadinessApp(view)));
+  } catch (e) {
+    for (const s of started) s.stop(true);
+    throw e;
+  }
+  const [a, m, r] = started as [BunServer, BunServer, BunServer];
+  return {
+    adminUrl: a.url.href,
+    metricsUrl: m.url.href,
+    readinessUrl: r.url.href,
+    stop() {
+      for (const s of started) s.stop(true);
+    },
+  };
+}
