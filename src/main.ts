@@ -10,13 +10,13 @@ interface Command {
 }
 
 const commands: Record<string, Command> = {
-  agent: { summary: "node agent: enrollment, in-pod rules, pod cache, ZDS server" },
+  agent: { summary: "node agent: enrollment, in-pod rules, pod cache, ZDS server", load: () => import("./agent/main.ts") },
   proxy: { summary: "node proxy: per-pod listeners inside each pod's netns, relay, admin" },
-  cni: { summary: "chained CNI plugin (also runs when invoked as nshub-cni)" },
+  cni: { summary: "chained CNI plugin (also runs when invoked as nshub-cni)", load: () => import("./cni/main.ts") },
   install: { summary: "put nshub-cni into the CNI bin dir and chain it into the node's conflist", load: () => import("./cli/install.ts") },
   uninstall: { summary: "undo install: restore the conflist, remove nshub-cni", load: () => import("./cli/install.ts").then((m) => ({ main: m.uninstallMain })) },
-  enroll: { summary: "enroll a running pod: nshub enroll <namespace>/<pod>" },
-  unenroll: { summary: "unenroll a running pod: nshub unenroll <namespace>/<pod>" },
+  enroll: { summary: "enroll a running pod: nshub enroll <namespace>/<pod>", load: () => import("./cli/enroll.ts") },
+  unenroll: { summary: "unenroll a running pod: nshub unenroll <namespace>/<pod>", load: () => import("./cli/enroll.ts").then((m) => ({ main: m.unenrollMain })) },
   status: { summary: "show both daemons, readiness and pod counts", load: () => import("./cli/status.ts") },
   pods: { summary: "list pods the proxy serves", load: () => import("./cli/pods.ts") },
   connections: { summary: "list live connections (--watch to follow)", load: () => import("./cli/connections.ts") },

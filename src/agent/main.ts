@@ -1,0 +1,175 @@
+// `nshub agent`: the node agent daemon. Startup order:
+//   1. config (flags > env > YAML > defaults) and the enrollment policy: any error → exit 2
+//   2. admin server (/healthz 200, /readyz 503 until step 5)
+//   3. pod cache rebuild: state file + /proc scan, host probe set reset, rules re-asserted
+//   4. ZDS server (proxies connecting now get the rebuilt snapshot), event API socket
+//   5. ready
+// SIGTERM/SIGINT: stop serving, close the pods' netns fds and exit 0. Rules, the host probe set
+// and the state file stay, so a restarted agent takes over without disturbing any pod.
+import { parseArgs } from "node:util";
+import type { Server } from "bun";
+import { ConfigError, loadConfig } from "../config/load.ts";
+import { createLogger, setLogLevel } from "../log/logger.ts";
+import { homeNetns } from "../sys/index.ts";
+import { ZdsServer } from "../zds/server.ts";
+import { createAdminApp, parseHostPort, serveAdmin } from "./admin.ts";
+import { Agent, errText } from "./agent.ts";
+import { createApiApp, serveApi } from "./api.ts";
+import { RulesDataplane } from "./dataplane.ts";
+import { EnrollmentPolicy } from "./policy.ts";
+import { StateFileError } from "./state.ts";
+
+const HELP = `usage: nshub agent [options]
+
+The node agent: enrollment policy, in-pod redirection rules, pod cache, ZDS server, event API.
+
+options (each overrides the config file):
+  --config <file>            YAML config (default /etc/nshub/config.yaml; NSHUB_CONFIG)
+  --zds-socket <path>        ZDS socket proxies connect to (agent.zdsSocket)
+  --zds-socket-mode <mode>   its file mode, octal (agent.zdsSocketMode, default 0600)
+  --api-socket <path>        event API socket for nshub-cni and nshub enroll (agent.apiSocket)
+  --api-socket-mode <mode>   its file mode, octal (agent.apiSocketMode, default 0600)
+  --admin-address <h:p>      /healthz /readyz /metrics /pods (agent.adminAddress, 127.0.0.1:15010)
+  --state-file <path>        pod cache state file (agent.stateFile)
+  --proc-root <path>         procfs to scan for pods' netns (agent.procRoot, default /proc)
+  --dns-capture              capture pods' DNS to the proxy (agent.dnsCapture)
+  --no-host-probe-snat       no host-side probe SNAT rule (agent.hostProbeSnat)
+  --log-level <level>        trace | debug | info | warn | error
+  -h, --help                 this text`;
+
+export async function main(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      config: { type: "string" },
+      "zds-socket": { type: "string" },
+      "zds-socket-mode": { type: "string" },
+      "api-socket": { type: "string" },
+      "api-socket-mode": { type: "string" },
+      "admin-address": { type: "string" },
+      "state-file": { type: "string" },
+      "proc-root": { type: "string" },
+      "dns-capture": { type: "boolean" },
+      "no-host-probe-snat": { type: "boolean" },
+      "log-level": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const agentOverrides: Record<string, unknown> = {};
+  const set = (key: string, v: unknown) => {
+    if (v !== undefined) agentOverrides[key] = v;
+  };
+  set("zdsSocket", values["zds-socket"]);
+  set("zdsSocketMode", values["zds-socket-mode"]);
+  set("apiSocket", values["api-socket"]);
+  set("apiSocketMode", values["api-socket-mode"]);
+  set("adminAddress", values["admin-address"]);
+  set("stateFile", values["state-file"]);
+  set("procRoot", values["proc-root"]);
+  if (values["dns-capture"]) set("dnsCapture", true);
+  if (values["no-host-probe-snat"]) set("hostProbeSnat", false);
+  const overrides: Record<string, unknown> = { agent: agentOverrides };
+  if (values["log-level"] !== undefined) overrides.logLevel = values["log-level"];
+
+  let cfg;
+  let policy: EnrollmentPolicy;
+  try {
+    cfg = loadConfig({ file: values.config, overrides });
+    policy = EnrollmentPolicy.fromConfig(cfg.agent.enrollment);
+    parseHostPort(cfg.agent.adminAddress);
+  } catch (e) {
+    if (e instanceof ConfigError || e instanceof Error) {
+      console.error(`nshub agent: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+  setLogLevel(cfg.logLevel);
+  const log = createLogger("agent");
+  const a = cfg.agent;
+  homeNetns(); // the agent itself never enters a netns; rules run through nsenter
+  if (policy.empty) log.warn("agent.enrollment has no include pattern: no pod is enrolled unless an operator runs nshub enroll");
+
+  const agent = new Agent({
+    policy,
+    dataplane: new RulesDataplane({ dnsCapture: a.dnsCapture, hostProbeSnat: a.hostProbeSnat, probeAddress: a.probeSnatAddress }),
+    stateFile: a.stateFile,
+    procRoot: a.procRoot,
+    log,
+  });
+
+  let listening = false;
+  let zds: ZdsServer | undefined;
+  let api: Server<undefined> | undefined;
+  let admin: Server<undefined> | undefined;
+  const stopAll = async () => {
+    listening = false;
+    await api?.stop(true);
+    await zds?.stop();
+    agent.stop();
+    await admin?.stop(true);
+  };
+
+  try {
+    admin = serveAdmin(createAdminApp({ agent, zdsConnections: () => zds?.connectionCount() ?? 0, listening: () => listening }), a.adminAddress);
+    log.info("admin listening", { address: a.adminAddress });
+  } catch (e) {
+    console.error(`nshub agent: cannot listen on the admin address ${a.adminAddress}: ${errText(e)}`);
+    return 1;
+  }
+
+  try {
+    await agent.rebuild();
+  } catch (e) {
+    const msg = e instanceof StateFileError ? e.message : `rebuilding the pod cache failed: ${errText(e)}`;
+    log.error(msg);
+    console.error(`nshub agent: ${msg}`);
+    await stopAll();
+    return 1;
+  }
+
+  const zlog = createLogger("agent/zds");
+  try {
+    zds = new ZdsServer({
+      path: a.zdsSocket,
+      socketMode: a.zdsSocketMode,
+      allowedUids: a.zdsAllowedUids.length > 0 ? a.zdsAllowedUids : undefined,
+      helloTimeoutMs: 5000,
+      // Below the CNI plugin's 5 s deadline, so that a silent proxy yields "pending" (CNI error
+      // 11) rather than a plugin timeout.
+      ackTimeoutMs: 3000,
+      keepaliveIntervalMs: 5000,
+      acceptsPerSecond: 5,
+      snapshot: () => agent.snapshot(),
+      onSnapshotResult: (uid, error) => agent.onSnapshotResult(uid, error),
+      onConnected: (id, peer) => zlog.info("proxy connected", { conn: id, pid: peer.pid, uid: peer.uid }),
+      onDisconnected: (id, reason) => zlog.info("proxy disconnected", { conn: id, reason }),
+      log: (level, msg, fields) => zlog[level](msg, fields),
+    });
+    zds.start();
+    agent.attachZds(zds);
+    api = serveApi(createApiApp(agent, log), { socketPath: a.apiSocket, socketMode: a.apiSocketMode }, log);
+  } catch (e) {
+    const msg = `cannot start serving: ${errText(e)}`;
+    log.error(msg);
+    console.error(`nshub agent: ${msg}`);
+    await stopAll();
+    return 1;
+  }
+  listening = true;
+  log.info("agent ready", { api: a.apiSocket, zds: a.zdsSocket, admin: a.adminAddress, pods: agent.pods.size });
+
+  const signal = await new Promise<string>((resolve) => {
+    process.once("SIGTERM", () => resolve("SIGTERM"));
+    process.once("SIGINT", () => resolve("SIGINT"));
+  });
+  log.info(`${signal}: shutting down (rules and state stay for the next agent)`);
+  await stopAll();
+  return 0;
+}

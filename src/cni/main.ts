@@ -1,0 +1,311 @@
+// `nshub cni` / `nshub-cni`: the chained CNI plugin. The container runtime runs it last in the
+// node's conflist with the CNI_* environment and the netconf (with prevResult) on stdin. It
+// tells the agent about the pod over the agent's unix socket and prints prevResult unchanged.
+//
+// stdout carries only the result (or the spec's error JSON); logs go to a file (netconf
+// `logFile`, else config `cni.logFile`; "stderr" for stderr) and never to stdout.
+//
+// Commands:
+//   ADD     PodAdd. enrolled / not enrolled → prevResult; pending (no proxy acked) → error 11;
+//           agent unreachable or too slow → error 11 (the runtime retries the sandbox).
+//   DEL     PodDelete. Idempotent. When the agent cannot be reached DEL still succeeds (logged):
+//           failing it would block the pod's teardown for as long as the agent is down, and the
+//           agent drops pods whose netns is gone when it rebuilds its cache on start.
+//   CHECK   validates the input; the pod must not be pending in the agent (error 11 then).
+//   STATUS  error 50 unless the agent answers (it only listens once its cache is rebuilt).
+//   GC      nothing to collect here (the agent reconciles on start): success.
+//   VERSION supported versions.
+import { appendFileSync, mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import { Code } from "@connectrpc/connect";
+import { ConfigError, loadConfig } from "../config/load.ts";
+import type { CniConfig } from "../config/schema.ts";
+import { createLogger, setLogLevel, setLogSink, type Logger } from "../log/logger.ts";
+import { PodState } from "../gen/nshub/agent/v1/agent_pb.ts";
+import { agentFailure, createAgentClient, type AgentClient } from "../agent/client.ts";
+import {
+  CniCode,
+  CniFailure,
+  compareVersions,
+  CURRENT_VERSION,
+  isSupportedVersion,
+  k8sPodFromArgs,
+  parseCniArgs,
+  parseEnv,
+  parseNetConf,
+  parsePrevResult,
+  SUPPORTED_VERSIONS,
+  type CniEnv,
+  type K8sPod,
+  type NetConf,
+} from "./spec.ts";
+
+export interface CniIo {
+  env: Record<string, string | undefined>;
+  stdin: () => Promise<string>;
+  stdout: (text: string) => Promise<void>;
+  /** Where log lines go when no log file can be used. */
+  stderr: (text: string) => void;
+}
+
+const HELP = `nshub-cni — nshub's chained CNI plugin (run by the container runtime, not by hand)
+
+It reads the CNI_* environment and the network configuration on stdin, tells the nshub agent
+about the pod, and prints the previous plugin's result unchanged.
+
+netconf keys (all optional):
+  agentSocket  the agent's API socket (default: cni.agentSocket in the nshub config)
+  timeoutMs    how long to wait for the agent (default 5000)
+  logFile      log file (default: cni.logFile, /var/log/nshub/cni.log); "stderr" for stderr
+  logLevel     trace | debug | info | warn | error
+
+supported CNI versions: ${SUPPORTED_VERSIONS.join(", ")}`;
+
+export async function main(args: string[]): Promise<number> {
+  if (args.includes("--help") || args.includes("-h")) {
+    console.error(HELP);
+    return 0;
+  }
+  return runCni({
+    env: process.env,
+    stdin: () => Bun.stdin.text(),
+    stdout: async (text) => {
+      await Bun.write(Bun.stdout, text);
+    },
+    stderr: (text) => process.stderr.write(text),
+  });
+}
+
+/** One plugin invocation. Returns the exit code; everything printed goes through `io`. */
+export async function runCni(io: CniIo): Promise<number> {
+  const started = performance.now();
+  let cniVersion = CURRENT_VERSION;
+  let log: Logger = createLogger("cni");
+  setLogSink((line) => io.stderr(line + "\n"), "json");
+  let env: CniEnv | undefined;
+  try {
+    env = parseEnv(io.env);
+    let stdin: string;
+    try {
+      stdin = await io.stdin();
+    } catch (e) {
+      throw new CniFailure(CniCode.IoFailure, "cannot read the network configuration from stdin", (e as Error).message);
+    }
+    if (env.command === "VERSION") {
+      await io.stdout(JSON.stringify(versionInfo()) + "\n");
+      return 0;
+    }
+    const conf = parseNetConf(stdin);
+    cniVersion = conf.cniVersion;
+    const cfg = pluginConfig(conf, io.env);
+    log = openLog(cfg, io);
+    const k8s = k8sPodFromArgs(parseCniArgs(env.args));
+    log = log.child({ command: env.command, containerId: short(env.containerId), ...(k8s ? { pod: `${k8s.namespace}/${k8s.name}`, uid: k8s.uid } : {}) });
+    const out = await dispatch(env, conf, k8s, cfg, log);
+    // The result is printed exactly as it came (byte for byte: prevResult is passed on unchanged).
+    if (out !== undefined) await io.stdout(out);
+    log.info(`${env.command} done`, { ms: Math.round(performance.now() - started) });
+    return 0;
+  } catch (e) {
+    const failure = e instanceof CniFailure ? e : new CniFailure(CniCode.AgentFailed, `nshub-cni internal error: ${(e as Error).message ?? String(e)}`);
+    log.error(`${env?.command ?? "CNI"} failed`, { code: failure.code, msg: failure.message, details: failure.details, ms: Math.round(performance.now() - started) });
+    await io.stdout(JSON.stringify(failure.toJSON(isSupportedVersion(cniVersion) ? cniVersion : CURRENT_VERSION)) + "\n");
+    return 1;
+  }
+}
+
+export function versionInfo(): { cniVersion: string; supportedVersions: string[] } {
+  return { cniVersion: CURRENT_VERSION, supportedVersions: [...SUPPORTED_VERSIONS] };
+}
+
+interface EffectiveConfig {
+  agentSocket: string;
+  timeoutMs: number;
+  logFile: string;
+  logLevel: string | undefined;
+}
+
+function pluginConfig(conf: NetConf, env: Record<string, string | undefined>): EffectiveConfig {
+  let defaults: CniConfig;
+  try {
+    defaults = loadConfig({ env }).cni;
+  } catch (e) {
+    if (e instanceof ConfigError) throw new CniFailure(CniCode.InvalidNetconf, `nshub configuration is invalid: ${e.message}`);
+    throw e;
+  }
+  return {
+    agentSocket: conf.plugin.agentSocket ?? defaults.agentSocket,
+    timeoutMs: conf.plugin.timeoutMs ?? defaults.timeoutMs,
+    logFile: conf.plugin.logFile ?? defaults.logFile,
+    logLevel: conf.plugin.logLevel,
+  };
+}
+
+function openLog(cfg: EffectiveConfig, io: CniIo): Logger {
+  if (cfg.logLevel) setLogLevel(cfg.logLevel);
+  if (cfg.logFile !== "stderr") {
+    try {
+      mkdirSync(dirname(cfg.logFile), { recursive: true, mode: 0o750 });
+      appendFileSync(cfg.logFile, "", { mode: 0o640 });
+      const file = cfg.logFile;
+      setLogSink((line) => {
+        try {
+          appendFileSync(file, line + "\n");
+        } catch {
+          io.stderr(line + "\n");
+        }
+      }, "json");
+    } catch (e) {
+      io.stderr(`nshub-cni: cannot write log file ${cfg.logFile} (${(e as Error).message}); logging to stderr\n`);
+    }
+  }
+  return createLogger("cni");
+}
+
+async function dispatch(env: CniEnv, conf: NetConf, k8s: K8sPod | undefined, cfg: EffectiveConfig, log: Logger): Promise<string | undefined> {
+  switch (env.command) {
+    case "ADD":
+      return cmdAdd(env, conf, k8s, cfg, log);
+    case "DEL":
+      await cmdDel(env, k8s, cfg, log);
+      return undefined;
+    case "CHECK":
+      await cmdCheck(env, conf, k8s, cfg, log);
+      return undefined;
+    case "STATUS":
+      await cmdStatus(conf, cfg, log);
+      return undefined;
+    case "GC":
+      if (compareVersions(conf.cniVersion, "1.1.0") < 0) throw new CniFailure(CniCode.IncompatibleVersion, `GC needs cniVersion 1.1.0 or later, the netconf says ${conf.cniVersion}`);
+      return undefined;
+    case "VERSION":
+      return JSON.stringify(versionInfo());
+  }
+}
+
+async function cmdAdd(env: CniEnv, conf: NetConf, k8s: K8sPod | undefined, cfg: EffectiveConfig, log: Logger): Promise<string> {
+  const prev = parsePrevResult(conf.prevResult, "ADD", conf.cniVersion);
+  const result = conf.prevResultRaw!;
+  if (!k8s) {
+    log.debug("not a Kubernetes pod (no K8S_POD_NAMESPACE/K8S_POD_NAME in CNI_ARGS): passing through");
+    return result;
+  }
+  const client = createAgentClient({ socketPath: cfg.agentSocket, timeoutMs: cfg.timeoutMs });
+  let reply;
+  try {
+    reply = await client.podAdd({
+      uid: k8s.uid,
+      namespace: k8s.namespace,
+      name: k8s.name,
+      serviceAccount: k8s.serviceAccount,
+      netnsPath: env.netns,
+      ips: prev.ips,
+      containerId: env.containerId,
+      interfaceName: env.ifname,
+    });
+  } catch (e) {
+    throw agentCallFailure(e, cfg, `pod ${k8s.namespace}/${k8s.name}`);
+  }
+  switch (reply.state) {
+    case PodState.ENROLLED:
+    case PodState.NOT_ENROLLED:
+      log.info(reply.state === PodState.ENROLLED ? "pod enrolled" : "pod not enrolled", { reason: reply.reason, ips: prev.ips });
+      return result;
+    case PodState.PENDING:
+      throw new CniFailure(
+        CniCode.TryAgainLater,
+        `pod ${k8s.namespace}/${k8s.name} is pending: no nshub proxy has taken it yet (${reply.reason})`,
+        "its traffic redirection is in place (fail closed); the runtime retries the sandbox, and the pod starts once a proxy is connected",
+      );
+    default:
+      throw new CniFailure(CniCode.AgentProtocol, `the agent answered PodAdd with state ${reply.state}`, "the agent and the plugin may be different nshub versions");
+  }
+}
+
+async function cmdDel(env: CniEnv, k8s: K8sPod | undefined, cfg: EffectiveConfig, log: Logger): Promise<void> {
+  if (!k8s) {
+    log.debug("not a Kubernetes pod: nothing to do");
+    return;
+  }
+  const client = createAgentClient({ socketPath: cfg.agentSocket, timeoutMs: cfg.timeoutMs });
+  try {
+    const r = await client.podDelete({ uid: k8s.uid, namespace: k8s.namespace, name: k8s.name, containerId: env.containerId, netnsPath: env.netns });
+    log.info(r.deleted ? "pod deleted" : "nothing to delete", { reason: r.reason });
+  } catch (e) {
+    const f = agentFailure(e, cfg.agentSocket);
+    if (f.kind !== "error" || f.code === Code.Unavailable) {
+      // See the header: DEL must not block pod teardown while the agent is away.
+      log.warn("DEL: agent not reachable; succeeding anyway (the agent drops gone pods when it rebuilds its cache)", { error: f.message });
+      return;
+    }
+    throw agentCallFailure(e, cfg, `pod ${k8s.namespace}/${k8s.name}`);
+  }
+}
+
+async function cmdCheck(env: CniEnv, conf: NetConf, k8s: K8sPod | undefined, cfg: EffectiveConfig, log: Logger): Promise<void> {
+  if (compareVersions(conf.cniVersion, "0.4.0") < 0) throw new CniFailure(CniCode.IncompatibleVersion, `CHECK needs cniVersion 0.4.0 or later, the netconf says ${conf.cniVersion}`);
+  parsePrevResult(conf.prevResult, "CHECK", conf.cniVersion);
+  if (!k8s) return;
+  const client = createAgentClient({ socketPath: cfg.agentSocket, timeoutMs: cfg.timeoutMs });
+  let pods;
+  try {
+    pods = (await client.listPods({ namespace: k8s.namespace })).pods;
+  } catch (e) {
+    throw agentCallFailure(e, cfg, `pod ${k8s.namespace}/${k8s.name}`);
+  }
+  const pod = pods.find((p) => (k8s.uid ? p.uid === k8s.uid : p.name === k8s.name));
+  if (!pod) {
+    log.warn("CHECK: the agent does not know this pod", { netns: env.netns });
+    return;
+  }
+  if (pod.state === PodState.PENDING) {
+    throw new CniFailure(CniCode.TryAgainLater, `pod ${k8s.namespace}/${k8s.name} is pending: no nshub proxy has taken it yet (${pod.reason})`);
+  }
+}
+
+async function cmdStatus(conf: NetConf, cfg: EffectiveConfig, log: Logger): Promise<void> {
+  if (compareVersions(conf.cniVersion, "1.1.0") < 0) throw new CniFailure(CniCode.IncompatibleVersion, `STATUS needs cniVersion 1.1.0 or later, the netconf says ${conf.cniVersion}`);
+  const client = createAgentClient({ socketPath: cfg.agentSocket, timeoutMs: cfg.timeoutMs });
+  try {
+    await client.listPods({});
+  } catch (e) {
+    const f = agentFailure(e, cfg.agentSocket);
+    log.warn("STATUS: agent not available", { error: f.message });
+    throw new CniFailure(CniCode.PluginNotAvailable, `the nshub agent is not available: ${f.message}`);
+  }
+}
+
+/** Maps a failed agent call to the CNI error the runtime should see. */
+function agentCallFailure(e: unknown, cfg: EffectiveConfig, what: string): CniFailure {
+  const f = agentFailure(e, cfg.agentSocket);
+  switch (f.kind) {
+    case "unreachable":
+      return new CniFailure(CniCode.TryAgainLater, `${what}: ${f.message}`, "is the nshub agent running on this node? the runtime retries");
+    case "timeout":
+      return new CniFailure(CniCode.TryAgainLater, `${what}: the nshub agent did not answer within ${cfg.timeoutMs} ms`, f.message);
+    case "error":
+      switch (f.code) {
+        case Code.Unavailable:
+        case Code.ResourceExhausted:
+        case Code.Aborted:
+          return new CniFailure(CniCode.TryAgainLater, `${what}: the nshub agent is not ready: ${f.message}`);
+        case Code.InvalidArgument:
+        case Code.FailedPrecondition:
+        case Code.NotFound:
+        case Code.AlreadyExists:
+        case Code.PermissionDenied:
+        case Code.OutOfRange:
+          return new CniFailure(CniCode.AgentRejected, `${what}: the nshub agent refused it: ${f.message}`);
+        case Code.Unimplemented:
+          return new CniFailure(CniCode.AgentProtocol, `${what}: the nshub agent does not implement this call: ${f.message}`, "the agent and the plugin may be different nshub versions");
+        default:
+          return new CniFailure(CniCode.AgentFailed, `${what}: the nshub agent failed: ${f.message}`);
+      }
+  }
+}
+
+function short(id: string): string {
+  return id.length > 12 ? id.slice(0, 12) : id;
+}
+
+export type { AgentClient };
