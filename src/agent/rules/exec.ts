@@ -66,7 +66,9 @@ export async function runTool(argv: readonly string[], opts: RunOptions = {}): P
   let proc;
   try {
     proc = Bun.spawn(full, {
-      stdin: opts.stdin === undefined ? "ignore" : new TextEncoder().encode(opts.stdin),
+      // A pipe, not a Uint8Array: Bun backs an array stdin with a memfd that stays open until
+      // the GC collects the subprocess, which makes the agent's fd count drift.
+      stdin: opts.stdin === undefined ? "ignore" : "pipe",
       stdout: "pipe",
       stderr: "pipe",
       env: TOOL_ENV,
@@ -76,6 +78,15 @@ export async function runTool(argv: readonly string[], opts: RunOptions = {}): P
   } catch (e) {
     // ENOENT for the binary itself (nsenter or the tool not installed).
     return { code: 127, stdout: "", stderr: `cannot run ${full[0]}: ${(e as Error).message}` };
+  }
+  if (opts.stdin !== undefined && proc.stdin) {
+    const input = proc.stdin as import("bun").FileSink;
+    try {
+      input.write(opts.stdin);
+      await input.end();
+    } catch {
+      // The tool exited without reading its input; its exit code and stderr say why.
+    }
   }
   const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   if (proc.signalCode !== null) return { code: 128 + 9, stdout, stderr: `${stderr}killed by ${proc.signalCode} (timeout)` };
