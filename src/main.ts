@@ -11,7 +11,7 @@ interface Command {
 
 const commands: Record<string, Command> = {
   agent: { summary: "node agent: enrollment, in-pod rules, pod cache, ZDS server", load: () => import("./agent/main.ts") },
-  proxy: { summary: "node proxy: per-pod listeners inside each pod's netns, relay, admin" },
+  proxy: { summary: "node proxy: per-pod listeners inside each pod's netns, relay, admin", load: () => import("./proxy/command.ts") },
   cni: { summary: "chained CNI plugin (also runs when invoked as nshub-cni)", load: () => import("./cni/main.ts") },
   install: { summary: "put nshub-cni into the CNI bin dir and chain it into the node's conflist", load: () => import("./cli/install.ts") },
   uninstall: { summary: "undo install: restore the conflist, remove nshub-cni", load: () => import("./cli/install.ts").then((m) => ({ main: m.uninstallMain })) },
@@ -21,7 +21,7 @@ const commands: Record<string, Command> = {
   pods: { summary: "list pods the proxy serves", load: () => import("./cli/pods.ts") },
   connections: { summary: "list live connections (--watch to follow)", load: () => import("./cli/connections.ts") },
   "logs-level": { summary: "read or set the proxy's log level", load: () => import("./cli/logs-level.ts") },
-  demo: { summary: "a virtual node in network namespaces with live captured traffic" },
+  demo: { summary: "a virtual node in network namespaces with live captured traffic", load: () => import("./cli/demo.ts") },
   check: { summary: "verify this process can do what nshub needs (setns, SO_MARK, fd passing)", load: () => import("./cli/check.ts") },
 };
 

@@ -1,0 +1,174 @@
+// `nshub proxy`: the node proxy daemon. Startup: config, capability check, readiness/admin
+// servers, then the ZDS client, which feeds pods to the workload manager. Shutdown (SIGTERM,
+// SIGINT or POST /quitquitquit): stop reading ZDS, close every pod's listeners (a second proxy
+// sharing the ports takes new connections), let open connections finish until the drain
+// deadline, reset the rest, exit 0. A second signal resets everything at once.
+import { parseArgs } from "node:util";
+import { homeNetns, stopFdPoller } from "../sys/index.ts";
+import { ConfigError, loadConfig } from "../config/load.ts";
+import { createLogger, setLogLevel } from "../log/logger.ts";
+import { ZdsClient } from "../zds/client.ts";
+import { startProxyHttp, type ProxyHttpOptions } from "./admin.ts";
+import { CapabilityError, checkCapabilities } from "./capabilities.ts";
+import { ProxyWorkloadManager } from "./manager.ts";
+
+const USAGE = `usage: nshub proxy [options]
+
+The node proxy: receives pods from the node agent over ZDS, opens each pod's listeners inside
+the pod's network namespace (outbound 15001, inbound 15006) and relays the pod's traffic.
+
+options:
+  --config <file>               YAML config (default /etc/nshub/config.yaml if present)
+  --zds-socket <path>           the agent's ZDS socket (default /var/run/nshub/zds.sock)
+  --admin-address <host:port>   admin API, POST /quitquitquit (default 127.0.0.1:15000)
+  --readiness-address <h:p>     GET /healthz/ready (default 0.0.0.0:15021)
+  --outbound-port <port>        in-pod outbound capture port (default 15001)
+  --inbound-port <port>         in-pod inbound capture port (default 15006)
+  --connect-timeout-ms <ms>     upstream connect timeout (default 10000)
+  --drain-deadline-ms <ms>      how long open connections may finish on shutdown (default 30000)
+  --pending-retry-ms <ms>       retry interval for pods whose listeners failed (default 5000)
+  --max-queued-bytes <n>        per-direction relay queue before the reader pauses (default 262144)
+  --log-level <level>           trace, debug, info, warn, error
+  -h, --help                    this text
+
+Environment: NSHUB_PROXY_<KEY> (e.g. NSHUB_PROXY_DRAIN_DEADLINE_MS), NSHUB_LOG_LEVEL, NSHUB_CONFIG.`;
+
+const FLAGS = {
+  config: { type: "string" },
+  "zds-socket": { type: "string" },
+  "admin-address": { type: "string" },
+  "readiness-address": { type: "string" },
+  "outbound-port": { type: "string" },
+  "inbound-port": { type: "string" },
+  "connect-timeout-ms": { type: "string" },
+  "drain-deadline-ms": { type: "string" },
+  "pending-retry-ms": { type: "string" },
+  "max-queued-bytes": { type: "string" },
+  "log-level": { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Flag name → proxy config key, and whether the value is a number. */
+const FLAG_KEYS: Record<string, [string, boolean]> = {
+  "zds-socket": ["zdsSocket", false],
+  "admin-address": ["adminAddress", false],
+  "readiness-address": ["readinessAddress", false],
+  "outbound-port": ["outboundPort", true],
+  "inbound-port": ["inboundPort", true],
+  "connect-timeout-ms": ["connectTimeoutMs", true],
+  "drain-deadline-ms": ["drainDeadlineMs", true],
+  "pending-retry-ms": ["pendingRetryMs", true],
+  "max-queued-bytes": ["maxQueuedBytes", true],
+};
+
+export interface ProxyMainHooks {
+  /** For the admin/metrics issue: extra routes on the admin and readiness apps. */
+  http?: Pick<ProxyHttpOptions, "extendAdmin" | "extendReadiness">;
+}
+
+export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<number> {
+  const { values } = parseArgs({ args, options: FLAGS, strict: true, allowPositionals: false });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const proxyOverrides: Record<string, unknown> = {};
+  for (const [flag, [key, numeric]] of Object.entries(FLAG_KEYS)) {
+    const v = (values as Record<string, string | undefined>)[flag];
+    if (v === undefined) continue;
+    if (numeric && !/^\d+$/.test(v)) {
+      console.error(`nshub proxy: --${flag} expects a number, got ${JSON.stringify(v)}`);
+      return 2;
+    }
+    proxyOverrides[key] = numeric ? Number(v) : v;
+  }
+  const overrides: Record<string, unknown> = { proxy: proxyOverrides };
+  if (values["log-level"] !== undefined) overrides.logLevel = values["log-level"];
+
+  let cfg;
+  try {
+    cfg = loadConfig({ file: values.config, overrides });
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      console.error(`nshub proxy: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+  setLogLevel(cfg.logLevel);
+  const log = createLogger("proxy");
+  const pc = cfg.proxy;
+
+  // The home netns must be recorded before any setns (src/sys contract).
+  homeNetns();
+  try {
+    log.info("capability check passed", { detail: checkCapabilities(pc.mark) });
+  } catch (e) {
+    if (e instanceof CapabilityError) {
+      log.error(e.message, { capability: e.capability });
+      console.error(`nshub proxy: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
+
+  const manager = new ProxyWorkloadManager({ cfg: pc, log: createLogger("proxy/pods") });
+  let wasReady = false;
+  manager.onReadinessChange((r) => {
+    if (r.ready !== wasReady) {
+      wasReady = r.ready;
+      if (r.ready) log.info("proxy ready", { pods: manager.pods().length });
+      else log.info("proxy not ready", { reason: r.reason });
+    }
+  });
+
+  let requestQuit: (reason: string) => void = () => undefined;
+  const quit = new Promise<string>((resolve) => (requestQuit = resolve));
+  let http;
+  try {
+    http = startProxyHttp({
+      manager,
+      onQuit: (reason) => requestQuit(reason),
+      adminAddress: pc.adminAddress,
+      readinessAddress: pc.readinessAddress,
+      ...hooks.http,
+    });
+  } catch (e) {
+    log.error((e as Error).message);
+    console.error(`nshub proxy: ${(e as Error).message}`);
+    return 1;
+  }
+
+  const zlog = createLogger("proxy/zds");
+  const zds = new ZdsClient({ path: pc.zdsSocket, manager, log: (level, msg, fields) => zlog[level](msg, fields) });
+  zds.start();
+  log.info("proxy started", { zdsSocket: pc.zdsSocket, admin: pc.adminAddress, readiness: pc.readinessAddress, pid: process.pid });
+
+  let signals = 0;
+  const onSignal = (sig: string) => {
+    signals++;
+    if (signals === 1) {
+      requestQuit(sig);
+      return;
+    }
+    // A second signal: do not wait for the drain.
+    log.warn("second signal: resetting every connection now", { signal: sig });
+    manager.closeAll();
+  };
+  const onTerm = () => onSignal("SIGTERM");
+  const onInt = () => onSignal("SIGINT");
+  process.on("SIGTERM", onTerm);
+  process.on("SIGINT", onInt);
+
+  const reason = await quit;
+  signals = Math.max(signals, 1);
+  log.info("shutting down: draining", { reason, deadlineMs: pc.drainDeadlineMs, connections: manager.table.size });
+  await zds.stop();
+  const result = await manager.drain(pc.drainDeadlineMs);
+  log.info("drained; exiting", result);
+  await http.stop();
+  process.off("SIGTERM", onTerm);
+  process.off("SIGINT", onInt);
+  stopFdPoller();
+  return 0;
+}

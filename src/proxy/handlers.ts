@@ -1,0 +1,101 @@
+// What the outbound (15001) and inbound (15006) listeners do with an accepted connection:
+// find the original destination, refuse self calls, open the upstream socket inside the pod's
+// netns with the proxy's mark (inbound: from the client's own IP, so the app sees the real
+// peer), then hand both sockets to a Relay.
+import {
+  connectTcp,
+  localAddress,
+  originalDst,
+  peerAddress,
+  setSockOpt,
+  SysError,
+  type SocketAddress,
+} from "../sys/index.ts";
+import { fmt, type Direction, type Endpoint } from "./records.ts";
+import { Relay, type RelaySocket } from "./relay.ts";
+import type { PodProxy } from "./pod.ts";
+
+const IPPROTO_TCP = 6;
+const TCP_KEEPINTVL = 5;
+const TCP_KEEPCNT = 6;
+/** Keepalive probes before a silent peer is declared dead (ztunnel's default). */
+const KEEPALIVE_PROBES = 9;
+
+export function acceptOutbound(pod: PodProxy, sock: RelaySocket): void {
+  accept(pod, sock, "outbound");
+}
+
+export function acceptInbound(pod: PodProxy, sock: RelaySocket): void {
+  accept(pod, sock, "inbound");
+}
+
+const ep = (a: SocketAddress): Endpoint => ({ ip: a.ip, port: a.port });
+
+function accept(pod: PodProxy, sock: RelaySocket, direction: Direction): void {
+  const { cfg, table, log } = pod.deps;
+  const fd = sock.fd ?? -1;
+  let source: SocketAddress;
+  let dst: SocketAddress;
+  try {
+    source = peerAddress(fd);
+    try {
+      dst = originalDst(fd);
+    } catch (e) {
+      // Not redirected by NAT: with TPROXY the local address is the original destination; with
+      // REDIRECT rules it means the client connected to the proxy port itself (refused below).
+      if (!(e instanceof SysError)) throw e;
+      dst = localAddress(fd);
+    }
+  } catch (e) {
+    log.warn("cannot read the addresses of an accepted connection; resetting it", { direction, error: (e as Error).message });
+    sock.terminate();
+    return;
+  }
+  const rec = table.open({ pod: pod.ref, direction, source: ep(source), originalDst: ep(dst), upstream: ep(dst) });
+  const relay = new Relay(rec, sock, table, {
+    maxQueuedBytes: cfg.maxQueuedBytes,
+    configureSocket: (s) => keepalive(s, cfg.keepaliveIdleSec),
+  });
+  pod.track(relay);
+  if (pod.isSelfCall(dst, direction)) {
+    log.debug("refused a connection to the proxy's own port", { id: rec.id, direction, dst: fmt(dst), source: fmt(source) });
+    relay.abort("refused_loop", `destination ${fmt(dst)} is one of the proxy's own ports`);
+    return;
+  }
+  // Inbound keeps the client's IP as the source (IP_TRANSPARENT bind); the pod's connmark and
+  // table-100 rules bring the app's replies back to this socket. Not when the client is the
+  // pod itself (same IP): then a plain connect is right.
+  const transparentSource = direction === "inbound" && source.ip !== dst.ip ? source.ip : undefined;
+  let upstreamFd: number;
+  connectTcp({ netns: pod.netns, host: dst.ip, port: dst.port, mark: cfg.mark, transparentSource, timeoutMs: cfg.connectTimeoutMs })
+    .then(
+      (fd) => {
+        upstreamFd = fd;
+        try {
+          rec.upstreamLocal = ep(localAddress(fd));
+        } catch {
+          // informational only
+        }
+        return relay.adoptUpstream(upstreamFd);
+      },
+      (e) => {
+        const why = e instanceof SysError ? e.code : (e as Error).message;
+        log.debug("upstream connect failed; resetting the client", { id: rec.id, direction, dst: fmt(dst), error: why });
+        relay.connectFailed(why);
+      },
+    )
+    .catch((e) => relay.abort("error", (e as Error).message));
+}
+
+function keepalive(sock: RelaySocket, idleSec: number): void {
+  // Bun sets SO_KEEPALIVE and TCP_KEEPIDLE; interval and count as ztunnel has them.
+  sock.setKeepAlive(true, idleSec * 1000);
+  const fd = sock.fd;
+  if (fd === undefined || fd < 0) return;
+  try {
+    setSockOpt(fd, IPPROTO_TCP, TCP_KEEPINTVL, idleSec);
+    setSockOpt(fd, IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE_PROBES);
+  } catch {
+    // the socket may already be gone; keepalive is best effort
+  }
+}

@@ -1,0 +1,151 @@
+// The per-pod listener table: one row per kind of listener a pod gets. Today: outbound capture
+// (15001) and inbound plaintext capture (15006). HBONE (15008, mTLS HTTP/2 CONNECT) and DNS
+// (15053, UDP+TCP on localhost) are further rows of the same table: a row says on which port and
+// address it listens and how it opens its sockets (synchronously, inside the pod's netns window)
+// and handles what it accepts; the pod proxy (pod.ts) does not know the kinds.
+import {
+  getSockOpt,
+  IPV6_TRANSPARENT,
+  IP_TRANSPARENT,
+  SOL_IP,
+  SOL_IPV6,
+  SOL_SOCKET,
+  SO_MARK,
+  SO_REUSEPORT,
+  setSockOpt,
+} from "../sys/index.ts";
+import type { ProxyConfig } from "../config/schema.ts";
+import { acceptInbound, acceptOutbound } from "./handlers.ts";
+import { clientHandlers, type RelaySocket } from "./relay.ts";
+import type { PodProxy } from "./pod.ts";
+
+/** The address family the pod's wildcard listeners use: "::" (dual stack) when the pod has IPv6. */
+export type BindFamily = "ipv4" | "dual";
+
+/** One open listener of one pod. */
+export interface PodListener {
+  readonly kind: string;
+  /** e.g. "0.0.0.0", "::", "127.0.0.1". */
+  readonly address: string;
+  readonly port: number;
+  /** The listening sockets' fds (a DNS row would have a UDP and a TCP one). */
+  readonly fds: readonly number[];
+  /** Stops accepting and closes the sockets (synchronously). Connections are not touched. */
+  close(): void;
+}
+
+/** A row of the listener table. */
+export interface ListenerKind {
+  readonly kind: string;
+  /** The port this row listens on with the given config. */
+  port(cfg: ProxyConfig): number;
+  /** Whether the row is on with the given config (a DNS row would read dnsCapture). */
+  enabled(cfg: ProxyConfig): boolean;
+  /**
+   * Opens the row's sockets for `pod`. Runs inside the pod's netns window: everything that
+   * creates a socket must happen synchronously before returning. Throws when it cannot bind.
+   */
+  open(pod: PodProxy, family: BindFamily, cfg: ProxyConfig): PodListener;
+}
+
+interface BunListener {
+  readonly fd?: number;
+  readonly port: number;
+  stop(closeActiveConnections?: boolean): void;
+}
+
+/**
+ * A wildcard TCP listener with SO_REUSEPORT (so a second proxy can bind the same port for a
+ * hand-over), half-open sockets, SO_MARK (accepted sockets inherit it, so the pod's rules never
+ * capture the proxy's own replies) and IP_TRANSPARENT (needed for TPROXY-style inbound).
+ * Must run inside the pod's netns window.
+ */
+export function openTcpListener(opts: {
+  kind: string;
+  address: string;
+  port: number;
+  mark: number;
+  transparent: boolean;
+  accept: (sock: RelaySocket) => void;
+}): PodListener {
+  const l = Bun.listen({
+    hostname: opts.address,
+    port: opts.port,
+    reusePort: true,
+    allowHalfOpen: true,
+    socket: clientHandlers(opts.accept),
+  } as never) as unknown as BunListener;
+  const fd = l.fd ?? -1;
+  try {
+    if (fd < 0) throw new Error(`Bun listener on ${opts.address}:${opts.port} has no fd`);
+    setSockOpt(fd, SOL_SOCKET, SO_MARK, opts.mark);
+    if (opts.transparent) {
+      if (opts.address.includes(":")) setSockOpt(fd, SOL_IPV6, IPV6_TRANSPARENT, 1);
+      else setSockOpt(fd, SOL_IP, IP_TRANSPARENT, 1);
+    }
+    if (getSockOpt(fd, SOL_SOCKET, SO_REUSEPORT) !== 1) throw new Error("SO_REUSEPORT did not stick");
+  } catch (e) {
+    l.stop(true);
+    throw e;
+  }
+  let closed = false;
+  return {
+    kind: opts.kind,
+    address: opts.address,
+    port: l.port,
+    fds: [fd],
+    close() {
+      if (closed) return;
+      closed = true;
+      // false: accepted connections stay with their relays (drain decides their fate).
+      l.stop(false);
+    },
+  };
+}
+
+const wildcard = (family: BindFamily) => (family === "dual" ? "::" : "0.0.0.0");
+
+/** The listener table. Order matters only for logs. */
+export const LISTENER_KINDS: readonly ListenerKind[] = [
+  {
+    kind: "outbound",
+    port: (cfg) => cfg.outboundPort,
+    enabled: () => true,
+    open: (pod, family, cfg) =>
+      openTcpListener({
+        kind: "outbound",
+        address: wildcard(family),
+        port: cfg.outboundPort,
+        mark: cfg.mark,
+        transparent: true,
+        accept: (sock) => acceptOutbound(pod, sock),
+      }),
+  },
+  {
+    kind: "inbound",
+    port: (cfg) => cfg.inboundPort,
+    enabled: () => true,
+    open: (pod, family, cfg) =>
+      openTcpListener({
+        kind: "inbound",
+        address: wildcard(family),
+        port: cfg.inboundPort,
+        mark: cfg.mark,
+        transparent: true,
+        accept: (sock) => acceptInbound(pod, sock),
+      }),
+  },
+  // Next rows: { kind: "hbone", port: () => 15008, open: TLS + HTTP/2 CONNECT server },
+  //            { kind: "dns", port: () => 15053, open: UDP + TCP on 127.0.0.1 (and ::1) }.
+];
+
+/** Istio's HBONE port: reserved for the HBONE row even before it exists. */
+const RESERVED_PORTS = [15008];
+
+/**
+ * Ports that must never be a relayed connection's destination (self calls): every port of the
+ * table, enabled or not, plus the reserved HBONE port, like ztunnel's illegal_ports.
+ */
+export function proxyPorts(cfg: ProxyConfig, kinds: readonly ListenerKind[] = LISTENER_KINDS): Set<number> {
+  return new Set([...kinds.map((k) => k.port(cfg)), ...RESERVED_PORTS]);
+}

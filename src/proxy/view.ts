@@ -1,0 +1,40 @@
+// The proxy's side of the admin contract (src/admin/view.ts): a ProxyView over the workload
+// manager and its connection table, for the admin API, the metrics and the CLI.
+import type { ProxyView, VersionInfo, WorkloadView } from "../admin/view.ts";
+import { getLogLevel, setLogLevel } from "../log/logger.ts";
+import type { ProxyWorkloadManager } from "./manager.ts";
+
+export interface ProxyViewOptions {
+  manager: ProxyWorkloadManager;
+  /** The effective configuration, as shown by /config_dump. */
+  config: unknown;
+  version: VersionInfo;
+  /** Starts the graceful shutdown (same as SIGTERM). */
+  quit: (reason: string) => void;
+}
+
+export function createProxyView(o: ProxyViewOptions): ProxyView {
+  return {
+    workloads(): Iterable<WorkloadView> {
+      return o.manager.pods().map((p) => ({
+        uid: p.uid,
+        name: p.name,
+        namespace: p.namespace,
+        serviceAccount: p.serviceAccount,
+        netns: p.netns,
+        state: p.state === "running" ? "Up" : "Pending",
+        listeners: p.listeners,
+        ips: p.ips,
+        ...(p.error !== undefined ? { error: p.error } : {}),
+      }));
+    },
+    // The live records satisfy ConnectionView as they are (checked in src/admin/connection-observer.ts).
+    connections: () => o.manager.table.live(),
+    config: () => o.config,
+    version: () => o.version,
+    readiness: () => o.manager.readiness(),
+    getLogLevel,
+    setLogLevel,
+    quit: (reason) => o.quit(reason),
+  };
+}
