@@ -67,7 +67,7 @@ function accept(pod: PodProxy, sock: RelaySocket, direction: Direction): void {
   // pod itself (same IP): then a plain connect is right.
   const transparentSource = direction === "inbound" && source.ip !== dst.ip ? source.ip : undefined;
   let upstreamFd: number;
-  connectTcp({ netns: pod.netns, host: dst.ip, port: dst.port, mark: cfg.mark, transparentSource, timeoutMs: cfg.connectTimeoutMs })
+  connectUpstream(pod, dst, cfg, transparentSource)
     .then(
       (fd) => {
         upstreamFd = fd;
@@ -85,6 +85,32 @@ function accept(pod: PodProxy, sock: RelaySocket, direction: Direction): void {
       },
     )
     .catch((e) => relay.abort("error", (e as Error).message));
+}
+
+/**
+ * Source ports for inbound connections that keep the client's IP. With port 0 the kernel may
+ * pick a port that the same client is using right now to the same destination: in the pod
+ * that is a live conntrack tuple (the client's redirected connection), the two connections
+ * merge and one of them stalls. Clients' kernels take ephemeral ports from 32768–60999 by
+ * default, so the proxy takes its own from below that range; a port in use here is retried.
+ */
+export const INBOUND_SOURCE_PORTS = { min: 20000, max: 32767 } as const;
+const SOURCE_PORT_TRIES = 16;
+
+async function connectUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy["deps"]["cfg"], transparentSource: string | undefined): Promise<number> {
+  const base = { netns: pod.netns, host: dst.ip, port: dst.port, mark: cfg.mark, timeoutMs: cfg.connectTimeoutMs };
+  if (transparentSource === undefined) return connectTcp(base);
+  const span = INBOUND_SOURCE_PORTS.max - INBOUND_SOURCE_PORTS.min + 1;
+  for (let i = 0; i < SOURCE_PORT_TRIES; i++) {
+    const transparentSourcePort = INBOUND_SOURCE_PORTS.min + Math.floor(Math.random() * span);
+    try {
+      return await connectTcp({ ...base, transparentSource, transparentSourcePort });
+    } catch (e) {
+      // The bind is the first thing that can fail with EADDRINUSE; anything else is the connect's.
+      if (!(e instanceof SysError && e.code === "EADDRINUSE")) throw e;
+    }
+  }
+  return connectTcp({ ...base, transparentSource });
 }
 
 function keepalive(sock: RelaySocket, idleSec: number): void {

@@ -16,6 +16,8 @@ export interface TcpConnectOptions {
   mark?: number;
   /** Bind to this (possibly foreign) IP first, with IP_TRANSPARENT + IP_FREEBIND. */
   transparentSource?: string;
+  /** Source port for the transparent bind (0/absent: the kernel picks one). */
+  transparentSourcePort?: number;
 }
 
 /**
@@ -24,7 +26,7 @@ export interface TcpConnectOptions {
  */
 export function startTcpConnect(o: TcpConnectOptions): number {
   const dst = encodeSockaddr(o.host, o.port);
-  const src = o.transparentSource !== undefined ? encodeSockaddr(o.transparentSource, 0) : null;
+  const src = o.transparentSource !== undefined ? encodeSockaddr(o.transparentSource, o.transparentSourcePort ?? 0) : null;
   const r = lib.nh_tcp_connect(
     o.netns ? o.netns.fd : -1,
     o.netns ? homeNetns().fd : -1,
@@ -34,7 +36,8 @@ export function startTcpConnect(o: TcpConnectOptions): number {
     dst,
     dst.byteLength,
   );
-  return check(r, "connect", o.netns?.label, `to ${o.host}:${o.port}`);
+  const from = src ? ` from ${o.transparentSource}:${o.transparentSourcePort ?? 0}` : "";
+  return check(r, "connect", o.netns?.label, `to ${o.host}:${o.port}${from}`);
 }
 
 /** 0 when connected, -EINPROGRESS while pending, else the connect's -errno. Never blocks. */

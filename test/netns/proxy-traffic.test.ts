@@ -5,6 +5,7 @@
 // servers are real: socat, curl, iperf3, and test/fixtures/proxy-tool.ts where a test needs a
 // half-close followed by a reply, a reset at a chosen moment or a thousand connections at once.
 // Timings are printed, never asserted.
+import { INBOUND_SOURCE_PORTS } from "../../src/proxy/handlers.ts";
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { netnsDescribe } from "../helpers/root.ts";
 import type { Pod, SimProcess } from "../helpers/netsim.ts";
@@ -100,8 +101,13 @@ netnsDescribe("proxy: traffic between pods", () => {
     expect(out[0]!.closeHow).toBe("done");
     expect(inb[0]!.closeHow).toBe("done");
     expect(inb[0]!.source.startsWith(`${A.ip}:`)).toBe(true);
-    // The inbound upstream socket was bound to A's IP (transparent), so that is what B saw.
+    // The inbound upstream socket was bound to A's IP (transparent), so that is what B saw, with
+    // a source port from the proxy's own range (below clients' ephemeral ports: no conntrack
+    // tuple shared with a live client connection).
     expect(inb[0]!.upstreamLocal?.startsWith(`${A.ip}:`)).toBe(true);
+    const port = Number(inb[0]!.upstreamLocal!.split(":")[1]);
+    expect(port).toBeGreaterThanOrEqual(INBOUND_SOURCE_PORTS.min);
+    expect(port).toBeLessThanOrEqual(INBOUND_SOURCE_PORTS.max);
     // The outbound leg came from A's own IP (not spoofed) and carried the reply back.
     expect(out[0]!.bytesReceived).toBe(r.reply.length);
   }, T);
@@ -234,6 +240,13 @@ netnsDescribe("proxy: traffic between pods", () => {
     const r = await env.toolRun(A, ["many", "--host", B.ip, "--port", "5002", "--conns", "1000", "--bytes", "4096"], T);
     expect(r.errors).toEqual({});
     expect(r).toMatchObject({ ok: 1000, failed: 0 });
+    // The inbound legs (those still in the proxy's ring of 1,024 recent records, which also
+    // holds A's outbound legs) kept A's IP and took source ports from the proxy's range.
+    const legs = await records((c) => c.pod.uid === B.uid && c.direction === "inbound" && c.originalDst === `${B.ip}:5002`);
+    expect(legs.length).toBeGreaterThanOrEqual(100);
+    expect(legs.every((c) => c.upstreamLocal?.startsWith(`${A.ip}:`))).toBe(true);
+    const ports = legs.map((c) => Number(c.upstreamLocal?.split(":")[1]));
+    expect(ports.every((p) => p >= INBOUND_SOURCE_PORTS.min && p <= INBOUND_SOURCE_PORTS.max)).toBe(true);
     await eventually(async () => (await proxy.connections()).live.length === 0, 10_000, "no live connections left");
   }, T);
 });
