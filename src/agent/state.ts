@@ -15,8 +15,9 @@
 //         "updatedAt": "2026-…Z" }
 //     ]
 //   }
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { writeFileAtomic } from "../util/atomic-file.ts";
+import { mkdirSync, readFileSync } from "node:fs";
+import { dirname } from "node:path";
 import { z } from "zod";
 import { formatIssues } from "../config/load.ts";
 
@@ -80,24 +81,7 @@ export function readStateFile(path: string): PodRecord[] {
 
 /** Writes the state file atomically (temp file + fsync + rename), creating its directory. */
 export function writeStateFile(path: string, pods: PodRecord[]): void {
-  const dir = dirname(path);
-  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
   const body = JSON.stringify({ version: STATE_VERSION, writtenAt: new Date().toISOString(), pods }, null, 1) + "\n";
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.tmp`);
-  const fd = openSync(tmp, "w", 0o600);
-  try {
-    writeSync(fd, body);
-    fsyncSync(fd);
-  } catch (e) {
-    closeSync(fd);
-    rmSync(tmp, { force: true });
-    throw e;
-  }
-  closeSync(fd);
-  try {
-    renameSync(tmp, path);
-  } catch (e) {
-    rmSync(tmp, { force: true });
-    throw e;
-  }
+  writeFileAtomic(path, body, 0o600);
 }

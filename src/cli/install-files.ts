@@ -2,7 +2,6 @@
 // the container runtime, which watches the conf dir, never reads half a file, and a running
 // nshub-cni is replaced rather than overwritten), content comparison, and recognising our binary.
 import {
-  chmodSync,
   closeSync,
   copyFileSync,
   fstatSync,
@@ -15,11 +14,12 @@ import {
   rmSync,
   statSync,
   symlinkSync,
-  writeSync,
   type Stats,
 } from "node:fs";
-import { randomBytes } from "node:crypto";
-import { basename, dirname, join, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
+import { commit, tempPath, writeFileAtomic } from "../util/atomic-file.ts";
+
+export { writeFileAtomic };
 
 /**
  * A string that is in every nshub binary (this module is bundled into it) and in no other
@@ -27,29 +27,6 @@ import { basename, dirname, join, resolve } from "node:path";
  * foreign plugin that happens to use the name.
  */
 export const BINARY_MARKER = "nshub-binary:cni-plugin-marker:6f1d2c";
-
-function tempPath(target: string): string {
-  // A hidden name without a config extension: neither the runtime nor our scan picks it up.
-  return join(dirname(target), `.${basename(target)}.nshub-tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
-}
-
-/** Writes `data` to `target` atomically with `mode`. */
-export function writeFileAtomic(target: string, data: string | Uint8Array, mode: number): void {
-  const tmp = tempPath(target);
-  const fd = openSync(tmp, "wx", mode);
-  try {
-    const buf = typeof data === "string" ? Buffer.from(data) : data;
-    let off = 0;
-    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
-    fsyncSync(fd);
-  } catch (e) {
-    closeSync(fd);
-    rmSync(tmp, { force: true });
-    throw e;
-  }
-  closeSync(fd);
-  commit(tmp, target, mode);
-}
 
 /** Copies `src` to `target` atomically with `mode`. */
 export function copyFileAtomic(src: string, target: string, mode: number): void {
@@ -74,16 +51,6 @@ export function symlinkAtomic(dest: string, target: string): void {
   const tmp = tempPath(target);
   symlinkSync(dest, tmp);
   try {
-    renameSync(tmp, target);
-  } catch (e) {
-    rmSync(tmp, { force: true });
-    throw e;
-  }
-}
-
-function commit(tmp: string, target: string, mode: number): void {
-  try {
-    chmodSync(tmp, mode); // the umask applied at creation
     renameSync(tmp, target);
   } catch (e) {
     rmSync(tmp, { force: true });
