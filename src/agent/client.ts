@@ -79,7 +79,3 @@ function causeText(c: unknown): string {
   }
   return String(c);
 }
-
-function oneLine(s: string): string {
-  return s.replace(/\s+/g, " ").slice(0, 500);
-}

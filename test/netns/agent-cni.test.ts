@@ -15,7 +15,6 @@ import {
   CLEAN_STATE,
   ENROLLED_STATE,
   eventually,
-  inNetns,
   NSHUB,
   podNetState,
   probeSet,
