@@ -424,7 +424,7 @@ export class WorkloadManagerMetrics {
 }
 
 // ---------------------------------------------------------------------------------------------
-// agent metrics (for src/agent to adopt; names and labels match src/agent/admin.ts)
+// agent metrics (src/agent/admin.ts binds them to the agent)
 
 export interface AgentMetrics {
   readonly registry: Registry;
@@ -444,6 +444,13 @@ export interface AgentMetrics {
    */
   bindPodCounts(fn: () => Record<string, number>, states?: readonly string[]): void;
   cniRequest(method: string, result: string): void;
+  /**
+   * Or: the agent keeps the request counts itself and they are read at each scrape (totals by
+   * method and result). Once bound, the counter shows exactly what `fn` returns.
+   */
+  bindCniRequests(fn: () => Iterable<{ method: string; result: string; count: number }>): void;
+  /** State-file write errors so far, read at each scrape. */
+  bindStateWriteErrors(fn: () => number): void;
   /** Read at each scrape (or call zdsConnections.set yourself). */
   bindZdsConnections(fn: () => number): void;
   bindReady(fn: () => boolean): void;
@@ -455,6 +462,8 @@ export function createAgentMetrics(registry: Registry): AgentMetrics {
   let podStates: readonly string[] = [];
   let zdsCount: (() => number) | undefined;
   let isReady: (() => boolean) | undefined;
+  let requestCounts: (() => Iterable<{ method: string; result: string; count: number }>) | undefined;
+  let writeErrors: (() => number) | undefined;
   const pods = new Gauge({
     name: "nshub_agent_pods",
     help: "Pods in the agent's cache, by state",
@@ -473,6 +482,11 @@ export function createAgentMetrics(registry: Registry): AgentMetrics {
     help: "Event API requests (CNI plugin and CLI), by method and result",
     labelNames: ["method", "result"] as const,
     registers,
+    collect() {
+      if (!requestCounts) return;
+      this.reset();
+      for (const r of requestCounts()) this.inc({ method: r.method, result: r.result }, r.count);
+    },
   });
   const zdsConnections = new Gauge({
     name: "nshub_agent_zds_connections",
@@ -490,7 +504,16 @@ export function createAgentMetrics(registry: Registry): AgentMetrics {
       if (isReady) this.set(isReady() ? 1 : 0);
     },
   });
-  const stateWriteErrors = new Counter({ name: "nshub_agent_state_write_errors_total", help: "Failed writes of the state file", registers });
+  const stateWriteErrors = new Counter({
+    name: "nshub_agent_state_write_errors_total",
+    help: "Failed writes of the state file",
+    registers,
+    collect() {
+      if (!writeErrors) return;
+      this.reset();
+      this.inc(writeErrors());
+    },
+  });
   return {
     registry,
     pods,
@@ -503,6 +526,8 @@ export function createAgentMetrics(registry: Registry): AgentMetrics {
       podStates = states;
     },
     cniRequest: (method, result) => cniRequests.inc({ method, result }),
+    bindCniRequests: (fn) => void (requestCounts = fn),
+    bindStateWriteErrors: (fn) => void (writeErrors = fn),
     bindZdsConnections: (fn) => void (zdsCount = fn),
     bindReady: (fn) => void (isReady = fn),
   };

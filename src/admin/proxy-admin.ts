@@ -2,9 +2,12 @@
 //   admin      127.0.0.1:15000  GET /, GET /config_dump, GET|POST /logging, POST /quitquitquit
 //   metrics    0.0.0.0:15020    GET /metrics, GET /stats/prometheus
 //   readiness  0.0.0.0:15021    GET /healthz/ready
+// A daemon adds its own routes through AppExtension (the proxy: GET /pods, GET /connections,
+// POST /debug/gc on the admin server; see src/proxy/admin.ts); they are listed by GET / too.
 // The admin server is on loopback by default: it can stop the proxy and change its log level,
 // so only the node itself may reach it (pods have their own loopback; tested in
-// test/netns/admin-loopback.test.ts).
+// test/netns/admin-loopback.test.ts and, with the real proxy and enrolled pods,
+// test/netns/admin-traffic.test.ts).
 import { Hono } from "hono";
 import type { Registry } from "prom-client";
 import { LEVELS } from "../log/logger.ts";
@@ -13,7 +16,7 @@ import { formatHostPort, isLoopback, parseHostPort } from "./address.ts";
 import { buildConfigDump } from "./config-dump.ts";
 import type { ProxyView } from "./view.ts";
 
-interface IndexEntry {
+export interface IndexEntry {
   method: string;
   path: string;
   description: string;
@@ -63,13 +66,22 @@ export function checkLogLevel(level: string): string | undefined {
   return `unknown log level "${level}"; use one of: ${LEVELS.join(", ")}`;
 }
 
-export function createProxyAdminApp(view: ProxyView): Hono {
+/** Routes a daemon adds to one of the apps (e.g. the proxy's /pods), with their index entries. */
+export interface AppExtension {
+  /** Adds the routes (called before the app's catch-all 404). */
+  routes(app: Hono): void;
+  /** Shown by GET / on the admin app. */
+  endpoints?: readonly IndexEntry[];
+}
+
+export function createProxyAdminApp(view: ProxyView, extensions: readonly AppExtension[] = []): Hono {
   const app = new Hono();
   const initialLevel = view.getLogLevel();
+  const endpoints = [...ADMIN_ENDPOINTS, ...extensions.flatMap((e) => e.endpoints ?? [])];
 
   app.get("/", (c) => {
-    if (wantsJson(c.req.raw)) return jsonResponse({ endpoints: ADMIN_ENDPOINTS });
-    return c.html(indexHtml("nshub proxy admin", ADMIN_ENDPOINTS));
+    if (wantsJson(c.req.raw)) return jsonResponse({ endpoints });
+    return c.html(indexHtml("nshub proxy admin", endpoints));
   });
 
   app.get("/config_dump", () => jsonResponse(buildConfigDump(view)));
@@ -94,30 +106,33 @@ export function createProxyAdminApp(view: ProxyView): Hono {
   });
   app.all("/quitquitquit", () => methodNotAllowed("POST"));
 
+  for (const e of extensions) e.routes(app);
   app.notFound((c) => c.text(`not found: ${c.req.path}; see GET / for the endpoints\n`, 404));
   app.onError((e) => jsonResponse({ error: e instanceof Error ? e.message : String(e) }, 500));
   return app;
 }
 
 /** /metrics and /stats/prometheus (ztunnel serves both) in Prometheus' text format. */
-export function createMetricsApp(registry: Registry): Hono {
+export function createMetricsApp(registry: Registry, extensions: readonly AppExtension[] = []): Hono {
   const app = new Hono();
   const serve = async () => new Response(await registry.metrics(), { headers: { "content-type": registry.contentType } });
   app.get("/metrics", serve);
   app.get("/stats/prometheus", serve);
   app.get("/", (c) => c.text("metrics: GET /metrics or /stats/prometheus\n"));
+  for (const e of extensions) e.routes(app);
   app.notFound((c) => c.text(`not found: ${c.req.path}; metrics are at /metrics\n`, 404));
   app.onError((e) => new Response(`collecting metrics failed: ${e instanceof Error ? e.message : String(e)}\n`, { status: 500 }));
   return app;
 }
 
 /** GET /healthz/ready: 200 "ready", or 503 "not ready: <reason>". */
-export function createReadinessApp(view: Pick<ProxyView, "readiness">): Hono {
+export function createReadinessApp(view: Pick<ProxyView, "readiness">, extensions: readonly AppExtension[] = []): Hono {
   const app = new Hono();
   app.get("/healthz/ready", (c) => {
     const r = view.readiness();
     return c.text(r.ready ? "ready\n" : `not ready: ${r.reason}\n`, r.ready ? 200 : 503);
   });
+  for (const e of extensions) e.routes(app);
   app.notFound((c) => c.text("not found; readiness is at /healthz/ready\n", 404));
   return app;
 }
@@ -132,8 +147,20 @@ export interface AdminServers {
   readonly adminUrl: string;
   readonly metricsUrl: string;
   readonly readinessUrl: string;
-  /** Stops the three servers (open requests are cut). */
+  /** Stops the three servers at once (open requests are cut). */
   stop(): void;
+  /**
+   * Stops accepting, lets requests in flight (e.g. the answer to POST /quitquitquit) finish for
+   * up to `graceMs`, then cuts the rest.
+   */
+  close(graceMs?: number): Promise<void>;
+}
+
+export interface ServeAdminOptions {
+  registry: Registry;
+  log?: Logger;
+  /** Extra routes per server (the proxy adds /pods, /connections, /debug/gc to the admin). */
+  extend?: { admin?: readonly AppExtension[]; metrics?: readonly AppExtension[]; readiness?: readonly AppExtension[] };
 }
 
 type BunServer = ReturnType<typeof Bun.serve>;
@@ -153,7 +180,7 @@ export function serveApp(what: string, address: string, app: Hono, idleTimeout =
  * Starts the admin, metrics and readiness servers. Throws (having started nothing) when an
  * address is invalid or taken. Port 0 picks a free port (see the returned URLs).
  */
-export function serveAdmin(addrs: AdminAddresses, view: ProxyView, opts: { registry: Registry; log?: Logger }): AdminServers {
+export function serveAdmin(addrs: AdminAddresses, view: ProxyView, opts: ServeAdminOptions): AdminServers {
   // Validate all three before binding any.
   const admin = parseHostPort(addrs.adminAddress);
   parseHostPort(addrs.metricsAddress);
@@ -163,9 +190,9 @@ export function serveAdmin(addrs: AdminAddresses, view: ProxyView, opts: { regis
   }
   const started: BunServer[] = [];
   try {
-    started.push(serveApp("admin API", addrs.adminAddress, createProxyAdminApp(view)));
-    started.push(serveApp("metrics endpoint", addrs.metricsAddress, createMetricsApp(opts.registry)));
-    started.push(serveApp("readiness endpoint", addrs.readinessAddress, createReadinessApp(view)));
+    started.push(serveApp("admin API", addrs.adminAddress, createProxyAdminApp(view, opts.extend?.admin)));
+    started.push(serveApp("metrics endpoint", addrs.metricsAddress, createMetricsApp(opts.registry, opts.extend?.metrics)));
+    started.push(serveApp("readiness endpoint", addrs.readinessAddress, createReadinessApp(view, opts.extend?.readiness)));
   } catch (e) {
     for (const s of started) s.stop(true);
     throw e;
@@ -176,6 +203,13 @@ export function serveAdmin(addrs: AdminAddresses, view: ProxyView, opts: { regis
     metricsUrl: m.url.href,
     readinessUrl: r.url.href,
     stop() {
+      for (const s of started) s.stop(true);
+    },
+    async close(graceMs = 1000) {
+      const graceful = Promise.all(started.map((s) => s.stop(false)));
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([graceful, new Promise((resolve) => (timer = setTimeout(resolve, graceMs)))]);
+      clearTimeout(timer);
       for (const s of started) s.stop(true);
     },
   };

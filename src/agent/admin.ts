@@ -1,11 +1,19 @@
 // The agent's admin endpoints (loopback by default, agent.adminAddress):
 //   /healthz  200 while the process runs
 //   /readyz   200 once the pod cache is rebuilt and the servers listen; 503 before
-//   /metrics  Prometheus text: pods by state, event API requests by method and result, ZDS
-//             connections, readiness, open fds, state file write errors
+//   /metrics  Prometheus text (prom-client registry, src/admin/metrics.ts createAgentMetrics):
+//             nshub_agent_pods{state}, nshub_agent_cni_requests_total{method,result},
+//             nshub_agent_zds_connections, nshub_agent_ready, nshub_agent_state_write_errors_total,
+//             nshub_agent_open_fds, istio_build{component="nshub-agent"} and the process metrics
+//             (process_open_fds, process_max_fds, process_resident_memory_bytes, CPU, event-loop lag)
 //   /pods     the pod cache as JSON
+// Every value is read from the agent when Prometheus scrapes: the agent keeps its own counts
+// (Agent.requests, Agent.stateWriteErrors); nothing is updated on the request path.
 import { Hono } from "hono";
 import type { Server } from "bun";
+import { Gauge, type Registry } from "prom-client";
+import { createAgentMetrics, createRegistry, type AgentMetrics } from "../admin/metrics.ts";
+import type { ProcessMetricsOptions } from "../admin/process-metrics.ts";
 import { openFdCount } from "../sys/index.ts";
 import type { Agent } from "./agent.ts";
 import type { PodStateName } from "./state.ts";
@@ -18,34 +26,61 @@ export interface AdminDeps {
   listening: () => boolean;
 }
 
-export function createAdminApp(deps: AdminDeps): Hono {
+/** Pod states always exported (0 when none), so a state that empties shows 0. */
+const POD_STATES: readonly PodStateName[] = ["enrolled", "pending", "not-enrolled"];
+
+export interface AgentRegistry {
+  readonly registry: Registry;
+  readonly metrics: AgentMetrics;
+  /** Stops the process-metrics sampler. */
+  stop(): void;
+}
+
+/** The agent's registry, bound to the agent's state (values are read at scrape time). */
+export function createAgentRegistry(deps: AdminDeps, opts: { process?: boolean | ProcessMetricsOptions } = {}): AgentRegistry {
+  const base = createRegistry({ component: "nshub-agent", process: opts.process });
+  const registry = base.registry;
+  const metrics = createAgentMetrics(registry);
+  const ready = () => deps.agent.ready && deps.listening();
+  metrics.bindPodCounts(() => {
+    const counts: Record<string, number> = {};
+    for (const p of deps.agent.listPods()) counts[p.state] = (counts[p.state] ?? 0) + 1;
+    return counts;
+  }, POD_STATES);
+  metrics.bindZdsConnections(deps.zdsConnections);
+  metrics.bindReady(ready);
+
+  // Counters the agent keeps itself (Agent.count, Agent.stateWriteErrors), read at scrape time.
+  metrics.bindCniRequests(function* () {
+    for (const [k, count] of deps.agent.requests) {
+      const [method = "", result = ""] = k.split("|");
+      yield { method, result, count };
+    }
+  });
+  metrics.bindStateWriteErrors(() => deps.agent.stateWriteErrors);
+
+  // Kept from the hand-written exporter (dashboards may use it); same value as process_open_fds.
+  new Gauge({
+    name: "nshub_agent_open_fds",
+    help: "Open file descriptors of the agent (same as process_open_fds)",
+    registers: [registry],
+    collect() {
+      this.set(openFdCount());
+    },
+  });
+  return { registry, metrics, stop: base.stop };
+}
+
+export function createAdminApp(deps: AdminDeps, reg: AgentRegistry = createAgentRegistry(deps, { process: false })): Hono {
   const app = new Hono();
   const ready = () => deps.agent.ready && deps.listening();
   app.get("/healthz", (c) => c.text("ok\n"));
   app.get("/readyz", (c) => (ready() ? c.text("ready\n") : c.text("not ready: rebuilding the pod cache\n", 503)));
   app.get("/pods", (c) => c.json({ ready: ready(), pods: deps.agent.listPods() }));
-  app.get("/metrics", (c) => c.text(renderMetrics(deps, ready()), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }));
+  app.get("/metrics", async () => new Response(await reg.registry.metrics(), { headers: { "content-type": reg.registry.contentType } }));
   app.notFound((c) => c.text("not found: /healthz, /readyz, /metrics, /pods\n", 404));
+  app.onError((e) => new Response(`internal error: ${e instanceof Error ? e.message : String(e)}\n`, { status: 500 }));
   return app;
-}
-
-export function renderMetrics(deps: AdminDeps, ready: boolean): string {
-  const states: PodStateName[] = ["enrolled", "pending", "not-enrolled"];
-  const counts = new Map<PodStateName, number>(states.map((s) => [s, 0]));
-  for (const p of deps.agent.listPods()) counts.set(p.state, (counts.get(p.state) ?? 0) + 1);
-  const lines: string[] = [];
-  lines.push("# HELP nshub_agent_pods Pods in the agent's cache, by state.", "# TYPE nshub_agent_pods gauge");
-  for (const s of states) lines.push(`nshub_agent_pods{state="${s}"} ${counts.get(s)}`);
-  lines.push("# HELP nshub_agent_cni_requests_total Event API requests (CNI plugin and CLI), by method and result.", "# TYPE nshub_agent_cni_requests_total counter");
-  for (const [k, v] of [...deps.agent.requests].sort(([a], [b]) => a.localeCompare(b))) {
-    const [method, result] = k.split("|");
-    lines.push(`nshub_agent_cni_requests_total{method="${method}",result="${result}"} ${v}`);
-  }
-  lines.push("# HELP nshub_agent_zds_connections Proxies connected to the ZDS socket.", "# TYPE nshub_agent_zds_connections gauge", `nshub_agent_zds_connections ${deps.zdsConnections()}`);
-  lines.push("# HELP nshub_agent_ready 1 once the pod cache is rebuilt and the agent serves.", "# TYPE nshub_agent_ready gauge", `nshub_agent_ready ${ready ? 1 : 0}`);
-  lines.push("# HELP nshub_agent_state_write_errors_total Failed writes of the state file.", "# TYPE nshub_agent_state_write_errors_total counter", `nshub_agent_state_write_errors_total ${deps.agent.stateWriteErrors}`);
-  lines.push("# HELP nshub_agent_open_fds Open file descriptors of the agent.", "# TYPE nshub_agent_open_fds gauge", `nshub_agent_open_fds ${openFdCount()}`);
-  return lines.join("\n") + "\n";
 }
 
 /** "127.0.0.1:15010" / "[::1]:15010" / "localhost:15010" → hostname and port. */

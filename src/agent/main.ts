@@ -12,7 +12,7 @@ import { ConfigError, loadConfig } from "../config/load.ts";
 import { createLogger, setLogLevel } from "../log/logger.ts";
 import { homeNetns } from "../sys/index.ts";
 import { ZdsServer } from "../zds/server.ts";
-import { createAdminApp, parseHostPort, serveAdmin } from "./admin.ts";
+import { createAdminApp, createAgentRegistry, parseHostPort, serveAdmin, type AdminDeps } from "./admin.ts";
 import { Agent, errText } from "./agent.ts";
 import { createApiApp, serveApi } from "./api.ts";
 import { RulesDataplane } from "./dataplane.ts";
@@ -108,19 +108,24 @@ export async function main(args: string[]): Promise<number> {
   let zds: ZdsServer | undefined;
   let api: Server<undefined> | undefined;
   let admin: Server<undefined> | undefined;
+  // /metrics: a prom-client registry with the agent's metrics and the process metrics.
+  const adminDeps: AdminDeps = { agent, zdsConnections: () => zds?.connectionCount() ?? 0, listening: () => listening };
+  const metrics = createAgentRegistry(adminDeps);
   const stopAll = async () => {
     listening = false;
     await api?.stop(true);
     await zds?.stop();
     agent.stop();
     await admin?.stop(true);
+    metrics.stop();
   };
 
   try {
-    admin = serveAdmin(createAdminApp({ agent, zdsConnections: () => zds?.connectionCount() ?? 0, listening: () => listening }), a.adminAddress);
+    admin = serveAdmin(createAdminApp(adminDeps, metrics), a.adminAddress);
     log.info("admin listening", { address: a.adminAddress });
   } catch (e) {
     console.error(`nshub agent: cannot listen on the admin address ${a.adminAddress}: ${errText(e)}`);
+    metrics.stop();
     return 1;
   }
 

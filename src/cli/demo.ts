@@ -647,7 +647,7 @@ class Demo {
       this.out.info(renderMetricsDelta(delta), 8);
       this.facts.metricsDelta = delta.values;
     } else {
-      this.out.info(this.out.dim(`(the proxy's metrics endpoint ${PROXY_METRICS}/metrics does not answer in this build; bytes below come from its connection records)`));
+      this.out.info(this.out.dim(`(the proxy's metrics endpoint ${PROXY_METRICS}/metrics did not answer; bytes below come from its connection records)`));
     }
 
     this.evaluate(conns, seen, echoPeers, delta);
@@ -716,7 +716,7 @@ class Demo {
         id: "bytes",
         title: "bytes counted",
         ok: up >= iperf.bytes,
-        detail: `the proxy's record of the iperf3 data connection counted ${formatBytes(up)} (iperf3's server received ${formatBytes(iperf.bytes)}); no metrics endpoint in this build`,
+        detail: `the proxy's record of the iperf3 data connection counted ${formatBytes(up)} (iperf3's server received ${formatBytes(iperf.bytes)}); the metrics endpoint did not answer`,
       });
     }
   }

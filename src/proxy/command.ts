@@ -1,16 +1,24 @@
-// `nshub proxy`: the node proxy daemon. Startup: config, capability check, readiness/admin
-// servers, then the ZDS client, which feeds pods to the workload manager. Shutdown (SIGTERM,
-// SIGINT or POST /quitquitquit): stop reading ZDS, close every pod's listeners (a second proxy
-// sharing the ports takes new connections), let open connections finish until the drain
-// deadline, reset the rest, exit 0. A second signal resets everything at once.
+// `nshub proxy`: the node proxy daemon. Startup: config, capability check, metrics registry,
+// workload manager with the metrics/access-log observer on its connection table, the admin,
+// metrics and readiness servers (src/admin serveAdmin over the ProxyView of ./view.ts), then the
+// ZDS client, which feeds pods to the workload manager. Shutdown (SIGTERM, SIGINT or POST
+// /quitquitquit): stop reading ZDS, close every pod's listeners (a second proxy sharing the
+// ports takes new connections), let open connections finish until the drain deadline, reset the
+// rest, stop the servers, exit 0. A second signal resets everything at once.
 import { parseArgs } from "node:util";
+import type { Hono } from "hono";
+import pkg from "../../package.json" with { type: "json" };
 import { homeNetns, stopFdPoller } from "../sys/index.ts";
 import { ConfigError, loadConfig } from "../config/load.ts";
-import { createLogger, setLogLevel } from "../log/logger.ts";
+import { createLogger, getLogLevel, setLogLevel } from "../log/logger.ts";
 import { ZdsClient } from "../zds/client.ts";
-import { startProxyHttp, type ProxyHttpOptions } from "./admin.ts";
+import { createConnectionObserver } from "../admin/connection-observer.ts";
+import { createProxyMetrics, createRegistry, type LabelWorkload } from "../admin/metrics.ts";
+import { serveAdmin, type AdminServers, type AppExtension } from "../admin/proxy-admin.ts";
+import { proxyAdminRoutes } from "./admin.ts";
 import { CapabilityError, checkCapabilities } from "./capabilities.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
+import { createProxyView } from "./view.ts";
 
 const USAGE = `usage: nshub proxy [options]
 
@@ -20,7 +28,9 @@ the pod's network namespace (outbound 15001, inbound 15006) and relays the pod's
 options:
   --config <file>               YAML config (default /etc/nshub/config.yaml if present)
   --zds-socket <path>           the agent's ZDS socket (default /var/run/nshub/zds.sock)
-  --admin-address <host:port>   admin API, POST /quitquitquit (default 127.0.0.1:15000)
+  --admin-address <host:port>   admin API: /, /config_dump, /logging, /quitquitquit, /pods,
+                                /connections (default 127.0.0.1:15000; keep it on loopback)
+  --metrics-address <h:p>       Prometheus /metrics and /stats/prometheus (default 0.0.0.0:15020)
   --readiness-address <h:p>     GET /healthz/ready (default 0.0.0.0:15021)
   --outbound-port <port>        in-pod outbound capture port (default 15001)
   --inbound-port <port>         in-pod inbound capture port (default 15006)
@@ -37,6 +47,7 @@ const FLAGS = {
   config: { type: "string" },
   "zds-socket": { type: "string" },
   "admin-address": { type: "string" },
+  "metrics-address": { type: "string" },
   "readiness-address": { type: "string" },
   "outbound-port": { type: "string" },
   "inbound-port": { type: "string" },
@@ -52,6 +63,7 @@ const FLAGS = {
 const FLAG_KEYS: Record<string, [string, boolean]> = {
   "zds-socket": ["zdsSocket", false],
   "admin-address": ["adminAddress", false],
+  "metrics-address": ["metricsAddress", false],
   "readiness-address": ["readinessAddress", false],
   "outbound-port": ["outboundPort", true],
   "inbound-port": ["inboundPort", true],
@@ -62,9 +74,20 @@ const FLAG_KEYS: Record<string, [string, boolean]> = {
 };
 
 export interface ProxyMainHooks {
-  /** For the admin/metrics issue: extra routes on the admin and readiness apps. */
-  http?: Pick<ProxyHttpOptions, "extendAdmin" | "extendReadiness">;
+  /** Extra routes on the admin, metrics and readiness apps (tests, experiments). */
+  http?: {
+    extendAdmin?: (app: Hono) => void;
+    extendMetrics?: (app: Hono) => void;
+    extendReadiness?: (app: Hono) => void;
+  };
+  /** Called once the servers listen, with their URLs (useful with port 0). */
+  onServing?: (servers: Pick<AdminServers, "adminUrl" | "metricsUrl" | "readinessUrl">) => void;
 }
+
+const hook = (f: ((app: Hono) => void) | undefined): AppExtension[] => (f ? [{ routes: f }] : []);
+
+/** "::ffff:10.0.0.1" → "10.0.0.1" (peers of dual-stack listeners). */
+const plainIp = (ip: string) => (ip.startsWith("::ffff:") && ip.includes(".") ? ip.slice(7) : ip);
 
 export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<number> {
   const { values } = parseArgs({ args, options: FLAGS, strict: true, allowPositionals: false });
@@ -112,7 +135,24 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
     throw e;
   }
 
-  const manager = new ProxyWorkloadManager({ cfg: pc, log: createLogger("proxy/pods") });
+  // Metrics: registry (istio_build, process metrics), traffic counters and workload-manager
+  // metrics. Label sets are resolved once per connection by the observer (see src/admin/metrics.ts).
+  const metricsRegistry = createRegistry({ component: "nshub-proxy" });
+  const metrics = createProxyMetrics(metricsRegistry.registry);
+  const manager = new ProxyWorkloadManager({
+    cfg: pc,
+    log: createLogger("proxy/pods"),
+    events: { podStarted: () => metrics.workloads.started(), podStopped: () => metrics.workloads.stopped() },
+  });
+  metrics.workloads.bindCounts(() => manager.counts());
+  // Peers that are pods this proxy serves get their workload labels (e.g. the destination of
+  // an outbound connection to another pod of this node); everything else is `unknown`.
+  const peerLookup = (ip: string): LabelWorkload | undefined => {
+    const p = manager.podByIp(plainIp(ip));
+    return p ? { name: p.ref.name, namespace: p.ref.namespace, serviceAccount: p.ref.serviceAccount } : undefined;
+  };
+  manager.table.addObserver(createConnectionObserver({ metrics: metrics.connections, peerLookup }));
+
   let wasReady = false;
   manager.onReadinessChange((r) => {
     if (r.ready !== wasReady) {
@@ -124,25 +164,40 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
 
   let requestQuit: (reason: string) => void = () => undefined;
   const quit = new Promise<string>((resolve) => (requestQuit = resolve));
-  let http;
+  const view = createProxyView({
+    manager,
+    config: { logLevel: cfg.logLevel, proxy: pc },
+    version: { version: pkg.version, bun: Bun.version, component: "nshub-proxy" },
+    quit: (reason) => requestQuit(reason),
+    setLogLevel: (level) => {
+      const previous = getLogLevel();
+      setLogLevel(level);
+      if (level !== previous) log.info("log level changed", { from: previous, to: level });
+    },
+  });
+  let servers: AdminServers;
   try {
-    http = startProxyHttp({
-      manager,
-      onQuit: (reason) => requestQuit(reason),
-      adminAddress: pc.adminAddress,
-      readinessAddress: pc.readinessAddress,
-      ...hooks.http,
+    servers = serveAdmin({ adminAddress: pc.adminAddress, metricsAddress: pc.metricsAddress, readinessAddress: pc.readinessAddress }, view, {
+      registry: metricsRegistry.registry,
+      log,
+      extend: {
+        admin: [proxyAdminRoutes(manager), ...hook(hooks.http?.extendAdmin)],
+        metrics: hook(hooks.http?.extendMetrics),
+        readiness: hook(hooks.http?.extendReadiness),
+      },
     });
   } catch (e) {
+    metricsRegistry.stop();
     log.error((e as Error).message);
     console.error(`nshub proxy: ${(e as Error).message}`);
     return 1;
   }
+  hooks.onServing?.(servers);
 
   const zlog = createLogger("proxy/zds");
   const zds = new ZdsClient({ path: pc.zdsSocket, manager, log: (level, msg, fields) => zlog[level](msg, fields) });
   zds.start();
-  log.info("proxy started", { zdsSocket: pc.zdsSocket, admin: pc.adminAddress, readiness: pc.readinessAddress, pid: process.pid });
+  log.info("proxy started", { zdsSocket: pc.zdsSocket, admin: servers.adminUrl, metrics: servers.metricsUrl, readiness: servers.readinessUrl, pid: process.pid });
 
   let signals = 0;
   const onSignal = (sig: string) => {
@@ -166,7 +221,8 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   await zds.stop();
   const result = await manager.drain(pc.drainDeadlineMs);
   log.info("drained; exiting", result);
-  await http.stop();
+  await servers.close();
+  metricsRegistry.stop();
   process.off("SIGTERM", onTerm);
   process.off("SIGINT", onInt);
   stopFdPoller();

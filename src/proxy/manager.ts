@@ -35,11 +35,19 @@ export interface PodStatus {
   state: "running" | "pending";
   netns: string;
   listeners: Array<{ kind: string; address: string; port: number }>;
-  /** The pod's own addresses (loopback excluded), when running. */
+  /** The pod's own addresses (loopback and link-local excluded), when running. */
   ips: string[];
   connections: number;
   error?: string;
   attempts?: number;
+}
+
+/** Pod proxy lifecycle events, for the workload-manager metrics (started/stopped totals). */
+export interface ManagerEvents {
+  /** A pod's listeners are open (first start or a pending pod's successful retry). */
+  podStarted?(pod: PodProxy): void;
+  /** A running pod's proxy stopped (pod deleted, netns replaced, drain, immediate stop). */
+  podStopped?(pod: PodProxy): void;
 }
 
 export interface ManagerOptions {
@@ -47,6 +55,7 @@ export interface ManagerOptions {
   log: Logger;
   table?: ConnectionTable;
   kinds?: readonly ListenerKind[];
+  events?: ManagerEvents;
 }
 
 export class ProxyWorkloadManager implements WorkloadManager {
@@ -55,6 +64,9 @@ export class ProxyWorkloadManager implements WorkloadManager {
   readonly #pending = new Map<string, PendingPod>();
   readonly #deps: PodProxyDeps;
   readonly #log: Logger;
+  readonly #events: ManagerEvents;
+  /** Running pods by their own (non-loopback) addresses: who is behind a peer address. */
+  readonly #byIp = new Map<string, PodProxy>();
   #snapshotDone = false;
   #zdsConnected = false;
   #draining = false;
@@ -62,6 +74,7 @@ export class ProxyWorkloadManager implements WorkloadManager {
 
   constructor(opts: ManagerOptions) {
     this.#log = opts.log;
+    this.#events = opts.events ?? {};
     this.table =
       opts.table ??
       new ConnectionTable({ onObserverError: (e) => opts.log.warn("connection observer failed", { error: (e as Error).message }) });
@@ -184,6 +197,16 @@ export class ProxyWorkloadManager implements WorkloadManager {
     return this.#pods.get(uid);
   }
 
+  /** The running pod that owns `ip` (one of its interface addresses), if any. Once per connection. */
+  podByIp(ip: string): PodProxy | undefined {
+    return this.#byIp.get(ip);
+  }
+
+  /** Running ("active") and pending pods, for the workload-manager gauges. */
+  counts(): { active: number; pending: number } {
+    return { active: this.#pods.size, pending: this.#pending.size };
+  }
+
   pods(): PodStatus[] {
     const out: PodStatus[] = [];
     for (const p of this.#pods.values()) {
@@ -192,7 +215,7 @@ export class ProxyWorkloadManager implements WorkloadManager {
         state: "running",
         netns: p.netns.key,
         listeners: p.listeners.map((l) => ({ kind: l.kind, address: l.address, port: l.port })),
-        ips: p.net.addresses.filter((a) => !a.startsWith("127.") && a !== "::1"),
+        ips: podIps(p),
         connections: p.relays.size,
       });
     }
@@ -237,8 +260,8 @@ export class ProxyWorkloadManager implements WorkloadManager {
     const reset = timedOut ? this.table.size : 0;
     if (timedOut) this.#log.warn("drain deadline reached; resetting the remaining connections", { connections: reset });
     for (const [uid, p] of this.#pods) {
-      p.close("drained");
       this.#pods.delete(uid);
+      this.#stopped(p, "drained");
     }
     return { finished: open - reset, reset };
   }
@@ -248,8 +271,8 @@ export class ProxyWorkloadManager implements WorkloadManager {
     this.#draining = true;
     for (const p of [...this.#pending.values()]) this.#dropPending(p);
     for (const [uid, p] of this.#pods) {
-      p.close("drained");
       this.#pods.delete(uid);
+      this.#stopped(p, "drained");
     }
     this.#notify();
   }
@@ -259,6 +282,8 @@ export class ProxyWorkloadManager implements WorkloadManager {
   #start(uid: string, info: WorkloadIdentity | undefined, netns: Netns): PodProxy {
     const pod = PodProxy.start(uid, info, netns, this.#deps);
     this.#pods.set(uid, pod);
+    for (const ip of podIps(pod)) this.#byIp.set(ip, pod);
+    this.#emit(() => this.#events.podStarted?.(pod));
     this.#log.info("pod proxy started", {
       uid,
       pod: podName(info),
@@ -295,7 +320,23 @@ export class ProxyWorkloadManager implements WorkloadManager {
 
   #removeRunning(uid: string, pod: PodProxy): void {
     this.#pods.delete(uid);
-    pod.close("deleted");
+    this.#stopped(pod, "deleted");
+  }
+
+  /** Closes a running pod's proxy (already out of #pods) and reports it stopped. */
+  #stopped(pod: PodProxy, how: "deleted" | "drained"): void {
+    if (pod.closed) return;
+    for (const ip of podIps(pod)) if (this.#byIp.get(ip) === pod) this.#byIp.delete(ip);
+    pod.close(how);
+    this.#emit(() => this.#events.podStopped?.(pod));
+  }
+
+  #emit(f: () => void): void {
+    try {
+      f();
+    } catch (e) {
+      this.#log.warn("pod event listener failed", { error: (e as Error).message });
+    }
   }
 
   #notify(): void {
@@ -303,6 +344,11 @@ export class ProxyWorkloadManager implements WorkloadManager {
     const r = this.readiness();
     for (const fn of this.#readinessListeners) fn(r);
   }
+}
+
+/** A pod's own addresses, as Kubernetes would list them: loopback and link-local excluded. */
+function podIps(p: PodProxy): string[] {
+  return p.net.addresses.filter((a) => !a.startsWith("127.") && a !== "::1" && !a.startsWith("169.254.") && !/^fe[89ab][0-9a-f]:/i.test(a));
 }
 
 function podName(info: { name?: string; namespace?: string } | undefined): string {

@@ -11,6 +11,8 @@ export interface ProxyViewOptions {
   version: VersionInfo;
   /** Starts the graceful shutdown (same as SIGTERM). */
   quit: (reason: string) => void;
+  /** Sets the process's log level (default: src/log/logger.ts setLogLevel); throws on an unknown level. */
+  setLogLevel?: (level: string) => void;
 }
 
 export function createProxyView(o: ProxyViewOptions): ProxyView {
@@ -34,7 +36,7 @@ export function createProxyView(o: ProxyViewOptions): ProxyView {
     version: () => o.version,
     readiness: () => o.manager.readiness(),
     getLogLevel,
-    setLogLevel,
+    setLogLevel: o.setLogLevel ?? setLogLevel,
     quit: (reason) => o.quit(reason),
   };
 }

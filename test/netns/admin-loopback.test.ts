@@ -5,8 +5,9 @@
 // binding's doing and not a routing accident.
 //
 // The servers are the real src/admin servers (serveAdmin) with the config's default addresses,
-// started in a separate process inside the virtual node, over a FAKE ProxyView (a stand-in until
-// the lead wires the real proxy). The pod side uses curl, as an operator or an attacker would.
+// started in a separate process inside the virtual node, over a FAKE ProxyView (only the binding
+// is under test; the real proxy, enrolled pods included, is in admin-traffic.test.ts). The pod
+// side uses curl, as an operator or an attacker would.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -25,7 +26,7 @@ import { serveAdmin } from "${SRC}/admin/proxy-admin.ts";
 const cfg = proxySchema.parse({});
 const { registry } = createRegistry();
 createProxyMetrics(registry);
-// FAKE ProxyView (stand-in until the real proxy is wired)
+// FAKE ProxyView (stand-in: only the binding is under test here)
 const view = {
   workloads: () => [], connections: () => [], config: () => cfg, version: () => ({ version: "test" }),
   readiness: () => ({ ready: true, reason: "ready" }), getLogLevel: () => "info", setLogLevel() {}, quit() { process.exit(0); },

@@ -44,7 +44,7 @@ netnsDescribe("proxy: lifecycle", () => {
   }, T);
 
   /** Starts a proxy and waits until it is ready. */
-  async function readyProxy(args: string[] = [], addrs: { admin?: string; readiness?: string } = {}): Promise<ProxyProcess> {
+  async function readyProxy(args: string[] = [], addrs: { admin?: string; readiness?: string; metrics?: string } = {}): Promise<ProxyProcess> {
     const p = env.startProxy({ args, ...addrs });
     await p.waitReady();
     return p;
@@ -155,7 +155,7 @@ netnsDescribe("proxy: lifecycle", () => {
     try {
       await eventually(async () => (await p1.connections()).recent.some((c) => c.originalDst === `${B.ip}:5002`), 10_000, "loop traffic via p1");
       // The new proxy: same ZDS socket, same in-pod ports (SO_REUSEPORT), its own admin ports.
-      p2 = await readyProxy(["--drain-deadline-ms", "20000"], { admin: "127.0.0.1:15100", readiness: "127.0.0.1:15121" });
+      p2 = await readyProxy(["--drain-deadline-ms", "20000"], { admin: "127.0.0.1:15100", readiness: "127.0.0.1:15121", metrics: "127.0.0.1:15120" });
       // Like Kubernetes after the new pod is ready: SIGTERM the old one.
       p1.proc.proc.kill("SIGTERM");
       expect(await p1.proc.exited).toBe(0);
@@ -222,7 +222,7 @@ netnsDescribe("proxy: lifecycle", () => {
     ];
     for (const [drop, named] of cases) {
       const r = await env.sim.node.exec(
-        ["capsh", `--drop=${drop}`, "--", "-c", `exec "$0" "$@"`, BUN, MAIN, "proxy", "--config", env.configPath, "--zds-socket", join(env.tmp, "x.sock"), "--admin-address", "127.0.0.1:15200", "--readiness-address", "127.0.0.1:15221"],
+        ["capsh", `--drop=${drop}`, "--", "-c", `exec "$0" "$@"`, BUN, MAIN, "proxy", "--config", env.configPath, "--zds-socket", join(env.tmp, "x.sock"), "--admin-address", "127.0.0.1:15200", "--readiness-address", "127.0.0.1:15221", "--metrics-address", "127.0.0.1:15220"],
         { timeoutMs: 30_000 },
       );
       expect(r.code).toBe(1);

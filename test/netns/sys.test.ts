@@ -94,6 +94,9 @@ netnsDescribe("src/sys in pod namespaces", () => {
     await sys.fdPoller().wait(x, sys.POLLOUT, 1000);
     sys.closeFd(x);
     sys.closeFd(y);
+    // Collect garbage first: fds that only the GC releases (spawn-stdin memfds of the CNI runs in
+    // beforeAll, earlier files' subprocesses) must not vanish in the middle of the count.
+    Bun.gc(true);
     const before = sys.openFdCount();
     // Drop B's SYNs so the connect neither completes nor fails.
     await b.execOrThrow(["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "7200", "-j", "DROP"]);

@@ -1,5 +1,6 @@
 // The proxy's admin, metrics and readiness apps (src/admin/proxy-admin.ts) over a FAKE
-// ProxyView: a stand-in object built here until the lead wires the real proxy to the view.
+// ProxyView: a stand-in object built here, so every shape and edge case can be set up by hand.
+// The real proxy behind the same apps is tested in test/netns/admin-traffic.test.ts.
 // Every test name says so. The servers are real Bun.serve servers on loopback.
 import { afterEach, describe, expect, test } from "bun:test";
 import { Registry } from "prom-client";
@@ -75,7 +76,7 @@ async function call(app: { fetch: (r: Request) => Response | Promise<Response> }
   return { status: res.status, headers: res.headers, text: await res.text() };
 }
 
-describe("proxy admin app over a fake ProxyView (stand-in until the real proxy is wired)", () => {
+describe("proxy admin app over a fake ProxyView (stand-in)", () => {
   test("GET / lists every endpoint (HTML, or JSON on Accept: application/json)", async () => {
     const app = createProxyAdminApp(fakeView());
     const html = await call(app, "GET", "/");
@@ -224,6 +225,47 @@ describe("serveAdmin: three real servers (fake ProxyView stand-in)", () => {
     servers.stop();
     servers = undefined;
     await expect(fetch(new URL("/config_dump", admin))).rejects.toMatchObject({ code: "ECONNREFUSED" });
+  });
+
+  test("extensions add routes to each server and their endpoints to the admin index; close() lets an answer in flight finish", async () => {
+    let release: () => void = () => undefined;
+    const slow = new Promise<void>((r) => (release = r));
+    servers = serveAdmin({ adminAddress: "127.0.0.1:0", metricsAddress: "127.0.0.1:0", readinessAddress: "127.0.0.1:0" }, fakeView(), {
+      registry: new Registry(),
+      extend: {
+        admin: [
+          {
+            endpoints: [{ method: "GET", path: "/extra", description: "an extra route" }],
+            routes: (app) => {
+              app.get("/extra", (c) => c.text("extra\n"));
+              app.get("/slow", async (c) => {
+                await slow;
+                return c.text("finished\n");
+              });
+            },
+          },
+        ],
+        metrics: [{ routes: (app) => app.get("/m-extra", (c) => c.text("m\n")) }],
+        readiness: [{ routes: (app) => app.get("/r-extra", (c) => c.text("r\n")) }],
+      },
+    });
+    expect(await (await fetch(new URL("/extra", servers.adminUrl))).text()).toBe("extra\n");
+    expect(await (await fetch(new URL("/m-extra", servers.metricsUrl))).text()).toBe("m\n");
+    expect(await (await fetch(new URL("/r-extra", servers.readinessUrl))).text()).toBe("r\n");
+    expect((await fetch(new URL("/extra", servers.metricsUrl))).status).toBe(404);
+    const index = (await (await fetch(new URL("/", servers.adminUrl), { headers: { accept: "application/json" } })).json()) as { endpoints: { path: string }[] };
+    expect(index.endpoints.map((e) => e.path)).toContain("/extra");
+    expect(index.endpoints.map((e) => e.path)).toContain("/config_dump");
+
+    const inFlight = fetch(new URL("/slow", servers.adminUrl)).then((r) => r.text());
+    await Bun.sleep(50); // let the request reach the handler (not a timing assertion)
+    const admin = servers.adminUrl;
+    const closing = servers.close(10_000);
+    release();
+    expect(await inFlight).toBe("finished\n");
+    await closing;
+    servers = undefined;
+    await expect(fetch(new URL("/extra", admin))).rejects.toMatchObject({ code: "ECONNREFUSED" });
   });
 
   test("IPv6 loopback in brackets", async () => {

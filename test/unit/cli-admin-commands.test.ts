@@ -1,8 +1,9 @@
 // The operator commands (status, pods, connections, logs-level) against REAL running HTTP
 // servers on loopback: the proxy's admin and readiness apps from src/admin over a FAKE
 // ProxyView, and a FAKE agent admin answering /readyz and /pods like src/agent/admin.ts. Both
-// fakes are stand-ins until the lead wires the real daemons; the test names say so. The
-// daemon-not-running case uses a port nothing listens on, in-process and through src/main.ts.
+// fakes are stand-ins (the test names say so); the same commands against the real daemons are in
+// test/netns/admin-traffic.test.ts. The daemon-not-running case uses a port nothing listens on,
+// in-process and through src/main.ts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { resolve } from "node:path";
 import { Hono } from "hono";

@@ -1,32 +1,46 @@
-// The proxy's readiness/admin apps (src/proxy/admin.ts) and connection records
-// (src/proxy/records.ts), without sockets or namespaces. The manager is a stand-in object
-// with the few members the apps read (named as such).
+// The proxy's HTTP surface as the daemon assembles it (src/proxy/command.ts): src/admin's admin
+// and readiness apps over the proxy's ProxyView (src/proxy/view.ts), plus the proxy's own admin
+// routes (src/proxy/admin.ts), and the connection records (src/proxy/records.ts) — without
+// sockets or namespaces. The manager is a stand-in object with the few members the apps read
+// (named as such).
 import { describe, expect, test } from "bun:test";
-import { adminApp, readinessApp, splitHostPort } from "../../src/proxy/admin.ts";
+import { createProxyAdminApp, createReadinessApp } from "../../src/admin/proxy-admin.ts";
+import { proxyAdminRoutes } from "../../src/proxy/admin.ts";
 import type { ProxyWorkloadManager, Readiness } from "../../src/proxy/manager.ts";
 import { ConnectionTable, type CloseHow } from "../../src/proxy/records.ts";
+import { createProxyView } from "../../src/proxy/view.ts";
 
 function standInManager(r: Readiness, table = new ConnectionTable()): ProxyWorkloadManager {
   return { readiness: () => r, table, pods: () => [] } as unknown as ProxyWorkloadManager;
 }
 
+/** The admin app as `nshub proxy` serves it, over a stand-in manager. */
+function adminApp(manager: ProxyWorkloadManager, onQuit: (reason: string) => void = () => undefined) {
+  const view = createProxyView({ manager, config: {}, version: { version: "test" }, quit: onQuit });
+  return createProxyAdminApp(view, [proxyAdminRoutes(manager)]);
+}
+
+function readinessApp(manager: ProxyWorkloadManager) {
+  return createReadinessApp(createProxyView({ manager, config: {}, version: { version: "test" }, quit: () => undefined }));
+}
+
 const pod = { uid: "u1", name: "web", namespace: "shop", serviceAccount: "sa" };
 const ep = (ip: string, port: number) => ({ ip, port });
 
-describe("readiness and admin apps", () => {
+describe("readiness and admin apps over the proxy's view (stand-in manager)", () => {
   test("/healthz/ready: 200 'ready' or 503 with the reason", async () => {
-    let res = await readinessApp({ manager: standInManager({ ready: true, reason: "ready" }) }).request("/healthz/ready");
+    let res = await readinessApp(standInManager({ ready: true, reason: "ready" })).request("/healthz/ready");
     expect(res.status).toBe(200);
     expect(await res.text()).toBe("ready\n");
-    res = await readinessApp({ manager: standInManager({ ready: false, reason: "1 pod(s) pending: shop/web: EADDRINUSE" }) }).request("/healthz/ready");
+    res = await readinessApp(standInManager({ ready: false, reason: "1 pod(s) pending: shop/web: EADDRINUSE" })).request("/healthz/ready");
     expect(res.status).toBe(503);
     expect(await res.text()).toContain("shop/web: EADDRINUSE");
   });
 
   test("POST /quitquitquit starts the shutdown; GET does not", async () => {
     const calls: string[] = [];
-    const app = adminApp({ manager: standInManager({ ready: true, reason: "ready" }), onQuit: (r) => calls.push(r) });
-    expect((await app.request("/quitquitquit")).status).toBe(404);
+    const app = adminApp(standInManager({ ready: true, reason: "ready" }), (r) => calls.push(r));
+    expect((await app.request("/quitquitquit")).status).toBe(405);
     expect(calls).toEqual([]);
     const res = await app.request("/quitquitquit", { method: "POST" });
     expect(res.status).toBe(200);
@@ -38,7 +52,7 @@ describe("readiness and admin apps", () => {
     const a = table.open({ pod, direction: "outbound", source: ep("10.0.0.2", 40000), originalDst: ep("10.0.0.3", 80), upstream: ep("10.0.0.3", 80) });
     const b = table.open({ pod, direction: "inbound", source: ep("fd00::2", 40001), originalDst: ep("fd00::3", 80), upstream: ep("fd00::3", 80) });
     table.close(a, "done");
-    const app = adminApp({ manager: standInManager({ ready: true, reason: "ready" }, table), onQuit: () => undefined });
+    const app = adminApp(standInManager({ ready: true, reason: "ready" }, table));
     const live: any = await (await app.request("/connections")).json();
     expect(live.live.map((c: any) => c.id)).toEqual([b.id]);
     expect(live.live[0].source).toBe("[fd00::2]:40001");
@@ -47,10 +61,15 @@ describe("readiness and admin apps", () => {
     expect(all.recent.map((c: any) => [c.id, c.closeHow])).toEqual([[a.id, "done"]]);
   });
 
-  test("splitHostPort", () => {
-    expect(splitHostPort("127.0.0.1:15000")).toEqual({ hostname: "127.0.0.1", port: 15000 });
-    expect(splitHostPort("[::]:15021")).toEqual({ hostname: "::", port: 15021 });
-    expect(() => splitHostPort("15000")).toThrow("host:port");
+  test("the index lists the proxy's own routes next to src/admin's; /debug/gc answers memory figures on POST only", async () => {
+    const app = adminApp(standInManager({ ready: true, reason: "ready" }));
+    const index: any = await (await app.request("/", { headers: { accept: "application/json" } })).json();
+    const paths = index.endpoints.map((e: any) => `${e.method} ${e.path}`);
+    for (const p of ["GET /config_dump", "GET /logging", "POST /quitquitquit", "GET /pods", "GET /connections", "POST /debug/gc"]) expect(paths).toContain(p);
+    expect((await app.request("/debug/gc")).status).toBe(404);
+    const gc: any = await (await app.request("/debug/gc", { method: "POST" })).json();
+    expect(gc.rss).toBeGreaterThan(0);
+    expect(await (await app.request("/pods")).json()).toEqual({ pods: [] });
   });
 });
 
