@@ -18,6 +18,7 @@
 //
 // Only `ip`, `ss` and the CNI plugins are run, always as argv arrays (never a shell string).
 
+import { writeStdin } from "../util/stdin.ts";
 import { randomBytes, randomUUID } from "node:crypto";
 import { constants as fsConstants } from "node:fs";
 import { access, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
@@ -97,15 +98,16 @@ export interface ExecOptions {
 
 /** Run argv to completion and collect its output. Never throws for a non-zero exit. */
 export async function run(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
-  const stdin = opts.stdin === undefined ? "ignore" : typeof opts.stdin === "string" ? new TextEncoder().encode(opts.stdin) : opts.stdin;
+  // Input through a pipe (see writeStdin).
   const proc = Bun.spawn([...argv], {
-    stdin,
+    stdin: opts.stdin === undefined ? "ignore" : "pipe",
     stdout: "pipe",
     stderr: "pipe",
     env: opts.env ?? process.env,
     timeout: opts.timeoutMs ?? DEFAULT_EXEC_TIMEOUT_MS,
     killSignal: "SIGKILL",
   });
+  if (opts.stdin !== undefined) await writeStdin(proc, opts.stdin);
   const [stdout, stderr, exited] = await Promise.all([
     new Response(proc.stdout).text(),
     new Response(proc.stderr).text(),

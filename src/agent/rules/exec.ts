@@ -1,6 +1,7 @@
 // Running iptables/ip/ipset for the rules modules: argv arrays only (Bun.spawn, never a shell),
 // input on stdin, optionally inside another network namespace through `nsenter --net=<path>`.
 // Every failure becomes a RulesError naming the step, the namespace and the tool's stderr.
+import { writeStdin } from "../../util/stdin.ts";
 import { statSync } from "node:fs";
 
 /** Why a rules operation failed. */
@@ -66,8 +67,7 @@ export async function runTool(argv: readonly string[], opts: RunOptions = {}): P
   let proc;
   try {
     proc = Bun.spawn(full, {
-      // A pipe, not a Uint8Array: Bun backs an array stdin with a memfd that stays open until
-      // the GC collects the subprocess, which makes the agent's fd count drift.
+      // Input through a pipe (see writeStdin).
       stdin: opts.stdin === undefined ? "ignore" : "pipe",
       stdout: "pipe",
       stderr: "pipe",
@@ -79,15 +79,7 @@ export async function runTool(argv: readonly string[], opts: RunOptions = {}): P
     // ENOENT for the binary itself (nsenter or the tool not installed).
     return { code: 127, stdout: "", stderr: `cannot run ${full[0]}: ${(e as Error).message}` };
   }
-  if (opts.stdin !== undefined && proc.stdin) {
-    const input = proc.stdin as import("bun").FileSink;
-    try {
-      input.write(opts.stdin);
-      await input.end();
-    } catch {
-      // The tool exited without reading its input; its exit code and stderr say why.
-    }
-  }
+  if (opts.stdin !== undefined) await writeStdin(proc, opts.stdin);
   const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   if (proc.signalCode !== null) return { code: 128 + 9, stdout, stderr: `${stderr}killed by ${proc.signalCode} (timeout)` };
   return { code, stdout, stderr };
