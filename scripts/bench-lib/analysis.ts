@@ -1,0 +1,159 @@
+// Plain-language notes derived from the numbers of one run (pure; the page shows the data, these
+// notes say what the data says about missed targets — computed, never hand-written per run).
+import { percentile } from "./stats.ts";
+import { derive, fmt } from "./report.ts";
+import type { BenchResults } from "./results.ts";
+import { dsoShares, straceCalls } from "./parse.ts";
+
+export { dsoShares, straceCalls };
+
+export interface AnalysisContext {
+  /** Size of dist/nshub in bytes (the plugin binary). */
+  binaryBytes?: number;
+}
+
+export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
+  const d = derive(r);
+  const notes: string[] = [];
+  const cpus = r.machine.nproc;
+  const runLoads = [
+    ...Object.values(r.throughput["1"]).flat(),
+    ...Object.values(r.throughput["4"]).flat(),
+    ...Object.values(r.latency).flat(),
+    ...Object.values(r.cps).flat(),
+  ].map((x) => x.load1 ?? NaN);
+  const loadMax = Math.max(Number(r.load?.start.split(" ")[0]), Number(r.load?.end.split(" ")[0]), ...runLoads.filter(Number.isFinite));
+  if (Number.isFinite(loadMax) && loadMax >= 1) {
+    notes.push(
+      `**Noise.** The 1-minute load average reached ${fmt(loadMax, 2)} during this run (${r.load?.start.split(" ")[0] ?? "?"} at the start, ${r.load?.end.split(" ")[0] ?? "?"} at the end) on ${cpus} CPUs; the bench itself keeps one or two busy, anything above that is other work competing for the CPUs. Single runs scatter (see "All runs", with the load at each run's start); the medians of interleaved runs are the fair comparison, and absolute values are pessimistic.`,
+    );
+  }
+
+  notes.push(
+    `**CPU budget.** This machine has ${cpus} CPU${cpus === 1 ? "" : "s"}. On every path the client, the server and (for nshub and HAProxy) the proxy share them, so a proxied path is limited by CPU, not by the virtual wire: each byte crosses the proxy twice (A's outbound relay, then B's inbound relay), i.e. four more socket copies and two more trips through the TCP stack than direct. ` +
+      `A ratio to direct of 0.5 means the proxy's whole double relay may cost no more CPU than the kernel's own direct transfer.`,
+  );
+
+  const cpuN = d.tpCpuPerGB["1"].nshub;
+  const cpuH = d.tpCpuPerGB["1"].haproxy;
+  if (Number.isFinite(cpuN) && Number.isFinite(cpuH)) {
+    notes.push(
+      `**Proxy CPU per GB (1 stream).** nshub used ${fmt(cpuN, 2)} CPU-seconds per GB relayed, HAProxy ${fmt(cpuH, 2)} (${fmt(cpuN / cpuH, 2)}×; 4 streams: ${fmt(d.tpCpuPerGB["4"].nshub, 2)} vs ${fmt(d.tpCpuPerGB["4"].haproxy, 2)}). ` +
+        "On a CPU-bound machine throughput follows this cost: what the proxy spends per byte is not available to iperf3 and the kernel. (HAProxy runs with its default 16 KiB buffers and without splice.)",
+    );
+  }
+
+  const busy = d.tpProxyCpus["1"].nshub;
+  if (Number.isFinite(busy) && Number.isFinite(cpuN) && cpuN > 0) {
+    const ceiling = (1 / cpuN) * 8; // Gb/s one CPU can relay at this cost
+    notes.push(
+      `**What limits nshub's throughput here.** During the 1-stream runs the nshub proxy kept ${fmt(busy, 2)} CPUs busy (4 streams: ${fmt(d.tpProxyCpus["4"].nshub, 2)}; HAProxy: ${fmt(d.tpProxyCpus["1"].haproxy, 2)} with its ${r.haproxyThreads ?? "?"} threads). ` +
+        (busy >= 0.85 && busy <= 1.25
+          ? `That is one CPU, its ceiling: the relay runs on one JavaScript thread for every pod and connection, and at ${fmt(cpuN, 2)} CPU-seconds per GB one CPU relays about ${fmt(ceiling, 1)} Gb/s, whatever the number of streams — which is what it reached (${fmt(d.tp["1"].nshub, 2)} and ${fmt(d.tp["4"].nshub, 2)} Gb/s). `
+          : `At ${fmt(cpuN, 2)} CPU-seconds per GB one CPU relays about ${fmt(ceiling, 1)} Gb/s. `) +
+        `Half of direct (${fmt(d.tp["1"].direct / 2, 2)} / ${fmt(d.tp["4"].direct / 2, 2)} Gb/s for 1 / 4 streams) needs either a cheaper relay per byte (≤ ${fmt(8 / (d.tp["1"].direct / 2), 2)} CPU-s/GB for 1 stream on one thread; e.g. \`splice\` in the Zig library, which skips the user-space copy) or the relay spread over more threads (data-plane Workers binding the pod listeners with SO_REUSEPORT), and on this 2-CPU machine the iperf3 ends need their share too.`,
+    );
+  }
+
+  const pr = r.profile;
+  if (pr?.byDso) {
+    const s = dsoShares(pr.byDso);
+    const parts = [`kernel ${fmt(s.kernel, 0)}%`, `libc ${fmt(s.libc, 0)}% (memmove: user-space buffer copies)`, `Bun's native code ${fmt(s.bun, 0)}%`, `JIT-compiled JavaScript ${fmt(s.jit, 0)}%`];
+    let per = "";
+    if (pr.syscalls && pr.cpu) {
+      const c = straceCalls(pr.syscalls);
+      const sends = (c.sendto ?? 0) + (c.write ?? 0) + (c.writev ?? 0) + (c.sendmsg ?? 0);
+      const recvs = (c.recvfrom ?? 0) + (c.read ?? 0) + (c.readv ?? 0) + (c.recvmsg ?? 0);
+      const gbpsUnderStrace = Number(/ran at ([0-9.]+) Gb\/s/.exec(pr.notes.join(" "))?.[1]);
+      if (sends > 0 && Number.isFinite(gbpsUnderStrace)) {
+        // 3 s window; every byte is sent twice and received twice by the proxy (two relays).
+        const bytes = ((gbpsUnderStrace * 1e9) / 8) * 3 * 2;
+        per = ` Under strace the proxy made ${sends} send and ${recvs} receive calls in 3 s: about ${fmt(bytes / sends / 1024, 0)} KiB per send and ${fmt(bytes / Math.max(recvs, 1) / 1024, 0)} KiB per receive, so the number of syscalls is not the problem (${c.futex ?? 0} futex calls are Bun's threads synchronising).`;
+      }
+    }
+    notes.push(
+      `**Where the proxy's CPU goes (throughput).** perf samples of the proxy process: ${parts.join(", ")}. ` +
+        "The bulk is the kernel: copying payload into and out of socket buffers (`_copy_to_iter`/`_copy_from_iter`) and the TCP/IP, netfilter and veth processing that the proxy's own sends run in its context (softirq). " +
+        (s.jit + s.bun < 25
+          ? "JavaScript and Bun's own code are a small share: the relay is already a thin loop around large reads and writes. "
+          : `JavaScript and Bun's own code are ${fmt(s.jit + s.bun, 0)}% of the samples: the relay loop itself is a real cost here. `) +
+        "What would cut the kernel's part is copying less: `splice(2)` between the two sockets (no user-space copy; ztunnel measured 12 → 36 Gb/s with it before removing it for HBONE), or fewer passes through the stack (a same-node shortcut from A's outbound to B's inbound, which ambient mode deliberately does not take)." +
+        per,
+    );
+  }
+
+  const perOp = r.profile?.perOp;
+  const top = (calls: Record<string, number>, n: number, k: number) =>
+    Object.entries(calls)
+      .filter(([name]) => name !== "restart_syscall")
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, k)
+      .map(([name, c]) => `${name} ${fmt(c / n, 1)}`)
+      .join(", ");
+  const total = (calls: Record<string, number>) => Object.entries(calls).reduce((a, [name, c]) => a + (name === "restart_syscall" ? 0 : c), 0);
+  const signals = (calls: Record<string, number>) => (calls.tgkill ?? 0) + (calls.rt_sigreturn ?? 0) + (calls.rt_sigsuspend ?? 0) + (calls.rt_sigprocmask ?? 0) + (calls.getpid ?? 0);
+  const latMissed = Number.isFinite(d.added.nshub.p50) && Number.isFinite(d.added.haproxy.p50) && d.added.nshub.p50 > d.added.haproxy.p50;
+  if (perOp?.latency && perOp.latency.messages > 0) {
+    const { messages, calls } = perOp.latency;
+    notes.push(
+      `**Latency: syscalls per round trip.** ${latMissed ? "nshub added more p50 latency than HAProxy in this run. " : ""}During a sockperf run under strace the proxy made ${fmt(total(calls) / messages, 1)} syscalls per round trip (one 64-byte message through A's outbound and B's inbound relay, and the reply back): ${top(calls, messages, 6)}. ` +
+        ((calls.futex ?? 0) + signals(calls) > 0.5 * messages
+          ? `Besides the 4 receives, 4 sends and the event-loop waits that two relays need, ${fmt((calls.futex ?? 0) / messages, 1)} futex and ${fmt(signals(calls) / messages, 1)} signal-related calls per round trip are threads of the Bun process waking each other.`
+          : `That is the minimum for two relays (4 receives, 4 sends, and a wake-up of the proxy's event loop for each of the 4 hops): the added latency is the cost of those wake-ups and copies on a busy CPU, not extra work per message. nshub's relay runs all four hops on one JavaScript thread; HAProxy ran ${r.haproxyThreads ?? "its default number of"} threads here.`),
+    );
+  }
+  const cpsMissed = Number.isFinite(d.cps.nshub) && Number.isFinite(d.cps.haproxy) && d.cps.nshub < 0.8 * d.cps.haproxy;
+  if (perOp?.cps && perOp.cps.connections > 0) {
+    const { connections, calls } = perOp.cps;
+    notes.push(
+      `**Connection rate: syscalls per new connection.** ${cpsMissed ? `nshub reached ${fmt(d.cps.nshub / d.cps.haproxy, 2)}× HAProxy's rate. ` : ""}Under strace the proxy made ${fmt(total(calls) / connections, 0)} syscalls per new connection (accepted in A, connected from A to B, accepted in B, connected to the server with the client's address): ${top(calls, connections, 12)}. ` +
+        `Of these, ${fmt((calls.setsockopt ?? 0) / connections, 1)} setsockopt, ${fmt((calls.setns ?? 0) / connections, 1)} setns and ${fmt(signals(calls) / connections, 1)} signal-related calls (tgkill, rt_sig*, getpid) are per-connection work beyond accept/socket/connect/close; the JS profile below shows the per-connection JavaScript.`,
+    );
+  }
+
+  const bd = r.enrollment.breakdown;
+  const es = d.enrollSeq;
+  if (bd && es && es.p99 > 50) {
+    const start = percentile(bd.startupMs, 50);
+    const rpc = percentile(bd.rpcMs, 50);
+    const size = ctx.binaryBytes ? ` (a ${fmt(ctx.binaryBytes / 2 ** 20, 0)} MiB Bun executable)` : "";
+    notes.push(
+      `**Enrollment (sequential).** Of the plugin's p50 ${fmt(es.p50, 0)} ms, starting and ending the nshub-cni process alone${size} takes ${fmt(start, 0)} ms (CNI VERSION, no agent call); the agent's PodAdd itself (policy, in-pod rules through nsenter + iptables-restore + ip rule/route, ZDS AddWorkload with the netns fd, the proxy binding the pod's two listeners and acking) takes ${fmt(rpc, 0)} ms from a warm client${bd.rulesMs?.length ? ` (of which applying the in-pod rules alone, the same code run from the bench, takes ${fmt(percentile(bd.rulesMs, 50), 0)} ms)` : ""}; the rest is the plugin's own work between start-up and the call (config load, client set-up). ` +
+        (start + rpc > 50
+          ? `Start-up and the agent's own work alone already add up to ${fmt(start + rpc, 0)} ms, above the 50 ms target: it needs both a cheaper plugin process (a small native plugin, e.g. in Zig, that only forwards stdin and the environment to the agent's socket, would start in a few milliseconds) and a faster PodAdd in the agent.`
+          : `Start-up and the agent's own work add up to ${fmt(start + rpc, 0)} ms; the p99 (${fmt(es.p99, 0)} ms) is the slow tail of the runs.`),
+    );
+  }
+  const ec = d.enrollConc;
+  const conc = r.enrollment.concurrent;
+  if (bd && ec && conc && ec.p99 > 250) {
+    const start = percentile(bd.startupMs, 50);
+    notes.push(
+      `**Enrollment (${conc.pods} at once).** ${conc.pods} plugin processes start together on ${cpus} CPUs: start-up CPU alone (${fmt(start, 0)} ms each) needs about ${fmt((conc.pods * start) / cpus, 0)} ms of the machine before the last one runs, besides the ${conc.pods} bridge/host-local runs and the agent handling the PodAdds (inside the plugin: p50 ${fmt(ec.inP50, 0)} / p99 ${fmt(ec.inP99, 0)} ms, versus ${fmt(d.enrollSeq?.inP50, 0)} ms when sequential; ${conc.pods} PodAdds one after another at the ${fmt(percentile(bd.rpcMs, 50), 0)} ms a warm client sees would take ${fmt(conc.pods * percentile(bd.rpcMs, 50), 0)} ms: the agent's work per pod, mostly the in-pod rules, is what the last pods wait for).`,
+    );
+  }
+
+  const m = r.memory;
+  if (m?.rssConnsKiB !== undefined && m.rssBeforeConnsKiB !== undefined && m.connsOpened) {
+    const lostN = m.clientConns !== undefined ? m.clientConns - m.connsOpened : 0;
+    const dropsN = (m.listenDrops?.a ?? 0) + (m.listenDrops?.b ?? 0);
+    const lost =
+      lostN > 0
+        ? ` Of the ${m.clientConns} connections the client opened, ${lostN} never reached the server; ` +
+          (m.lostReasons?.length ? `the proxy's records of the connections it closed in that phase: ${m.lostReasons.join("; ")}. ` : "") +
+          (dropsN > 0
+            ? `While they were being opened, SYNs were dropped at full accept queues (ListenDrops: pod A ${m.listenDrops!.a}, pod B ${m.listenDrops!.b}): the proxy accepts more slowly than 32 clients connect, and an upstream connect whose SYNs keep being dropped runs into the proxy's 10 s connect timeout.`
+            : "No listen-queue drop was counted.")
+        : "";
+    notes.push(
+      `**Per-connection memory.** Each of the ${m.connsOpened} client connections is two relayed connections inside the proxy (A's outbound accept + upstream, B's inbound accept + transparent upstream): four sockets; the proxy's fds went from ${m.fdsBefore} to ${m.fdsConns}. ` +
+        `Per relayed connection (one leg) that is ${fmt((d.perConnBytes ?? NaN) / 2000, 2)} KB. Kernel socket buffers are not in the proxy's RSS; what is counted is the proxy's own per-connection state (Bun socket objects, the relay and its record, metric handles).` + lost,
+    );
+  }
+  if (m?.conns !== undefined && m.conns < r.params.idleConns) {
+    notes.push(
+      `**${m.conns} idle connections instead of ${r.params.idleConns}.** The proxy's fd limit here is ${r.fdLimit ?? "20000"} (RLIMIT_NOFILE hard limit; raising it needs CAP_SYS_RESOURCE, which this machine does not grant) and each connection through A's outbound and B's inbound listener holds 4 of its fds. The per-connection cost is the slope, measured over the connections that were open.`,
+    );
+  }
+  return notes;
+}

@@ -1,0 +1,169 @@
+// The benchmark's result model (what scripts/bench.ts collects and report.ts renders).
+import type { Iperf3Result, SockperfResult, WrkResult } from "./parse.ts";
+import type { MachineInfo } from "./sys.ts";
+
+export const PATHS = ["direct", "nshub", "haproxy"] as const;
+export type PathName = (typeof PATHS)[number];
+export const PATH_LABEL: Record<PathName, string> = { direct: "direct", nshub: "nshub", haproxy: "HAProxy" };
+
+export interface ProcCpu {
+  user: number;
+  sys: number;
+}
+
+export interface ThroughputRun {
+  rep: number;
+  /** 1-minute load average when the run started. */
+  load1?: number;
+  iperf: Iperf3Result;
+  /** CPU seconds the proxy process used during the run (nshub proxy / haproxy); undefined for direct. */
+  proxyCpu?: ProcCpu;
+  /** Wall time of the iperf3 client (omitted first second, start-up and teardown included). */
+  wallSec?: number;
+}
+
+export interface LatencyRun {
+  rep: number;
+  /** 1-minute load average when the run started. */
+  load1?: number;
+  sockperf: SockperfResult;
+}
+
+export interface CpsRun {
+  rep: number;
+  /** 1-minute load average when the run started. */
+  load1?: number;
+  wrk: WrkResult;
+  proxyCpu?: ProcCpu;
+}
+
+export interface EnrollmentRun {
+  pods: number;
+  concurrency: number;
+  /** nshub-cni ADD, exec to exit, measured by the timing wrapper (ms), one per pod. */
+  pluginMs: number[];
+  /** The same ADDs as the plugin logs them itself ("ADD done" ms: after its process started). */
+  inPluginMs: number[];
+  /** The pod's whole network set-up as the harness ran it: netns creation, loopback, bridge/host-local, nshub-cni (ms). */
+  chainMs: number[];
+  /** Wall time of the whole batch (ms). */
+  wallMs: number;
+  failures: string[];
+}
+
+export interface ResyncResult {
+  pods: number;
+  /** Proxy process spawned → its readiness endpoint says ready (ms). */
+  readyMs: number;
+  /** From the proxy's own log: spawn → "proxy ready" log line (ms), when it logged one. */
+  readyLogMs?: number;
+  /** Spawn → the last "pod proxy started" line (every pod's listeners bound), ms. */
+  lastPodMs?: number;
+  podsServed: number;
+  /** Old proxy: SIGTERM → exit (drain with no connections), ms. */
+  stopMs: number;
+}
+
+export interface MemoryResult {
+  /** Fresh proxy, no pod enrolled. */
+  rss0KiB: number;
+  /** Fresh proxy (after the restart) serving `pods` pods. */
+  rssPodsKiB: number;
+  pods: number;
+  /** Same proxy before and after `conns` idle connections A → B were opened through it. */
+  rssBeforeConnsKiB: number;
+  rssConnsKiB: number;
+  conns: number;
+  /** Connections the proxy relays end to end (reached the server in B): the divisor. */
+  connsOpened: number;
+  /** Connections the client opened (to A's outbound listener). */
+  clientConns: number;
+  /** The proxy's closed-connection records from the idle phase, grouped ("N× direction: error"). */
+  lostReasons?: string[];
+  /** TcpExtListenDrops during the burst, in pods A and B. */
+  listenDrops: { a: number; b: number };
+  connectMs?: number;
+  fdsBefore: number;
+  fdsConns: number;
+  /** HAProxy RSS for comparison (same pods idle / with connections when measured). */
+  haproxyRssKiB?: number;
+}
+
+export interface PathCheck {
+  path: PathName;
+  /** Client address the HTTP server in B saw for a request from A. */
+  peerSeen: string;
+  /** Packets that hit A's outbound REDIRECT rule (undefined: no rules in A). */
+  redirectPackets?: number;
+  ok: boolean;
+  note: string;
+}
+
+export interface ProfileResult {
+  /** What was profiled (command, duration). */
+  what: string;
+  /** CPU split of the proxy process during the profiled run. */
+  cpu?: { user: number; sys: number; wallSec: number; gbps: number };
+  /** `perf report` excerpts: by shared object and top symbols. */
+  byDso?: string;
+  topSymbols?: string;
+  /** `strace -c` syscall summary. */
+  syscalls?: string;
+  /** Syscalls of the proxy per round trip (sockperf) and per new connection (wrk), from `strace -c -f`. */
+  perOp?: {
+    latency?: { messages: number; calls: Record<string, number> };
+    cps?: { connections: number; calls: Record<string, number> };
+  };
+  notes: string[];
+}
+
+export interface BenchParams {
+  reps: number;
+  tpSeconds: number;
+  latSeconds: number;
+  cpsSeconds: number;
+  wrkConnections: number;
+  msgSize: number;
+  enrollSeq: number;
+  enrollConc: number;
+  scalePods: number;
+  idleConns: number;
+}
+
+export interface BenchResults {
+  mode: "full" | "quick";
+  /** Set when only some phases ran (--phases). */
+  phases?: string[];
+  startedAt: string;
+  finishedAt?: string;
+  runtimeSec?: number;
+  machine: MachineInfo;
+  params: BenchParams;
+  haproxyThreads?: number;
+  proxyThreads?: number;
+  checks: PathCheck[];
+  rules: { position: number; before: string; after: string } | undefined;
+  throughput: Record<"1" | "4", Record<PathName, ThroughputRun[]>>;
+  latency: Record<PathName, LatencyRun[]>;
+  cps: Record<PathName, CpsRun[]>;
+  enrollment: {
+    sequential?: EnrollmentRun;
+    concurrent?: EnrollmentRun;
+    /** Where a sequential ADD goes: plugin process alone (VERSION) and the agent's PodAdd from a warm client (ms). */
+    breakdown?: { startupMs: number[]; rpcMs: number[]; rulesMs?: number[]; errors: string[] };
+  };
+  /** /proc/loadavg (1, 5, 15 min) when the run started and ended: other work on the machine. */
+  load?: { start: string; end: string };
+  resync?: ResyncResult;
+  memory?: Partial<MemoryResult>;
+  profile?: ProfileResult;
+  /** RLIMIT_NOFILE the bench's processes had (sizes the idle-connection measure). */
+  fdLimit?: number;
+  /** Size of dist/nshub (the plugin is this executable too). */
+  nshubBinaryBytes?: number;
+  errors: string[];
+}
+
+export function emptyPerPath<T>(): Record<PathName, T[]> {
+  return { direct: [], nshub: [], haproxy: [] };
+}

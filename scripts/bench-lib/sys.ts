@@ -1,0 +1,82 @@
+// Process and machine facts for the benchmark: RSS and CPU time of a process, fd counts, versions.
+import { readdirSync, readFileSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
+import { run } from "../../src/sim/netsim.ts";
+import { parseProcStatTimes, parseVmRssKiB } from "./parse.ts";
+
+export const CLK_TCK = 100; // Linux USER_HZ on every architecture Debian ships
+
+export function rssKiB(pid: number): number {
+  return parseVmRssKiB(readFileSync(`/proc/${pid}/status`, "utf8"));
+}
+
+/** CPU seconds (user, system) a process used so far (all its threads). */
+export function cpuSeconds(pid: number): { user: number; sys: number } {
+  const t = parseProcStatTimes(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  return { user: t.utime / CLK_TCK, sys: t.stime / CLK_TCK };
+}
+
+export function fdCount(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+export function threadCount(pid: number): number {
+  return readdirSync(`/proc/${pid}/task`).length;
+}
+
+/** Median RSS over `samples` readings `intervalMs` apart (GC and allocator noise). */
+export async function sampleRssKiB(pid: number, samples = 5, intervalMs = 200): Promise<number> {
+  const xs: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    xs.push(rssKiB(pid));
+    if (i < samples - 1) await Bun.sleep(intervalMs);
+  }
+  xs.sort((a, b) => a - b);
+  return xs[xs.length >> 1]!;
+}
+
+export interface MachineInfo {
+  cpuModel: string;
+  nproc: number;
+  memoryGiB: number;
+  kernel: string;
+  os: string;
+  bun: string;
+  haproxy: string;
+  iperf3: string;
+  sockperf: string;
+  wrk: string;
+  iptables: string;
+  nshubCommit: string;
+  nshubDirty: boolean;
+}
+
+async function firstLine(argv: string[], re?: RegExp): Promise<string> {
+  const r = await run(argv).catch(() => ({ code: 1, stdout: "", stderr: "" }));
+  const text = (r.stdout + "\n" + r.stderr).replace(/\x1b\[[0-9;]*m/g, "");
+  if (re) return re.exec(text)?.[1]?.trim() ?? "unknown";
+  return text.split("\n").find((l) => l.trim() !== "")?.trim() ?? "unknown";
+}
+
+export async function machineInfo(repo: string, bunPath: string): Promise<MachineInfo> {
+  const cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
+  const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1]?.trim() ?? cpus()[0]?.model ?? "unknown";
+  const osRelease = readFileSync("/etc/os-release", "utf8");
+  const commit = await firstLine(["git", "-C", repo, "rev-parse", "--short", "HEAD"]);
+  const dirty = (await run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"]).catch(() => ({ stdout: "" }))).stdout.trim() !== "";
+  return {
+    cpuModel: model,
+    nproc: Number((await firstLine(["nproc"])) || cpus().length),
+    memoryGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
+    kernel: await firstLine(["uname", "-r"]),
+    os: /^PRETTY_NAME="?([^"\n]+)"?$/m.exec(osRelease)?.[1] ?? "unknown",
+    bun: await firstLine([bunPath, "--version"]),
+    haproxy: await firstLine(["haproxy", "-v"], /HAProxy version (\S+)/),
+    iperf3: await firstLine(["iperf3", "--version"], /iperf (\S+)/),
+    sockperf: await firstLine(["sockperf", "--version"], /version (\S+)/),
+    wrk: await firstLine(["wrk", "--version"], /wrk (\S+)/),
+    iptables: await firstLine(["iptables", "--version"]),
+    nshubCommit: commit,
+    nshubDirty: dirty,
+  };
+}

@@ -1,0 +1,853 @@
+#!/usr/bin/env bun
+// The nshub benchmark (issue 8). Run through `scripts/bench` (root), which installs the tools and
+// builds dist/nshub first. Measures three paths — direct, nshub, HAProxy — in one run, interleaved,
+// each repeated ≥ 3 times, plus enrollment time, proxy resync and memory, and writes
+// docs/BENCHMARKS.md (see scripts/bench-lib/report.ts for the page, docs/BENCHMARKS.md "Method").
+//
+// Network safety (/work/shared/TESTING.md): everything runs inside namespaces this script creates
+// (one virtual node without uplink, its pods); every load is bounded; all of it is torn down in
+// `finally` (and on SIGINT/SIGTERM). Nothing here asserts a timing.
+//
+//   usage: scripts/bench [--quick] [--reps N] [--out FILE] [--json FILE] [--no-profile] [--profile]
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { applyPodRules, detectIptablesBackend, removePodRules } from "../src/agent/rules/index.ts";
+import { randomUUID } from "node:crypto";
+import { createAgentClient } from "../src/agent/client.ts";
+import { PodState } from "../src/gen/nshub/agent/v1/agent_pb.ts";
+import { createSim, run, type NetSim, type Pod, type SimProcess } from "../src/sim/netsim.ts";
+import { patchOutboundRedirect, renderHaproxyConfig } from "./bench-lib/haproxy.ts";
+import { parseCniTimingLog, parseIperf3Json, parseSockperf, parseWrk } from "./bench-lib/parse.ts";
+import { checkTargets, derive, fmt, renderReport } from "./bench-lib/report.ts";
+import { emptyPerPath, PATHS, PATH_LABEL, type BenchParams, type BenchResults, type EnrollmentRun, type PathCheck, type PathName, type ProcCpu } from "./bench-lib/results.ts";
+import { rotate } from "./bench-lib/stats.ts";
+import { cpuSeconds, fdCount, machineInfo, sampleRssKiB, threadCount } from "./bench-lib/sys.ts";
+import { profileProxy } from "./bench-lib/profile.ts";
+import { analysis } from "./bench-lib/analysis.ts";
+
+const REPO = resolve(import.meta.dir, "..");
+const NSHUB = join(REPO, "dist/nshub");
+const NSHUB_CNI = join(REPO, "dist/nshub-cni");
+const BUN = process.execPath;
+const TOOLS = join(import.meta.dir, "bench-lib/tools");
+/** Benchmark clients run as nobody on every path (see the HAProxy rule difference). */
+const NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+/**
+ * Prefix that raises the fd limit of the processes holding many sockets (proxy, haproxy, idle
+ * client/server) — when this machine lets us (raising the hard limit needs CAP_SYS_RESOURCE, which
+ * containers often drop); otherwise empty, and the bench sizes the idle-connection measure to the
+ * limit it has (see fdLimit).
+ */
+let MANY_FDS: string[] = [];
+/** The fd limit the bench's processes will have (soft = hard after MANY_FDS). */
+let fdLimit = 1024;
+const WANT_FDS = 1_048_576;
+
+function currentFdLimit(): { soft: number; hard: number } {
+  const m = /^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m.exec(readFileSync("/proc/self/limits", "utf8"));
+  const n = (x: string | undefined) => (x === undefined || x === "unlimited" ? Number.MAX_SAFE_INTEGER : Number(x));
+  return { soft: n(m?.[1]), hard: n(m?.[2]) };
+}
+
+async function setupFdLimit(): Promise<void> {
+  const r = await run(["prlimit", `--nofile=${WANT_FDS}:${WANT_FDS}`, "--", "true"]);
+  if (r.code === 0) {
+    MANY_FDS = ["prlimit", `--nofile=${WANT_FDS}:${WANT_FDS}`, "--"];
+    fdLimit = WANT_FDS;
+    return;
+  }
+  const { hard } = currentFdLimit();
+  MANY_FDS = ["prlimit", `--nofile=${hard}:${hard}`, "--"];
+  fdLimit = hard;
+}
+const ENROLLED_NS = "bench";
+const PLAIN_NS = "plain";
+const PORTS = { iperf: 5201, sockperf: 11111, http: 8080, idle: 9000 };
+const PROXY_ADMIN = "127.0.0.1:15000";
+const PROXY_READY = "127.0.0.1:15021";
+
+// ---------------------------------------------------------------------------------------------
+// options
+
+const { values: flags } = parseArgs({
+  args: process.argv.slice(2),
+  options: {
+    quick: { type: "boolean", default: false },
+    reps: { type: "string" },
+    out: { type: "string" },
+    json: { type: "string" },
+    profile: { type: "boolean" },
+    "no-profile": { type: "boolean", default: false },
+    phases: { type: "string" },
+    "wait-quiet": { type: "string" },
+    "from-json": { type: "string" },
+    help: { type: "boolean", short: "h", default: false },
+  },
+  strict: true,
+});
+if (flags.help) {
+  console.log(`usage: scripts/bench [--quick] [--reps N] [--out FILE] [--json FILE] [--profile | --no-profile]
+
+  --quick        short runs and small counts (development); writes to a temp file unless --out
+  --reps N       repetitions of each traffic measure per path (default 3, at least 3 for the page)
+  --out FILE     markdown report (default docs/BENCHMARKS.md; quick: $TMPDIR/nshub-bench-quick.md)
+  --json FILE    also write the raw results as JSON
+  --profile      always profile the proxy under iperf3 (default: only when a traffic target is missed)
+  --no-profile   never profile
+  --wait-quiet S before starting, wait up to S seconds for the 1-minute load average to drop
+                 below 1 (a shared machine; the wait is not part of the reported runtime)
+  --from-json F  measure nothing: re-render the page from results saved with --json (after a
+                 change to the page's text; the numbers stay those of that run)
+  --phases LIST  only these phases (development): traffic,enroll,scale,idle (default: all);
+                 a partial run is marked as such on the page`);
+  process.exit(0);
+}
+const quick = flags.quick!;
+const params: BenchParams = quick
+  ? { reps: 3, tpSeconds: 3, latSeconds: 2, cpsSeconds: 2, wrkConnections: 16, msgSize: 64, enrollSeq: 20, enrollConc: 10, scalePods: 60, idleConns: 2000 }
+  : { reps: 3, tpSeconds: 10, latSeconds: 5, cpsSeconds: 5, wrkConnections: 16, msgSize: 64, enrollSeq: 100, enrollConc: 50, scalePods: 500, idleConns: 10_000 };
+if (flags.reps !== undefined) params.reps = Math.max(1, Number(flags.reps));
+const PHASES = ["traffic", "enroll", "scale", "idle"] as const;
+const phases = new Set((flags.phases ?? PHASES.join(",")).split(",").map((x) => x.trim()));
+for (const p of phases) if (!(PHASES as readonly string[]).includes(p)) throw new Error(`unknown phase ${p} (phases: ${PHASES.join(", ")})`);
+const phase = (p: (typeof PHASES)[number]) => phases.has(p);
+const outFile = flags.out ?? (quick ? join(tmpdir(), "nshub-bench-quick.md") : join(REPO, "docs/BENCHMARKS.md"));
+
+// ---------------------------------------------------------------------------------------------
+// logging
+
+const t0 = performance.now();
+function log(msg: string): void {
+  const s = ((performance.now() - t0) / 1000).toFixed(1).padStart(6);
+  console.log(`[bench ${s}s] ${msg}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// state shared with cleanup
+
+let sim: NetSim | undefined;
+let workDir: string | undefined;
+let cleaning: Promise<void> | undefined;
+/** What was measured so far: written to a temp file when the run fails. */
+let partial: BenchResults | undefined;
+/** Time spent in --wait-quiet (not part of the run's duration). */
+let waitedMs = 0;
+
+async function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    if (sim) {
+      log("cleanup: deleting pods and the virtual node");
+      const s = sim;
+      // Pods in parallel batches (netsim's destroy deletes them one by one).
+      await inBatches([...s.pods], 16, (p) => s.deletePod(p).catch(() => undefined));
+      await s.destroy().catch((e) => console.error(`cleanup: ${(e as Error).message}`));
+    }
+    if (workDir) rmSync(workDir, { recursive: true, force: true });
+  })();
+  return cleaning;
+}
+
+for (const sig of ["SIGINT", "SIGTERM"] as const) {
+  process.once(sig, () => {
+    console.error(`\n${sig}: cleaning up`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+async function inBatches<T, R>(items: T[], width: number, fn: (x: T, i: number) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(width, items.length) }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        out[i] = await fn(items[i]!, i);
+      }
+    }),
+  );
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+/** /proc/loadavg's 1, 5 and 15 minute averages. */
+function load1Text(): string {
+  return readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+}
+
+function load1(): number {
+  return Number(load1Text().split(" ")[0]);
+}
+
+/** A random 10.x.y.0/21 (room for the 500+ pods of the scale measure). */
+function subnet21(): string {
+  const a = 1 + Math.floor(Math.random() * 250);
+  const b = Math.floor(Math.random() * 32) * 8;
+  return `10.${a}.${b}.0/21`;
+}
+
+async function nodeHttp(path: string, addr = PROXY_ADMIN): Promise<{ status: number; body: string }> {
+  const r = await sim!.node.exec(["curl", "-s", "-m", "10", "-w", "\n%{http_code}", `http://${addr}${path}`], { timeoutMs: 15_000 });
+  const i = r.stdout.lastIndexOf("\n");
+  return { status: Number(r.stdout.slice(i + 1)) || 0, body: r.stdout.slice(0, i) };
+}
+
+function cpuDelta(pid: number | undefined, before: ProcCpu | undefined): ProcCpu | undefined {
+  if (pid === undefined || before === undefined) return undefined;
+  try {
+    const now = cpuSeconds(pid);
+    return { user: now.user - before.user, sys: now.sys - before.sys };
+  } catch {
+    return undefined;
+  }
+}
+
+function cpuNow(pid: number | undefined): ProcCpu | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    return cpuSeconds(pid);
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the nshub daemons
+
+interface Daemons {
+  config: string;
+  agent: SimProcess;
+  proxy: SimProcess;
+  cniLog: string;
+  timingLog: string;
+}
+
+function writeConfig(dir: string): { config: string; cniLog: string; agentSocket: string } {
+  const agentSocket = join(dir, "run/agent.sock");
+  const cniLog = join(dir, "cni.log");
+  const config = join(dir, "config.yaml");
+  writeFileSync(
+    config,
+    [
+      "logLevel: info",
+      "agent:",
+      `  zdsSocket: ${join(dir, "run/zds.sock")}`,
+      `  apiSocket: ${agentSocket}`,
+      `  stateFile: ${join(dir, "state/agent-state.json")}`,
+      "  adminAddress: 127.0.0.1:15010",
+      "  enrollment:",
+      "    namespaces:",
+      `      include: ["${ENROLLED_NS}"]`,
+      "proxy:",
+      `  zdsSocket: ${join(dir, "run/zds.sock")}`,
+      `  adminAddress: ${PROXY_ADMIN}`,
+      "  metricsAddress: 127.0.0.1:15020",
+      `  readinessAddress: ${PROXY_READY}`,
+      "  drainDeadlineMs: 1000",
+      "cni:",
+      `  agentSocket: ${agentSocket}`,
+      `  logFile: ${cniLog}`,
+      "",
+    ].join("\n"),
+  );
+  return { config, cniLog, agentSocket };
+}
+
+/** The chained plugin entry: a bash wrapper timing each run of dist/nshub-cni (see the report's Method). */
+function writeTimingWrapper(dir: string): { wrapper: string; timingLog: string } {
+  const wrapper = join(dir, "nshub-cni-timed");
+  const timingLog = join(dir, "cni-timing.log");
+  writeFileSync(
+    wrapper,
+    [
+      "#!/bin/bash",
+      "# scripts/bench: times one run of nshub-cni (exec to exit) and passes stdin/stdout/exit code through.",
+      "LC_ALL=C",
+      "t0=$EPOCHREALTIME",
+      `${JSON.stringify(NSHUB_CNI)} "$@"`,
+      "rc=$?",
+      "t1=$EPOCHREALTIME",
+      `printf '%s %s %s %s %s\\n' "$CNI_COMMAND" "$t0" "$t1" "$rc" "\${CNI_CONTAINERID:--}" >> ${JSON.stringify(timingLog)}`,
+      "exit $rc",
+      "",
+    ].join("\n"),
+  );
+  chmodSync(wrapper, 0o755);
+  writeFileSync(timingLog, "");
+  return { wrapper, timingLog };
+}
+
+function spawnProxy(config: string, extraEnv: Record<string, string> = {}): SimProcess {
+  return sim!.node.spawn([...MANY_FDS, NSHUB, "proxy", "--config", config], { env: { ...process.env, NSHUB_LOG_FORMAT: "text", ...extraEnv } });
+}
+
+/** Spawns the proxy and measures spawn → /healthz/ready 200 with a poller started beforehand. */
+async function startProxyTimed(config: string, extraEnv: Record<string, string> = {}): Promise<{ proxy: SimProcess; readyMs: number; spawnedAt: number }> {
+  const poller = sim!.node.spawn([BUN, join(TOOLS, "wait-ready.ts"), `http://${PROXY_READY}/healthz/ready`, "60000", "5"]);
+  await poller.waitForOutput(/polling/, 20_000);
+  await Bun.sleep(200); // let the poller settle into its loop
+  const spawnedAt = Date.now();
+  const proxy = spawnProxy(config, extraEnv);
+  const m = await poller.waitForOutput(/ready (\d+)|timeout/, 65_000);
+  if (!m[1]) throw new Error(`proxy did not become ready within 60 s; stderr: ${proxy.stderr().slice(-2000)}`);
+  await poller.stop();
+  return { proxy, readyMs: Number(m[1]) - spawnedAt, spawnedAt };
+}
+
+function logTimeMs(text: string, re: RegExp): number | undefined {
+  let last: number | undefined;
+  for (const line of text.split("\n")) {
+    if (re.test(line)) {
+      const t = Date.parse(line.split(" ")[0] ?? "");
+      if (Number.isFinite(t)) last = t;
+    }
+  }
+  return last;
+}
+
+// ---------------------------------------------------------------------------------------------
+// pods, servers, HAProxy
+
+interface Pair {
+  path: PathName;
+  a: Pod;
+  b: Pod;
+}
+
+async function startServers(b: Pod): Promise<void> {
+  b.spawn(["iperf3", "-s", "-p", String(PORTS.iperf)]);
+  b.spawn(["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", String(PORTS.sockperf)]);
+  b.spawn([BUN, join(TOOLS, "http-server.ts"), String(PORTS.http)]);
+  for (const port of [PORTS.iperf, PORTS.sockperf, PORTS.http]) await b.waitForTcpPort(port, { timeoutMs: 20_000 });
+}
+
+let iptablesCmd = "iptables";
+
+async function redirectPackets(a: Pod): Promise<number | undefined> {
+  const r = await a.exec([iptablesCmd, "-t", "nat", "-L", "NSHUB_OUTPUT", "-v", "-x", "-n"]);
+  if (r.code !== 0) return undefined;
+  const line = r.stdout.split("\n").find((l) => /REDIRECT/.test(l) && /redir ports 15001/.test(l));
+  return line ? Number(line.trim().split(/\s+/)[0]) : undefined;
+}
+
+/** TcpExtListenDrops of a pod's netns (SYNs dropped because a listener's accept queue was full). */
+async function listenDrops(p: Pod): Promise<number> {
+  const r = await p.exec(["nstat", "-asz", "TcpExtListenDrops"]);
+  const m = /TcpExtListenDrops\s+(\d+)/.exec(r.stdout);
+  return m ? Number(m[1]) : NaN;
+}
+
+async function checkPath(pair: Pair): Promise<PathCheck> {
+  const before = await redirectPackets(pair.a);
+  const r = await pair.a.exec([...NOBODY, "curl", "-s", "-m", "5", `http://${pair.b.ip}:${PORTS.http}/peer`]);
+  const after = await redirectPackets(pair.a);
+  const peerSeen = r.stdout.trim() || `(curl exit ${r.code})`;
+  const redirected = before !== undefined && after !== undefined ? after - before : undefined;
+  let ok: boolean;
+  let note: string;
+  switch (pair.path) {
+    case "direct":
+      ok = peerSeen === pair.a.ip && redirected === undefined;
+      note = "B sees A's address; no capture rules in A";
+      break;
+    case "nshub":
+      ok = peerSeen === pair.a.ip && (redirected ?? 0) > 0;
+      note = "captured in A, and B's server sees A's address (nshub preserves the source on inbound)";
+      break;
+    case "haproxy":
+      ok = peerSeen === pair.b.ip && (redirected ?? 0) > 0;
+      note = "captured in A, and B's server sees B's own address (HAProxy's upstream socket inside B)";
+      break;
+  }
+  return { path: pair.path, peerSeen, redirectPackets: redirected, ok, note };
+}
+
+async function setupHaproxy(dir: string, pods: Pod[]): Promise<{ proc: SimProcess; rules: BenchResults["rules"] }> {
+  let rules: BenchResults["rules"];
+  for (const p of pods) {
+    await applyPodRules(p.netnsPath);
+    const listing = (await p.execOrThrow([iptablesCmd, "-t", "nat", "-S", "NSHUB_OUTPUT"])).stdout;
+    const patch = patchOutboundRedirect(listing);
+    await p.execOrThrow([iptablesCmd, "-t", "nat", "-R", "NSHUB_OUTPUT", String(patch.position), ...patch.after.split(" ")]);
+    rules = patch;
+  }
+  const cfg = join(dir, "haproxy.cfg");
+  // HAProxy needs about 2 fds per connection; the bench never has more than a few dozen at once.
+  const maxconn = Math.max(1000, Math.min(20_000, Math.floor((fdLimit - 1000) / 2)));
+  writeFileSync(cfg, renderHaproxyConfig({ pods: pods.map((p, i) => ({ netns: p.name, label: `pod${i}` })), maxconn }));
+  const check = await run(["haproxy", "-c", "-f", cfg]);
+  if (check.code !== 0) throw new Error(`haproxy -c failed: ${check.stdout}${check.stderr}`);
+  const proc = sim!.node.spawn([...MANY_FDS, "haproxy", "-db", "-f", cfg]);
+  for (const p of pods) {
+    await p.waitForTcpPort(15001, { timeoutMs: 10_000 });
+    await p.waitForTcpPort(15006, { timeoutMs: 10_000 });
+  }
+  return { proc, rules };
+}
+
+// ---------------------------------------------------------------------------------------------
+// traffic measures
+
+async function runIperf(pair: Pair, streams: number, proxyPid: number | undefined): Promise<{ iperf: ReturnType<typeof parseIperf3Json>; proxyCpu?: ProcCpu; wallSec: number }> {
+  const before = cpuNow(proxyPid);
+  const w0 = performance.now();
+  const r = await pair.a.exec([...NOBODY, "iperf3", "-c", pair.b.ip, "-p", String(PORTS.iperf), "-t", String(params.tpSeconds), "-O", "1", "-P", String(streams), "-J"], {
+    timeoutMs: (params.tpSeconds + 30) * 1000,
+  });
+  const wallSec = (performance.now() - w0) / 1000;
+  const proxyCpu = cpuDelta(proxyPid, before);
+  return { iperf: parseIperf3Json(r.stdout), proxyCpu, wallSec };
+}
+
+async function runSockperf(pair: Pair): Promise<ReturnType<typeof parseSockperf>> {
+  const r = await pair.a.exec(
+    [...NOBODY, "sockperf", "ping-pong", "--tcp", "-i", pair.b.ip, "-p", String(PORTS.sockperf), "-t", String(params.latSeconds), "-m", String(params.msgSize), "--full-rtt"],
+    { timeoutMs: (params.latSeconds + 30) * 1000 },
+  );
+  if (r.code !== 0) throw new Error(`sockperf exited ${r.code}: ${r.stdout.slice(-500)}${r.stderr.slice(-500)}`);
+  return parseSockperf(r.stdout + r.stderr);
+}
+
+async function runWrk(pair: Pair, proxyPid: number | undefined): Promise<{ wrk: ReturnType<typeof parseWrk>; proxyCpu?: ProcCpu }> {
+  const before = cpuNow(proxyPid);
+  const r = await pair.a.exec(
+    [...NOBODY, "wrk", "-t1", `-c${params.wrkConnections}`, `-d${params.cpsSeconds}s`, "--timeout", "5s", "-H", "Connection: close", `http://${pair.b.ip}:${PORTS.http}/`],
+    { timeoutMs: (params.cpsSeconds + 30) * 1000 },
+  );
+  const proxyCpu = cpuDelta(proxyPid, before);
+  if (r.code !== 0) throw new Error(`wrk exited ${r.code}: ${r.stderr.slice(-500)}`);
+  return { wrk: parseWrk(r.stdout), proxyCpu };
+}
+
+// ---------------------------------------------------------------------------------------------
+// enrollment
+
+async function enroll(label: string, n: number, concurrency: number, d: Daemons): Promise<{ run: EnrollmentRun; pods: Pod[] }> {
+  const pods: Pod[] = [];
+  const chainMs: number[] = [];
+  const failures: string[] = [];
+  const w0 = performance.now();
+  await inBatches(
+    Array.from({ length: n }, (_, i) => i),
+    concurrency,
+    async (i) => {
+      const s = performance.now();
+      try {
+        const pod = await sim!.addPod({ name: `${label}-${i}`, namespace: ENROLLED_NS });
+        chainMs.push(performance.now() - s);
+        pods.push(pod);
+      } catch (e) {
+        failures.push((e as Error).message.split("\n")[0]!);
+      }
+    },
+  );
+  const wallMs = performance.now() - w0;
+  const ids = new Map(pods.map((p) => [p.containerId, p]));
+  const timings = parseCniTimingLog(readFileSync(d.timingLog, "utf8")).filter((t) => t.command === "ADD" && ids.has(t.containerId));
+  const pluginMs = timings.filter((t) => t.exitCode === 0).map((t) => t.ms);
+  // The plugin's own log: JSON lines {"msg":"ADD done","ms":…,"containerId":"<12 chars>"}.
+  const shortIds = new Set(pods.map((p) => p.containerId.slice(0, 12)));
+  const inPluginMs: number[] = [];
+  for (const line of readFileSync(d.cniLog, "utf8").split("\n")) {
+    if (!line.includes('"ADD done"')) continue;
+    try {
+      const j = JSON.parse(line) as { ms?: number; containerId?: string };
+      if (j.containerId && shortIds.has(j.containerId) && typeof j.ms === "number") inPluginMs.push(j.ms);
+    } catch {
+      // not a JSON line
+    }
+  }
+  return { run: { pods: n, concurrency, pluginMs, inPluginMs, chainMs, wallMs, failures }, pods };
+}
+
+/**
+ * Where a sequential ADD's time goes: the plugin process alone (CNI VERSION through the same
+ * timing wrapper: exec, Bun start-up, exit; no agent call) and the agent's PodAdd as a warm client
+ * sees it (policy, in-pod rules, ZDS AddWorkload with the netns fd, proxy bind and ack).
+ */
+async function enrollmentBreakdown(d: Daemons, wrapper: string, agentSocket: string, k: number): Promise<NonNullable<BenchResults["enrollment"]["breakdown"]>> {
+  for (let i = 0; i < k; i++) {
+    await sim!.node.exec([wrapper], { stdin: JSON.stringify({ cniVersion: "1.0.0", name: "bench", type: "nshub-cni" }), env: { ...process.env, CNI_COMMAND: "VERSION" } });
+  }
+  const startupMs = parseCniTimingLog(readFileSync(d.timingLog, "utf8"))
+    .filter((t) => t.command === "VERSION" && t.exitCode === 0)
+    .map((t) => t.ms);
+  const client = createAgentClient({ socketPath: agentSocket, timeoutMs: 10_000 });
+  const pods: Pod[] = [];
+  for (let i = 0; i < k; i++) pods.push(await sim!.addPod({ name: `rpc-${i}`, namespace: "rpc" })); // not enrolled by the chain
+  const rpcMs: number[] = [];
+  const errors: string[] = [];
+  for (const [i, pod] of pods.entries()) {
+    const uid = randomUUID();
+    const s = performance.now();
+    try {
+      const r = await client.podAdd({ uid, namespace: ENROLLED_NS, name: `rpc-${i}`, netnsPath: pod.netnsPath, ips: [pod.ip], containerId: `rpc${i}`.padEnd(64, "0"), interfaceName: "eth0" });
+      rpcMs.push(performance.now() - s);
+      if (r.state !== PodState.ENROLLED) errors.push(`PodAdd rpc-${i}: state ${r.state} ${r.reason}`);
+    } catch (e) {
+      errors.push(`PodAdd rpc-${i}: ${(e as Error).message}`);
+    }
+    await client.podDelete({ uid, namespace: ENROLLED_NS, name: `rpc-${i}`, containerId: `rpc${i}`.padEnd(64, "0"), netnsPath: pod.netnsPath }).catch((e) => errors.push(`PodDelete rpc-${i}: ${(e as Error).message}`));
+  }
+  // The in-pod rules alone (what the agent runs for each PodAdd), on the same pods, now clean again.
+  const rulesMs: number[] = [];
+  for (const pod of pods) {
+    const s = performance.now();
+    try {
+      await applyPodRules(pod.netnsPath);
+      rulesMs.push(performance.now() - s);
+      await removePodRules(pod.netnsPath);
+    } catch (e) {
+      errors.push(`rules on ${pod.podName}: ${(e as Error).message}`);
+    }
+  }
+  await inBatches(pods, 8, (p) => sim!.deletePod(p).catch(() => undefined));
+  return { startupMs, rpcMs, rulesMs, errors };
+}
+
+// ---------------------------------------------------------------------------------------------
+// main
+
+async function main(): Promise<number> {
+  if (process.getuid?.() !== 0) {
+    console.error("scripts/bench needs root (network namespaces, iptables)");
+    return 2;
+  }
+  if (flags["wait-quiet"] !== undefined) {
+    const until = Date.now() + Number(flags["wait-quiet"]) * 1000;
+    const w0 = performance.now();
+    while (load1() >= 1 && Date.now() < until) {
+      log(`waiting for a quiet machine: load average ${load1Text()}`);
+      await Bun.sleep(15_000);
+    }
+    waitedMs = performance.now() - w0;
+    log(`load average ${load1Text()}; starting`);
+  }
+  workDir = mkdtempSync(join(tmpdir(), "nshub-bench-"));
+  const machine = await machineInfo(REPO, BUN);
+  const loadStart = load1Text();
+  const results: BenchResults = {
+    mode: quick ? "quick" : "full",
+    phases: phases.size === PHASES.length ? undefined : [...phases],
+    startedAt: new Date().toISOString(),
+    machine,
+    params,
+    checks: [],
+    rules: undefined,
+    throughput: { "1": emptyPerPath(), "4": emptyPerPath() },
+    latency: emptyPerPath(),
+    cps: emptyPerPath(),
+    enrollment: {},
+    errors: [],
+  };
+  partial = results;
+  const notes: string[] = [];
+  log(`${quick ? "quick" : "full"} run; ${machine.nproc} CPUs (${machine.cpuModel}), kernel ${machine.kernel}; report → ${outFile}`);
+
+  await setupFdLimit();
+  if (fdLimit < WANT_FDS) log(`fd limit: cannot raise RLIMIT_NOFILE above ${fdLimit} here (no CAP_SYS_RESOURCE); the idle-connection measure is sized to fit`);
+  const backend = await detectIptablesBackend();
+  iptablesCmd = backend === "nft" ? "iptables-nft" : "iptables-legacy";
+
+  const { config, cniLog, agentSocket } = writeConfig(workDir);
+  const { wrapper, timingLog } = writeTimingWrapper(workDir);
+  sim = await createSim({
+    prefix: "nbn-",
+    subnet: subnet21(),
+    plugins: [{ type: "nshub-cni", binary: wrapper, config: { agentSocket: join(workDir, "run/agent.sock"), logFile: cniLog } }],
+  });
+  log(`virtual node ${sim.node.name}, pods' subnet ${sim.subnet}`);
+
+  // --- the nshub daemons; proxy RSS with no pod -------------------------------------------------
+  const agent = sim.node.spawn([...MANY_FDS, NSHUB, "agent", "--config", config], { env: { ...process.env, NSHUB_LOG_FORMAT: "text" } });
+  await agent.waitForOutput(/agent ready/, 30_000);
+  let { proxy } = await startProxyTimed(config);
+  const d: Daemons = { config, agent, proxy, cniLog, timingLog };
+  await Bun.sleep(3000);
+  const memory: NonNullable<BenchResults["memory"]> = { rss0KiB: await sampleRssKiB(proxy.pid) };
+  results.memory = memory;
+  log(`proxy ready (pid ${proxy.pid}); RSS with no pod ${fmt(memory.rss0KiB! / 1024, 1)} MiB`);
+
+  // --- the three pod pairs -----------------------------------------------------------------------
+  const pairs: Record<PathName, Pair> = {
+    direct: { path: "direct", a: await sim.addPod({ name: "direct-a", namespace: PLAIN_NS }), b: await sim.addPod({ name: "direct-b", namespace: PLAIN_NS }) },
+    nshub: { path: "nshub", a: await sim.addPod({ name: "nshub-a", namespace: ENROLLED_NS }), b: await sim.addPod({ name: "nshub-b", namespace: ENROLLED_NS }) },
+    haproxy: { path: "haproxy", a: await sim.addPod({ name: "haproxy-a", namespace: PLAIN_NS }), b: await sim.addPod({ name: "haproxy-b", namespace: PLAIN_NS }) },
+  };
+  // Pods keep the kernel's default sysctls (ephemeral ports 32768-60999: nshub's inbound takes its
+  // transparent source ports below that range).
+  for (const pr of Object.values(pairs)) await startServers(pr.b);
+  await pairs.nshub.a.waitForTcpPort(15001);
+  await pairs.nshub.b.waitForTcpPort(15006);
+  const hap = await setupHaproxy(workDir, [pairs.haproxy.a, pairs.haproxy.b]);
+  results.rules = hap.rules;
+  results.haproxyThreads = threadCount(hap.proc.pid);
+  results.proxyThreads = threadCount(proxy.pid);
+  const proxyPidOf = (p: PathName) => (p === "nshub" ? proxy.pid : p === "haproxy" ? hap.proc.pid : undefined);
+
+  for (const p of PATHS) {
+    const c = await checkPath(pairs[p]);
+    results.checks.push(c);
+    log(`path check ${p}: ${c.ok ? "ok" : "FAILED"} (peer ${c.peerSeen}, redirected ${c.redirectPackets ?? "-"})`);
+    if (!c.ok) results.errors.push(`path check failed for ${p}: ${c.note}; peer seen ${c.peerSeen}, redirect packets ${c.redirectPackets}`);
+  }
+  if (results.checks.some((c) => !c.ok)) throw new Error("a path does not behave as intended; refusing to measure it");
+
+  // --- traffic, interleaved -----------------------------------------------------------------------
+  for (let rep = 1; rep <= (phase("traffic") ? params.reps : 0); rep++) {
+    const order = rotate(PATHS, rep - 1);
+    for (const streams of [1, 4] as const) {
+      for (const p of order) {
+        try {
+          const l = load1();
+          const r = await runIperf(pairs[p], streams, proxyPidOf(p));
+          results.throughput[String(streams) as "1" | "4"][p].push({ rep, load1: l, ...r });
+          log(`rep ${rep} iperf3 -P ${streams} ${PATH_LABEL[p]}: ${fmt(r.iperf.bitsPerSecond / 1e9, 2)} Gb/s${r.proxyCpu ? ` (proxy CPU ${fmt(r.proxyCpu.user, 1)}u+${fmt(r.proxyCpu.sys, 1)}s)` : ""}`);
+        } catch (e) {
+          results.errors.push(`rep ${rep} iperf3 -P ${streams} ${p}: ${(e as Error).message}`);
+          log(`rep ${rep} iperf3 -P ${streams} ${p}: ERROR ${(e as Error).message}`);
+        }
+        await Bun.sleep(500);
+      }
+    }
+    for (const p of order) {
+      try {
+        const l = load1();
+        const s = await runSockperf(pairs[p]);
+        results.latency[p].push({ rep, load1: l, sockperf: s });
+        log(`rep ${rep} sockperf ${PATH_LABEL[p]}: p50 ${fmt(s.p50Us, 1)} p99 ${fmt(s.p99Us, 1)} p99.9 ${fmt(s.p999Us, 1)} µs (${s.observations} obs)`);
+      } catch (e) {
+        results.errors.push(`rep ${rep} sockperf ${p}: ${(e as Error).message}`);
+        log(`rep ${rep} sockperf ${p}: ERROR ${(e as Error).message}`);
+      }
+      await Bun.sleep(300);
+    }
+    for (const p of order) {
+      try {
+        const l = load1();
+        const w = await runWrk(pairs[p], proxyPidOf(p));
+        results.cps[p].push({ rep, load1: l, ...w });
+        const e = w.wrk.errors;
+        log(`rep ${rep} wrk ${PATH_LABEL[p]}: ${fmt(w.wrk.requestsPerSecond, 0)} conn/s (errors c${e.connect} r${e.read} w${e.write} t${e.timeout}, non2xx ${w.wrk.non2xx3xx})`);
+      } catch (e) {
+        results.errors.push(`rep ${rep} wrk ${p}: ${(e as Error).message}`);
+        log(`rep ${rep} wrk ${p}: ERROR ${(e as Error).message}`);
+      }
+      // TIME_WAIT from the previous path's run must not disturb the next one.
+      await Bun.sleep(1000);
+    }
+  }
+
+  // --- enrollment -----------------------------------------------------------------------------------
+  if (phase("enroll")) {
+    const seq = await enroll("enroll-seq", params.enrollSeq, 1, d);
+    results.enrollment.sequential = seq.run;
+    log(`enrollment, ${params.enrollSeq} sequential: ${seq.run.pluginMs.length} timed, ${seq.run.failures.length} failed, wall ${fmt(seq.run.wallMs / 1000, 1)} s`);
+    const conc = await enroll("enroll-conc", params.enrollConc, params.enrollConc, d);
+    results.enrollment.concurrent = conc.run;
+    log(`enrollment, ${params.enrollConc} concurrent: ${conc.run.pluginMs.length} timed, ${conc.run.failures.length} failed, wall ${fmt(conc.run.wallMs / 1000, 1)} s`);
+    for (const f of [...seq.run.failures, ...conc.run.failures].slice(0, 5)) results.errors.push(`enrollment: ${f}`);
+    try {
+      results.enrollment.breakdown = await enrollmentBreakdown(d, wrapper, agentSocket, quick ? 5 : 10);
+      for (const e of results.enrollment.breakdown.errors.slice(0, 3)) results.errors.push(`enrollment breakdown: ${e}`);
+    } catch (e) {
+      results.errors.push(`enrollment breakdown: ${(e as Error).message}`);
+    }
+    const dt = performance.now();
+    await inBatches([...seq.pods, ...conc.pods], 16, (p) => sim!.deletePod(p).catch((e) => results.errors.push(`delete ${p.podName}: ${(e as Error).message}`)));
+    log(`deleted the enrollment pods in ${fmt((performance.now() - dt) / 1000, 1)} s`);
+  }
+
+  // --- scale: N pods, proxy restart (resync), memory per pod ------------------------------------------
+  if (phase("scale")) {
+    const s0 = performance.now();
+    const scale = await enroll("scale", params.scalePods, 16, d);
+    log(`scale: ${scale.pods.length} pods enrolled (${scale.run.failures.length} failed) in ${fmt((performance.now() - s0) / 1000, 1)} s`);
+    for (const f of scale.run.failures.slice(0, 5)) results.errors.push(`scale pods: ${f}`);
+    const enrolledPods = scale.pods.length + 2;
+    const st = performance.now();
+    await proxy.stop(15_000);
+    const stopMs = performance.now() - st;
+    const timed = await startProxyTimed(config);
+    proxy = timed.proxy;
+    d.proxy = proxy;
+    await Bun.sleep(500);
+    const podsJson = await nodeHttp("/pods");
+    let podsServed = -1;
+    try {
+      podsServed = (JSON.parse(podsJson.body) as { pods: unknown[] }).pods.length;
+    } catch {
+      results.errors.push(`proxy /pods: ${podsJson.status} ${podsJson.body.slice(0, 200)}`);
+    }
+    const text = proxy.stdout() + "\n" + proxy.stderr();
+    const readyLog = logTimeMs(text, /INFO\s+proxy: proxy ready/);
+    const lastPod = logTimeMs(text, /pod proxy started/);
+    results.resync = {
+      pods: enrolledPods,
+      readyMs: timed.readyMs,
+      readyLogMs: readyLog !== undefined ? readyLog - timed.spawnedAt : undefined,
+      lastPodMs: lastPod !== undefined ? lastPod - timed.spawnedAt : undefined,
+      podsServed,
+      stopMs,
+    };
+    log(`resync: proxy restart with ${enrolledPods} pods ready in ${fmt(timed.readyMs, 0)} ms (serving ${podsServed}; last pod bound at ${fmt(results.resync.lastPodMs, 0)} ms)`);
+    await Bun.sleep(3000);
+    memory.rssPodsKiB = await sampleRssKiB(proxy.pid);
+    memory.pods = enrolledPods;
+    log(`proxy RSS with ${enrolledPods} pods: ${fmt(memory.rssPodsKiB / 1024, 1)} MiB`);
+    // The nshub pair's listeners are back (the checks above need them for the idle connections).
+    await pairs.nshub.a.waitForTcpPort(15001);
+    await pairs.nshub.b.waitForTcpPort(15006);
+  }
+
+  // --- idle connections ---------------------------------------------------------------------------------
+  if (phase("idle")) {
+    // Each client connection costs the proxy 4 sockets (2 relayed legs); size to the fd limit.
+    const headroom = fdLimit - fdCount(proxy.pid) - 500;
+    const n = Math.min(params.idleConns, Math.floor(headroom / 4 / 500) * 500);
+    if (n < params.idleConns) {
+      const why = `${n} idle connections instead of ${params.idleConns}: the proxy's fd limit is ${fdLimit} (RLIMIT_NOFILE hard limit; raising it needs CAP_SYS_RESOURCE, which this machine does not grant) and each connection through A's outbound and B's inbound listener holds 4 of its fds. The per-connection cost is the slope, measured over ${n} connections.`;
+      log(why);
+    }
+    const b = pairs.nshub.b;
+    const server = b.spawn([...MANY_FDS, BUN, join(TOOLS, "idle-server.ts"), String(PORTS.idle)], { stdin: true });
+    await b.waitForTcpPort(PORTS.idle);
+    memory.rssBeforeConnsKiB = await sampleRssKiB(proxy.pid);
+    memory.fdsBefore = fdCount(proxy.pid);
+    memory.conns = n;
+    const drops0 = { a: await listenDrops(pairs.nshub.a), b: await listenDrops(b) };
+    const idleStart = Date.now();
+    // 32 connects in flight: a steady open rate, not a SYN flood (the measure is memory).
+    const client = pairs.nshub.a.spawn([...MANY_FDS, BUN, join(TOOLS, "idle-client.ts"), b.ip, String(PORTS.idle), String(n), "32"], { stdin: true });
+    const m = await client.waitForOutput(/connected (\d+) in (\d+) ms|failed (\d+) of/, 180_000);
+    if (m[3]) results.errors.push(`idle connections: ${m[0]}`);
+    memory.connectMs = m[2] ? Number(m[2]) : undefined;
+    const opened = m[1] ? Number(m[1]) : n - Number(m[3] ?? 0);
+    const lastHeld = () => {
+      const all = [...server.stdout().matchAll(/held (\d+) accepted (\d+)/g)];
+      const m = all[all.length - 1];
+      return m ? { held: Number(m[1]), accepted: Number(m[2]) } : { held: 0, accepted: 0 };
+    };
+    // Until every connection reached the server, or the count stood still for longer than the
+    // proxy's 10 s connect timeout.
+    let last = -1;
+    let since = Date.now();
+    const deadline = Date.now() + 90_000;
+    while (lastHeld().held < opened && Date.now() < deadline && Date.now() - since < 12_000) {
+      const h = lastHeld().held;
+      if (h !== last) {
+        last = h;
+        since = Date.now();
+      }
+      await Bun.sleep(200);
+    }
+    const held = lastHeld();
+    const drops = { a: (await listenDrops(pairs.nshub.a)) - drops0.a, b: (await listenDrops(b)) - drops0.b };
+    if (held.held < opened) {
+      // What the proxy says about the connections it closed during this phase.
+      try {
+        const c = await nodeHttp("/connections?recent");
+        const recent = (JSON.parse(c.body) as { recent?: Array<{ direction: string; startedAt: string; closeHow: string | null; error: string | null }> }).recent ?? [];
+        const counts = new Map<string, number>();
+        for (const rec of recent) {
+          if (Date.parse(rec.startedAt) < idleStart) continue;
+          const why = `${rec.direction}: ${rec.error ?? rec.closeHow ?? "closed"}`.replace(/\d+\.\d+\.\d+\.\d+:\d+/g, "<addr>");
+          counts.set(why, (counts.get(why) ?? 0) + 1);
+        }
+        memory.lostReasons = [...counts.entries()].sort((x, y) => y[1] - x[1]).slice(0, 4).map(([why, n]) => `${n}× ${why}`);
+      } catch (e) {
+        memory.lostReasons = [`(could not read the proxy's /connections: ${(e as Error).message})`];
+      }
+      results.errors.push(
+        `idle connections: ${opened} client connections opened, ${held.held} reached the server in B (listen-queue drops during the burst: pod A ${drops.a}, pod B ${drops.b}); the proxy's recently closed connections from this phase: ${memory.lostReasons?.join("; ") || "none recorded"}`,
+      );
+    }
+    await Bun.sleep(3000);
+    memory.rssConnsKiB = await sampleRssKiB(proxy.pid);
+    memory.fdsConns = fdCount(proxy.pid);
+    memory.clientConns = opened;
+    memory.connsOpened = held.held; // what the proxy holds end to end: the divisor of the per-connection cost
+    memory.listenDrops = drops;
+    log(`idle connections: ${opened} opened by the client, ${held.held} reached the server; proxy RSS ${fmt(memory.rssBeforeConnsKiB / 1024, 1)} → ${fmt(memory.rssConnsKiB / 1024, 1)} MiB, fds ${memory.fdsBefore} → ${memory.fdsConns}`);
+    client.proc.stdin?.end();
+    await client.stop(10_000);
+    await server.stop();
+  }
+
+  // --- profile, when a traffic target is missed ------------------------------------------------------------
+  const dd = derive(results);
+  const trafficMissed = checkTargets(results, dd)
+    .filter((t) => /throughput|latency|connection rate/.test(t.target))
+    .some((t) => t.met === false);
+  const wantProfile = flags["no-profile"] ? false : (flags.profile ?? (trafficMissed && !quick));
+  if (wantProfile) {
+    try {
+      log("profiling the proxy under iperf3 (a traffic target was missed or --profile)");
+      results.profile = await profileProxy({
+        sim,
+        pair: pairs.nshub,
+        proxy,
+        config,
+        seconds: quick ? 3 : 6,
+        nobody: NOBODY,
+        iperfPort: PORTS.iperf,
+        sockperfPort: PORTS.sockperf,
+        httpPort: PORTS.http,
+        workDir,
+        fdPrefix: MANY_FDS,
+        log,
+      });
+    } catch (e) {
+      results.errors.push(`profile: ${(e as Error).message}`);
+    }
+  }
+
+  // --- notes ------------------------------------------------------------------------------------------------
+  results.load = { start: loadStart, end: load1Text() };
+  results.fdLimit = fdLimit;
+  results.nshubBinaryBytes = statSync(NSHUB).size;
+  notes.push(...analysis(results, { binaryBytes: results.nshubBinaryBytes }));
+
+  await hap.proc.stop();
+  results.finishedAt = new Date().toISOString();
+
+  await cleanup();
+  results.runtimeSec = (performance.now() - t0 - waitedMs) / 1000;
+  const page = renderReport(results, { notes });
+  writeFileSync(outFile, page);
+  if (flags.json) writeFileSync(flags.json, JSON.stringify(results, null, 2) + "\n");
+  log(`wrote ${outFile}${flags.json ? ` and ${flags.json}` : ""}; total ${fmt(results.runtimeSec / 60, 1)} min`);
+  console.log("\n" + page.slice(0, page.indexOf("## Method")));
+  return results.errors.length ? 1 : 0;
+}
+
+/** --from-json: the page from saved results (the notes are recomputed from the numbers). */
+function renderFromJson(file: string): number {
+  const results = JSON.parse(readFileSync(file, "utf8")) as BenchResults;
+  const page = renderReport(results, { notes: analysis(results, { binaryBytes: results.nshubBinaryBytes ?? statSync(NSHUB).size }) });
+  writeFileSync(outFile, page);
+  console.log(`rendered ${outFile} from ${file} (run of ${results.startedAt})`);
+  return 0;
+}
+
+try {
+  process.exitCode = flags["from-json"] ? renderFromJson(flags["from-json"]) : await main();
+} catch (e) {
+  console.error(`bench failed: ${(e as Error).stack ?? e}`);
+  process.exitCode = 1;
+  if (partial) {
+    partial.errors.push(`the run failed: ${(e as Error).message}`);
+    const f = join(tmpdir(), "nshub-bench-failed.md");
+    try {
+      writeFileSync(f, renderReport(partial, { notes: [] }));
+      console.error(`what was measured before the failure: ${f} (${outFile} left unchanged)`);
+    } catch {
+      // nothing more to save
+    }
+  }
+} finally {
+  await cleanup();
+}

@@ -1,0 +1,129 @@
+// The benchmark's derived numbers, target checks, notes and page (scripts/bench-lib/report.ts,
+// analysis.ts) on a hand-made result set: pure functions, no tools run.
+import { describe, expect, test } from "bun:test";
+import { analysis, dsoShares, straceCalls } from "../../scripts/bench-lib/analysis.ts";
+import { checkTargets, derive, renderReport } from "../../scripts/bench-lib/report.ts";
+import { emptyPerPath, type BenchResults, type PathName } from "../../scripts/bench-lib/results.ts";
+import type { Iperf3Result, SockperfResult, WrkResult } from "../../scripts/bench-lib/parse.ts";
+
+const iperf = (gbps: number): Iperf3Result => ({ bitsPerSecond: gbps * 1e9, sentBitsPerSecond: gbps * 1e9, retransmits: 0, streams: 1, seconds: 10, cpuClient: undefined, cpuServer: undefined });
+const sock = (p50: number, p99: number, p999: number): SockperfResult => ({ roundTrip: true, avgUs: p50, observations: 1000, percentilesUs: {}, p50Us: p50, p99Us: p99, p999Us: p999, maxUs: p999, minUs: p50, sentMessages: undefined });
+const wrk = (rps: number): WrkResult => ({ requests: rps * 5, seconds: 5, requestsPerSecond: rps, errors: { connect: 0, read: 0, write: 0, timeout: 0 }, non2xx3xx: 0 });
+
+function results(): BenchResults {
+  const r: BenchResults = {
+    mode: "full",
+    startedAt: "2026-01-01T00:00:00.000Z",
+    runtimeSec: 600,
+    machine: { cpuModel: "Test CPU", nproc: 2, memoryGiB: 8, kernel: "6.1", os: "Debian 12", bun: "1.4.5", haproxy: "2.6.12", iperf3: "3.12", sockperf: "3.7", wrk: "4.1.0", iptables: "iptables v1.8.9 (nf_tables)", nshubCommit: "abc1234", nshubDirty: false },
+    params: { reps: 3, tpSeconds: 10, latSeconds: 5, cpsSeconds: 5, wrkConnections: 16, msgSize: 64, enrollSeq: 100, enrollConc: 50, scalePods: 500, idleConns: 10000 },
+    checks: [],
+    rules: { position: 4, before: "! -d 127.0.0.1/32 -p tcp -j REDIRECT --to-ports 15001", after: "! -d 127.0.0.1/32 -p tcp -m owner ! --uid-owner 0 -j REDIRECT --to-ports 15001" },
+    throughput: { "1": emptyPerPath(), "4": emptyPerPath() },
+    latency: emptyPerPath(),
+    cps: emptyPerPath(),
+    enrollment: {},
+    errors: [],
+    load: { start: "0.10 0.20 0.30", end: "0.50 0.50 0.40" },
+  };
+  const tp: Record<PathName, number[]> = { direct: [10, 12, 11], nshub: [5, 6, 4], haproxy: [3, 2, 4] };
+  const lat: Record<PathName, number[]> = { direct: [20, 30, 25], nshub: [60, 80, 70], haproxy: [70, 70, 90] };
+  for (const p of ["direct", "nshub", "haproxy"] as const) {
+    for (let i = 0; i < 3; i++) {
+      r.throughput["1"][p].push({ rep: i + 1, iperf: iperf(tp[p][i]!), proxyCpu: p === "direct" ? undefined : { user: 1, sys: 4 } });
+      r.throughput["4"][p].push({ rep: i + 1, iperf: iperf(tp[p][i]! * 1.2) });
+      r.latency[p].push({ rep: i + 1, sockperf: sock(lat[p][i]!, lat[p][i]! * 2, lat[p][i]! * 10) });
+      r.cps[p].push({ rep: i + 1, wrk: wrk(p === "direct" ? 9000 : p === "nshub" ? 1700 : 2000) });
+    }
+  }
+  r.enrollment.sequential = { pods: 100, concurrency: 1, pluginMs: Array.from({ length: 100 }, (_, i) => 100 + i), inPluginMs: [30], chainMs: [150], wallMs: 20000, failures: [] };
+  r.enrollment.concurrent = { pods: 50, concurrency: 50, pluginMs: Array.from({ length: 50 }, () => 200), inPluginMs: [100], chainMs: [300], wallMs: 3000, failures: [] };
+  r.enrollment.breakdown = { startupMs: [80, 85, 90], rpcMs: [25, 30, 28], errors: [] };
+  r.resync = { pods: 502, readyMs: 900, podsServed: 502, stopMs: 10 };
+  r.memory = { rss0KiB: 60_000, rssPodsKiB: 60_000 + 502 * 20, pods: 502, rssBeforeConnsKiB: 70_000, rssConnsKiB: 70_000 + 4000 * 9, conns: 10000, connsOpened: 4000, fdsBefore: 1000, fdsConns: 17000 };
+  return r;
+}
+
+describe("derived numbers", () => {
+  const d = derive(results());
+
+  test("medians per path; added latency is the median of per-repetition differences", () => {
+    expect(d.tp["1"]).toEqual({ direct: 11, nshub: 5, haproxy: 3 });
+    expect(d.lat.nshub.p50).toBe(70);
+    // per rep: 60-20, 80-30, 70-25 → 40, 50, 45 → 45 (not 70 - 25 = 45 by luck: check haproxy)
+    expect(d.added.nshub.p50).toBe(45);
+    // haproxy: 70-20, 70-30, 90-25 → 50, 40, 65 → 50 (median of differences, not 75 - 25)
+    expect(d.added.haproxy.p50).toBe(50);
+    expect(d.cps).toEqual({ direct: 9000, nshub: 1700, haproxy: 2000 });
+  });
+
+  test("CPU per GB, per-pod and per-connection bytes", () => {
+    // 5 Gb/s × 10 s = 6.25 GB for 5 CPU-seconds
+    expect(d.tpCpuPerGB["1"].nshub).toBeCloseTo(5 / 6.25, 9);
+    expect(d.tpCpuPerGB["1"].direct).toBeNaN();
+    expect(d.perPodBytes).toBeCloseTo(20 * 1024, 6);
+    expect(d.perConnBytes).toBeCloseTo(9 * 1024, 6);
+    expect(d.enrollSeq?.p99).toBe(198); // nearest rank: the 99th of 100
+    expect(d.enrollSeq?.p50).toBe(149);
+  });
+});
+
+describe("targets", () => {
+  test("each target met, missed, or not measured", () => {
+    const t = Object.fromEntries(checkTargets(results(), derive(results())).map((x) => [x.target, x.met]));
+    expect(t["throughput 1 stream ≥ HAProxy"]).toBe(true);
+    expect(t["throughput 1 stream ≥ 0.5× direct"]).toBe(false); // 5 / 11
+    expect(t["added p50 latency ≤ HAProxy's"]).toBe(true); // 45 ≤ 50
+    expect(t["connection rate ≥ 0.8× HAProxy"]).toBe(true); // 0.85
+    expect(t["enrollment p99 ≤ 50 ms, 100 pods sequential"]).toBe(false);
+    expect(t["enrollment p99 ≤ 250 ms, 50 pods concurrent"]).toBe(true);
+    expect(t["proxy resync ≤ 2 s with 502 pods"]).toBe(true);
+    expect(t["≤ 100 KB proxy memory per enrolled pod"]).toBe(true); // 20.48 KB
+    expect(t["≤ 8 KB proxy memory per idle connection"]).toBe(false); // 9.216 KB
+    const empty = results();
+    empty.memory = undefined;
+    empty.resync = undefined;
+    const u = Object.fromEntries(checkTargets(empty, derive(empty)).map((x) => [x.target, x.met]));
+    expect(u["≤ 8 KB proxy memory per idle connection"]).toBeUndefined();
+    expect(u[`proxy resync ≤ 2 s with 500 pods`]).toBeUndefined();
+  });
+});
+
+describe("page", () => {
+  const page = renderReport(results(), { notes: analysis(results(), { binaryBytes: 110 * 2 ** 20 }) });
+
+  test("machine, results with ratios, targets, the rule difference and all runs", () => {
+    expect(page).toContain("| Test CPU | 2 | 8 GiB | 6.1 | Debian 12 | 1.4.5 | 2.6.12 | 3.12 | 3.7 | 4.1.0 | abc1234 |");
+    expect(page).toContain("| throughput, 1 stream (Gb/s) | 11.00 | 5.00 | 3.00 | 0.45× | 1.67× |");
+    expect(page).toContain("| **added** latency p50 over direct (µs) | — | +45.0 | +50.0 | — | 0.90× |");
+    expect(page).toContain("| connection rate (new connections/s) | 9,000 | 1,700 | 2,000 | 0.19× | 0.85× |");
+    expect(page).toContain("| throughput 1 stream ≥ 0.5× direct | 5.00 vs 11.00 Gb/s (0.45×) | **missed** |");
+    expect(page).toContain("+ -A NSHUB_OUTPUT ! -d 127.0.0.1/32 -p tcp -m owner ! --uid-owner 0 -j REDIRECT --to-ports 15001");
+    expect(page).toContain("| throughput 1× (Gb/s) | nshub | 5.00, 6.00, 4.00 |");
+    expect(page).not.toContain("--quick mode");
+  });
+
+  test("notes explain the missed enrollment target from the breakdown", () => {
+    expect(page).toContain("starting and ending the nshub-cni process alone (a 110 MiB Bun executable) takes 85 ms");
+    expect(page).not.toContain("**Noise.**"); // load 0.10 at the start
+  });
+});
+
+describe("profile parsing", () => {
+  test("perf --sort dso shares", () => {
+    const s = dsoShares("    81.82%  [kernel.kallsyms]\n    10.41%  libc.so.6        \n     7.25%  bun.exe          \n     0.40%  [JIT] tid 8611   \n     0.13%  [vdso]\n");
+    expect(s).toEqual({ kernel: 81.82, libc: 10.41, bun: 7.25, jit: 0.4, other: 0.13 });
+  });
+
+  test("strace -c call counts", () => {
+    const c = straceCalls(`% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 55.28    4.022893         611      6578      1946 futex
+  5.40    0.392989         170      2306           sendto
+  3.54    0.257484         112      2295       128 recvfrom
+------ ----------- ----------- --------- --------- ----------------
+100.00    7.277000                 19000      2949 total
+`);
+    expect(c).toEqual({ futex: 6578, sendto: 2306, recvfrom: 2295 });
+  });
+});
