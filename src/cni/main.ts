@@ -17,12 +17,11 @@
 //   VERSION supported versions.
 import { appendFileSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { Code } from "@connectrpc/connect";
-import { ConfigError, loadConfig } from "../config/load.ts";
-import type { CniConfig } from "../config/schema.ts";
 import { createLogger, setLogLevel, setLogSink, type Logger } from "../log/logger.ts";
-import { PodState } from "../gen/nshub/agent/v1/agent_pb.ts";
-import { agentFailure, createAgentClient, type AgentClient } from "../agent/client.ts";
+// Start-up matters here (one process per pod sandbox): nothing on this path loads Connect, the
+// generated protobuf code or zod. See agent-json.ts and config.ts.
+import { AgentCallError, listPods, podAdd, podDelete, PodState, type AgentFailure, type AgentJsonOptions } from "./agent-json.ts";
+import { CniConfigError, loadCniConfig } from "./config.ts";
 import {
   CniCode,
   CniFailure,
@@ -97,7 +96,7 @@ export async function runCni(io: CniIo): Promise<number> {
     }
     const conf = parseNetConf(stdin);
     cniVersion = conf.cniVersion;
-    const cfg = pluginConfig(conf, io.env);
+    const cfg = await pluginConfig(conf, io.env);
     log = openLog(cfg, io);
     const k8s = k8sPodFromArgs(parseCniArgs(env.args));
     log = log.child({ command: env.command, containerId: short(env.containerId), ...(k8s ? { pod: `${k8s.namespace}/${k8s.name}`, uid: k8s.uid } : {}) });
@@ -125,12 +124,12 @@ interface EffectiveConfig {
   logLevel: string | undefined;
 }
 
-function pluginConfig(conf: NetConf, env: Record<string, string | undefined>): EffectiveConfig {
-  let defaults: CniConfig;
+async function pluginConfig(conf: NetConf, env: Record<string, string | undefined>): Promise<EffectiveConfig> {
+  let defaults;
   try {
-    defaults = loadConfig({ env }).cni;
+    defaults = await loadCniConfig(env);
   } catch (e) {
-    if (e instanceof ConfigError) throw new CniFailure(CniCode.InvalidNetconf, `nshub configuration is invalid: ${e.message}`);
+    if (e instanceof CniConfigError) throw new CniFailure(CniCode.InvalidNetconf, `nshub configuration is invalid: ${e.message}`);
     throw e;
   }
   return {
@@ -190,10 +189,9 @@ async function cmdAdd(env: CniEnv, conf: NetConf, k8s: K8sPod | undefined, cfg: 
     log.debug("not a Kubernetes pod (no K8S_POD_NAMESPACE/K8S_POD_NAME in CNI_ARGS): passing through");
     return result;
   }
-  const client = createAgentClient({ socketPath: cfg.agentSocket, timeoutMs: cfg.timeoutMs });
   let reply;
   try {
-    reply = await client.podAdd({
+    reply = await podAdd(agentOptions(cfg), {
       uid: k8s.uid,
       namespace: k8s.namespace,
       name: k8s.name,
@@ -227,13 +225,12 @@ async function cmdDel(env: CniEnv, k8s: K8sPod | undefined, cfg: EffectiveConfig
     log.debug("not a Kubernetes pod: nothing to do");
     return;
   }
-  const client = createAgentClient({ socketPath: cfg.agentSocket, timeoutMs: cfg.timeoutMs });
   try {
-    const r = await client.podDelete({ uid: k8s.uid, namespace: k8s.namespace, name: k8s.name, containerId: env.containerId, netnsPath: env.netns });
+    const r = await podDelete(agentOptions(cfg), { uid: k8s.uid, namespace: k8s.namespace, name: k8s.name, containerId: env.containerId, netnsPath: env.netns });
     log.info(r.deleted ? "pod deleted" : "nothing to delete", { reason: r.reason });
   } catch (e) {
-    const f = agentFailure(e, cfg.agentSocket);
-    if (f.kind !== "error" || f.code === Code.Unavailable) {
+    const f = agentFailure(e);
+    if (f.kind !== "error" || f.code === "unavailable") {
       // See the header: DEL must not block pod teardown while the agent is away.
       log.warn("DEL: agent not reachable; succeeding anyway (the agent drops gone pods when it rebuilds its cache)", { error: f.message });
       return;
@@ -246,10 +243,9 @@ async function cmdCheck(env: CniEnv, conf: NetConf, k8s: K8sPod | undefined, cfg
   if (compareVersions(conf.cniVersion, "0.4.0") < 0) throw new CniFailure(CniCode.IncompatibleVersion, `CHECK needs cniVersion 0.4.0 or later, the netconf says ${conf.cniVersion}`);
   parsePrevResult(conf.prevResult, "CHECK", conf.cniVersion);
   if (!k8s) return;
-  const client = createAgentClient({ socketPath: cfg.agentSocket, timeoutMs: cfg.timeoutMs });
   let pods;
   try {
-    pods = (await client.listPods({ namespace: k8s.namespace })).pods;
+    pods = (await listPods(agentOptions(cfg), { namespace: k8s.namespace })).pods;
   } catch (e) {
     throw agentCallFailure(e, cfg, `pod ${k8s.namespace}/${k8s.name}`);
   }
@@ -265,11 +261,10 @@ async function cmdCheck(env: CniEnv, conf: NetConf, k8s: K8sPod | undefined, cfg
 
 async function cmdStatus(conf: NetConf, cfg: EffectiveConfig, log: Logger): Promise<void> {
   if (compareVersions(conf.cniVersion, "1.1.0") < 0) throw new CniFailure(CniCode.IncompatibleVersion, `STATUS needs cniVersion 1.1.0 or later, the netconf says ${conf.cniVersion}`);
-  const client = createAgentClient({ socketPath: cfg.agentSocket, timeoutMs: cfg.timeoutMs });
   try {
-    await client.listPods({});
+    await listPods(agentOptions(cfg), {});
   } catch (e) {
-    const f = agentFailure(e, cfg.agentSocket);
+    const f = agentFailure(e);
     log.warn("STATUS: agent not available", { error: f.message });
     throw new CniFailure(CniCode.PluginNotAvailable, `the nshub agent is not available: ${f.message}`);
   }
@@ -277,7 +272,7 @@ async function cmdStatus(conf: NetConf, cfg: EffectiveConfig, log: Logger): Prom
 
 /** Maps a failed agent call to the CNI error the runtime should see. */
 function agentCallFailure(e: unknown, cfg: EffectiveConfig, what: string): CniFailure {
-  const f = agentFailure(e, cfg.agentSocket);
+  const f = agentFailure(e);
   switch (f.kind) {
     case "unreachable":
       return new CniFailure(CniCode.TryAgainLater, `${what}: ${f.message}`, "is the nshub agent running on this node? the runtime retries");
@@ -285,18 +280,18 @@ function agentCallFailure(e: unknown, cfg: EffectiveConfig, what: string): CniFa
       return new CniFailure(CniCode.TryAgainLater, `${what}: the nshub agent did not answer within ${cfg.timeoutMs} ms`, f.message);
     case "error":
       switch (f.code) {
-        case Code.Unavailable:
-        case Code.ResourceExhausted:
-        case Code.Aborted:
+        case "unavailable":
+        case "resource_exhausted":
+        case "aborted":
           return new CniFailure(CniCode.TryAgainLater, `${what}: the nshub agent is not ready: ${f.message}`);
-        case Code.InvalidArgument:
-        case Code.FailedPrecondition:
-        case Code.NotFound:
-        case Code.AlreadyExists:
-        case Code.PermissionDenied:
-        case Code.OutOfRange:
+        case "invalid_argument":
+        case "failed_precondition":
+        case "not_found":
+        case "already_exists":
+        case "permission_denied":
+        case "out_of_range":
           return new CniFailure(CniCode.AgentRejected, `${what}: the nshub agent refused it: ${f.message}`);
-        case Code.Unimplemented:
+        case "unimplemented":
           return new CniFailure(CniCode.AgentProtocol, `${what}: the nshub agent does not implement this call: ${f.message}`, "the agent and the plugin may be different nshub versions");
         default:
           return new CniFailure(CniCode.AgentFailed, `${what}: the nshub agent failed: ${f.message}`);
@@ -304,8 +299,16 @@ function agentCallFailure(e: unknown, cfg: EffectiveConfig, what: string): CniFa
   }
 }
 
+function agentOptions(cfg: EffectiveConfig): AgentJsonOptions {
+  return { socketPath: cfg.agentSocket, timeoutMs: cfg.timeoutMs };
+}
+
+/** The failure behind an error thrown by an agent-json call (anything else: an "unknown" error). */
+function agentFailure(e: unknown): AgentFailure {
+  if (e instanceof AgentCallError) return e.failure;
+  return { kind: "error", code: "unknown", message: e instanceof Error ? e.message : String(e) };
+}
+
 function short(id: string): string {
   return id.length > 12 ? id.slice(0, 12) : id;
 }
-
-export type { AgentClient };
