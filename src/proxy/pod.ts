@@ -7,7 +7,7 @@ import { withNetns, type Netns } from "../sys/index.ts";
 import type { ProxyConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
 import type { WorkloadIdentity } from "../zds/types.ts";
-import { LISTENER_KINDS, type BindFamily, type ListenerKind, type PodListener } from "./listeners.ts";
+import type { BindFamily, ListenerKind, PodListener } from "./listeners.ts";
 import type { CloseHow, ConnectionTable, Direction, PodRef } from "./records.ts";
 import type { Relay } from "./relay.ts";
 

@@ -24,28 +24,10 @@ import {
 } from "../fixtures/agent-harness.ts";
 import { CniError, createSim, run, type NetSim, type Pod, type SimProcess } from "../helpers/netsim.ts";
 import { netnsDescribe } from "../helpers/root.ts";
+import { hostNetState as rootSnapshot } from "../helpers/host-state.ts";
 
 const T = 60_000;
 
-/** What the machine's own namespace looks like, to prove the tests never touched it. */
-async function rootSnapshot(): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const [k, argv] of Object.entries({
-    ipRules: ["ip", "-4", "rule", "show"],
-    table100: ["ip", "-4", "route", "show", "table", "100"],
-    nat: ["iptables-save", "-t", "nat"],
-    mangle: ["iptables-save", "-t", "mangle"],
-    ipsets: ["ipset", "list", "-n"],
-  })) {
-    const r = await run(argv);
-    out[k] = r.stdout
-      .split("\n")
-      .filter((l) => !l.startsWith("#"))
-      .map((l) => l.replace(/\[\d+:\d+\]/g, ""))
-      .join("\n");
-  }
-  return out;
-}
 
 const idOf = (p: string) => identityKey(netnsIdentityOfPath(p));
 

@@ -9,34 +9,13 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { listNetns, run } from "../helpers/netsim.ts";
 import { netnsDescribe } from "../helpers/root.ts";
+import { hostNetState as rootSnapshot } from "../helpers/host-state.ts";
 
 const T = 120_000;
 const REPO = resolve(import.meta.dir, "../..");
 const NSHUB = join(REPO, "dist/nshub");
 const ENV = { ...process.env, NO_COLOR: "1", NSHUB_CONFIG: undefined };
 
-/** The machine's own namespace: the demo must not change any of it. */
-async function rootSnapshot(): Promise<Record<string, string>> {
-  const out: Record<string, string> = {};
-  for (const [k, argv] of Object.entries({
-    ipRules: ["ip", "-4", "rule", "show"],
-    table100: ["ip", "-4", "route", "show", "table", "100"],
-    routes: ["ip", "-4", "route", "show"],
-    nat: ["iptables-save", "-t", "nat"],
-    mangle: ["iptables-save", "-t", "mangle"],
-    ipsets: ["ipset", "list", "-n"],
-  })) {
-    const r = await run(argv);
-    out[k] = r.stdout
-      .split("\n")
-      .filter((l) => !l.startsWith("#"))
-      .map((l) => l.replace(/\[\d+:\d+\]/g, ""))
-      .join("\n");
-  }
-  // Other suites may create and remove their own namespaces meanwhile; keep only what is ours to judge.
-  out.routes = out.routes!.split("\n").filter((l) => !/nshd-/.test(l)).join("\n");
-  return out;
-}
 
 interface RunFacts {
   tag: string;

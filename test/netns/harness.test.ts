@@ -24,6 +24,7 @@ import {
   type Pod,
 } from "../helpers/netsim.ts";
 import { netnsDescribe } from "../helpers/root.ts";
+import { hostNetState as rootSnapshot } from "../helpers/host-state.ts";
 
 const T = 60_000; // namespaces and plugin runs take seconds, not milliseconds
 const ECHO_PORT = 7000;
@@ -31,24 +32,6 @@ const ECHO_PORT = 7000;
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-/** What must be identical in the root namespace before and after the whole file. */
-async function rootSnapshot(): Promise<Record<string, string>> {
-  const text = async (argv: string[]) => (await runOrThrow(argv)).stdout;
-  return {
-    links: await text(["ip", "-o", "link", "show"]),
-    addrs: await text(["ip", "-o", "addr", "show"]),
-    routes: await text(["ip", "route", "show", "table", "all"]),
-    routes6: await text(["ip", "-6", "route", "show", "table", "all"]),
-    rules: await text(["ip", "rule", "show"]),
-    ipForward: await readFile("/proc/sys/net/ipv4/ip_forward", "utf8"),
-    // Counters and the "generated on" comments change by themselves; the rules must not.
-    iptables: (await text(["iptables-save"]))
-      .split("\n")
-      .filter((l) => !l.startsWith("#"))
-      .map((l) => l.replace(/\[\d+:\d+\]/g, ""))
-      .join("\n"),
-  };
-}
 
 /** Start a socat TCP echo server in `pod` that logs each peer (-d -d) and wait until it listens. */
 async function startEcho(pod: Pod) {

@@ -18,7 +18,6 @@ netnsDescribe("proxy: traffic between pods", () => {
   let env: ProxyEnv;
   let proxy: ProxyProcess;
   let A: Pod, B: Pod, C: Pod, D: Pod;
-  let sinkB: SimProcess;
   let resetSinkB: SimProcess;
   let ackSinkB: SimProcess;
   let socatB: SimProcess;
@@ -47,7 +46,7 @@ netnsDescribe("proxy: traffic between pods", () => {
     await env.enroll(B);
     proxy = env.startProxy();
     await proxy.waitReady();
-    sinkB = env.tool(B, ["sink", "--port", "5001"]);
+    env.tool(B, ["sink", "--port", "5001"]);
     env.tool(B, ["echo", "--port", "5002"]);
     resetSinkB = env.tool(B, ["sink", "--port", "5003", "--reset-after", "65536"]);
     ackSinkB = env.tool(B, ["sink", "--port", "5004", "--ack-after", String(1 << 20)]);

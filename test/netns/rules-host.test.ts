@@ -7,33 +7,14 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomUUID } from "node:crypto";
 import { statSync } from "node:fs";
 import { netnsDescribe } from "../helpers/root.ts";
-import { createSim, run, subnetInfo, type NetSim, type Pod } from "../helpers/netsim.ts";
+import { createSim, subnetInfo, type NetSim, type Pod } from "../helpers/netsim.ts";
 import { HostProbeRules, RulesError, applyPodRules, removePodRules } from "../../src/agent/rules/index.ts";
+import { hostNetState as rootSnapshot } from "../helpers/host-state.ts";
 
 const T = 60_000;
 const SET = "nshub-inpod-probes-v4";
 const SNAT_RULE = "-A NSHUB_POSTRT -p tcp -m owner --socket-exists -m set --match-set nshub-inpod-probes-v4 dst -j SNAT --to-source 169.254.7.127";
 
-async function rootSnapshot(): Promise<Record<string, string>> {
-  const text = async (argv: string[]) => {
-    const r = await run(argv);
-    return `${r.code}\n${r.stdout}`;
-  };
-  const noCounters = (s: string) =>
-    s
-      .split("\n")
-      .filter((l) => !l.startsWith("#"))
-      .map((l) => l.replace(/\[\d+:\d+\]/g, "[0:0]"))
-      .join("\n");
-  return {
-    iptables: noCounters(await text(["iptables-nft-save"])),
-    ip6tables: noCounters(await text(["ip6tables-nft-save"])),
-    iptablesLegacy: noCounters(await text(["iptables-legacy-save"])),
-    rules: await text(["ip", "rule", "show"]),
-    routes: await text(["ip", "route", "show", "table", "all"]),
-    ipsets: await text(["ipset", "list", "-n"]),
-  };
-}
 
 /** Same server as in rules-pod.test.ts: one line "port=<p> peer=<ip>" per connection. */
 const SERVER_JS = `

@@ -9,34 +9,13 @@ import { netnsDescribe } from "../helpers/root.ts";
 import { createSim, run, runOrThrow, type NetSim, type Pod } from "../helpers/netsim.ts";
 import { RulesError, applyPodRules, detectIptablesBackend, inspectPodRules, removePodRules, type IptablesBackend } from "../../src/agent/rules/index.ts";
 import * as sys from "../../src/sys/index.ts";
+import { hostNetState as rootSnapshot } from "../helpers/host-state.ts";
 
 const T = 60_000;
 
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-/** What must not change in the machine's own namespace. */
-async function rootSnapshot(): Promise<Record<string, string>> {
-  const text = async (argv: string[]) => {
-    const r = await run(argv);
-    return `${r.code}\n${r.stdout}`;
-  };
-  const noCounters = (s: string) =>
-    s
-      .split("\n")
-      .filter((l) => !l.startsWith("#"))
-      .map((l) => l.replace(/\[\d+:\d+\]/g, "[0:0]"))
-      .join("\n");
-  return {
-    iptables: noCounters(await text(["iptables-nft-save"])),
-    ip6tables: noCounters(await text(["ip6tables-nft-save"])),
-    iptablesLegacy: noCounters(await text(["iptables-legacy-save"])),
-    rules: await text(["ip", "rule", "show"]),
-    rules6: await text(["ip", "-6", "rule", "show"]),
-    routes: await text(["ip", "route", "show", "table", "all"]),
-    ipsets: await text(["ipset", "list", "-n"]),
-  };
-}
 
 /**
  * `iptables-save` inside a namespace, reduced to what the rules are: table headers, nshub chain

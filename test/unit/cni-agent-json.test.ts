@@ -7,7 +7,6 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import type { Server } from "bun";
 import { Agent, type ZdsPort } from "../../src/agent/agent.ts";
 import { createApiApp, serveApi } from "../../src/agent/api.ts";
 import type { Dataplane } from "../../src/agent/dataplane.ts";
