@@ -7,31 +7,18 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { Agent, type ZdsPort } from "../../src/agent/agent.ts";
-import { createApiApp, serveApi } from "../../src/agent/api.ts";
-import type { Dataplane } from "../../src/agent/dataplane.ts";
-import { EnrollmentPolicy } from "../../src/agent/policy.ts";
 import { AgentCallError, listPods, podAdd, podDelete, PodState, type AgentFailure, type AgentJsonOptions } from "../../src/cni/agent-json.ts";
 import { runCni } from "../../src/cni/main.ts";
 import { PodState as GeneratedPodState } from "../../src/gen/nshub/agent/v1/agent_pb.ts";
-import { createLogger, setLogLevel } from "../../src/log/logger.ts";
+import { setLogLevel } from "../../src/log/logger.ts";
+import { startStubAgent } from "../fixtures/agent-api-stub.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "nshub-cni-json-"));
 const emptyConfig = join(dir, "config.yaml");
 writeFileSync(emptyConfig, "{}\n");
 const servers: Array<{ stop(force?: boolean): unknown }> = [];
-let agent: Agent;
 const agentSocket = join(dir, "agent.sock");
 
-const dataplane: Dataplane = {
-  applyPod: async () => undefined,
-  removePod: async () => undefined,
-  resetHost: async () => undefined,
-  addHostPod: async () => undefined,
-  removeHostPod: async () => undefined,
-  addresses: async () => [],
-};
-const zds: ZdsPort = { addWorkload: async () => undefined, delWorkload: async () => undefined, connectionCount: () => 0 };
 
 /** A unix-socket HTTP server with this handler; returns its socket path. */
 function serve(name: string, fetch: (req: Request) => Response | Promise<Response>): string {
@@ -43,22 +30,12 @@ const json = (status: number, body: unknown, contentType = "application/json") =
   new Response(typeof body === "string" ? body : JSON.stringify(body), { status, headers: { "content-type": contentType } });
 
 beforeAll(async () => {
-  const log = createLogger("cni-json-test");
-  agent = new Agent({
-    policy: EnrollmentPolicy.fromConfig({ namespaces: { include: ["mesh"], exclude: [] }, pods: { include: [], exclude: [] } }),
-    dataplane,
-    stateFile: join(dir, "state.json"),
-    procRoot: "/proc",
-    log,
-  });
-  await agent.rebuild();
-  agent.attachZds(zds);
-  servers.push(serveApi(createApiApp(agent, log), { socketPath: agentSocket, socketMode: 0o600 }, log));
+  const stub = await startStubAgent(dir, agentSocket, "cni-json-test");
+  servers.push({ stop: () => stub.stop() });
 });
 
 afterAll(async () => {
   for (const s of servers) await s.stop(true);
-  agent?.stop();
   setLogLevel("info");
   rmSync(dir, { recursive: true, force: true });
 });

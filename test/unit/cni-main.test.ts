@@ -7,54 +7,32 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Server } from "bun";
-import { Agent, type ZdsPort } from "../../src/agent/agent.ts";
-import { createApiApp, serveApi } from "../../src/agent/api.ts";
-import type { Dataplane } from "../../src/agent/dataplane.ts";
-import { EnrollmentPolicy } from "../../src/agent/policy.ts";
 import { runCni, versionInfo } from "../../src/cni/main.ts";
-import { createLogger, setLogLevel } from "../../src/log/logger.ts";
+import { setLogLevel } from "../../src/log/logger.ts";
+import { startStubAgent } from "../fixtures/agent-api-stub.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "nshub-cni-main-"));
 const socket = join(dir, "agent.sock");
 const logFile = join(dir, "log", "cni.log");
-let agent: Agent;
-let server: Server<undefined>;
+let stub: Awaited<ReturnType<typeof startStubAgent>>;
+let agent: Awaited<ReturnType<typeof startStubAgent>>["agent"];
 let hung: Server<undefined>;
 const hungSocket = join(dir, "hung.sock");
 // An empty config file, so that the machine's /etc/nshub/config.yaml never leaks into the tests.
 const emptyConfig = join(dir, "config.yaml");
 writeFileSync(emptyConfig, "{}\n");
 
-const dataplane: Dataplane = {
-  applyPod: async () => undefined,
-  removePod: async () => undefined,
-  resetHost: async () => undefined,
-  addHostPod: async () => undefined,
-  removeHostPod: async () => undefined,
-  addresses: async () => [],
-};
-const zds: ZdsPort = { addWorkload: async () => undefined, delWorkload: async () => undefined, connectionCount: () => 0 };
 
 beforeAll(async () => {
-  const log = createLogger("cni-test");
-  agent = new Agent({
-    policy: EnrollmentPolicy.fromConfig({ namespaces: { include: ["mesh"], exclude: [] }, pods: { include: [], exclude: [] } }),
-    dataplane,
-    stateFile: join(dir, "state.json"),
-    procRoot: "/proc",
-    log,
-  });
-  await agent.rebuild();
-  agent.attachZds(zds);
-  server = serveApi(createApiApp(agent, log), { socketPath: socket, socketMode: 0o600 }, log);
+  stub = await startStubAgent(dir, socket, "cni-test");
+  agent = stub.agent;
   // An "agent" that accepts the call and never answers.
   hung = Bun.serve({ unix: hungSocket, fetch: () => new Promise<Response>(() => undefined) });
 });
 
 afterAll(async () => {
-  await server?.stop(true);
+  await stub?.stop();
   await hung?.stop(true);
-  agent?.stop();
   setLogLevel("info");
   rmSync(dir, { recursive: true, force: true });
 });
