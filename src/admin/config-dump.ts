@@ -83,7 +83,7 @@ function dumpConnection(c: ConnectionView, now: number): DumpConnection {
   };
 }
 
-export function buildConfigDump(view: ProxyView, now = Date.now()): ConfigDump {
+export function buildConfigDump(view: ProxyView, threadConnections: Iterable<ConnectionView> = [], now = Date.now()): ConfigDump {
   const workloads: DumpWorkload[] = [];
   const workloadState: Record<string, DumpWorkloadState> = {};
   const byUid = new Map<string, DumpWorkload>();
@@ -109,7 +109,7 @@ export function buildConfigDump(view: ProxyView, now = Date.now()): ConfigDump {
       connections: { inbound: [], outbound: [] },
     };
   }
-  const conns = [...view.connections()].sort((a, b) => a.startedAt - b.startedAt || a.id - b.id);
+  const conns = [...view.connections(), ...threadConnections].sort((a, b) => a.startedAt - b.startedAt || a.id - b.id);
   for (const c of conns) {
     let st = workloadState[c.pod.uid];
     if (!st) {

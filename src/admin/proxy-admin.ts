@@ -84,7 +84,7 @@ export function createProxyAdminApp(view: ProxyView, extensions: readonly AppExt
     return c.html(indexHtml("nshub proxy admin", endpoints));
   });
 
-  app.get("/config_dump", () => jsonResponse(buildConfigDump(view)));
+  app.get("/config_dump", async () => jsonResponse(buildConfigDump(view, view.threadConnections ? await view.threadConnections() : [])));
 
   app.get("/logging", () => jsonResponse({ level: view.getLogLevel() }));
   app.post("/logging", (c) => {
@@ -113,9 +113,9 @@ export function createProxyAdminApp(view: ProxyView, extensions: readonly AppExt
 }
 
 /** /metrics and /stats/prometheus (ztunnel serves both) in Prometheus' text format. */
-export function createMetricsApp(registry: Registry, extensions: readonly AppExtension[] = []): Hono {
+export function createMetricsApp(registry: Registry, extensions: readonly AppExtension[] = [], text: () => Promise<string> = () => registry.metrics()): Hono {
   const app = new Hono();
-  const serve = async () => new Response(await registry.metrics(), { headers: { "content-type": registry.contentType } });
+  const serve = async () => new Response(await text(), { headers: { "content-type": registry.contentType } });
   app.get("/metrics", serve);
   app.get("/stats/prometheus", serve);
   app.get("/", (c) => c.text("metrics: GET /metrics or /stats/prometheus\n"));
@@ -158,6 +158,8 @@ export interface AdminServers {
 
 export interface ServeAdminOptions {
   registry: Registry;
+  /** The metrics page (default: the registry's); the proxy merges its Worker threads' in. */
+  metricsText?: () => Promise<string>;
   log?: Logger;
   /** Extra routes per server (the proxy adds /pods, /connections, /debug/gc to the admin). */
   extend?: { admin?: readonly AppExtension[]; metrics?: readonly AppExtension[]; readiness?: readonly AppExtension[] };
@@ -191,7 +193,7 @@ export function serveAdmin(addrs: AdminAddresses, view: ProxyView, opts: ServeAd
   const started: BunServer[] = [];
   try {
     started.push(serveApp("admin API", addrs.adminAddress, createProxyAdminApp(view, opts.extend?.admin)));
-    started.push(serveApp("metrics endpoint", addrs.metricsAddress, createMetricsApp(opts.registry, opts.extend?.metrics)));
+    started.push(serveApp("metrics endpoint", addrs.metricsAddress, createMetricsApp(opts.registry, opts.extend?.metrics, opts.metricsText)));
     started.push(serveApp("readiness endpoint", addrs.readinessAddress, createReadinessApp(view, opts.extend?.readiness)));
   } catch (e) {
     for (const s of started) s.stop(true);

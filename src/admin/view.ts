@@ -76,8 +76,10 @@ export interface VersionInfo {
 export interface ProxyView {
   /** Every pod the proxy serves or has pending. */
   workloads(): Iterable<WorkloadView>;
-  /** Every live connection of the process. */
+  /** Every live connection of the main thread. */
   connections(): Iterable<ConnectionView>;
+  /** The live connections of the data-plane Worker threads (src/proxy/shards.ts), if any. */
+  threadConnections?(): Promise<Iterable<ConnectionView>>;
   /** The effective configuration (JSON-serialisable; secrets, if any ever exist, removed). */
   config(): unknown;
   version(): VersionInfo;

@@ -59,6 +59,13 @@ export const proxySchema = z
     /** A pod whose listeners failed to bind is retried this often. */
     pendingRetryMs: z.number().int().positive().default(5_000),
     keepaliveIdleSec: z.number().int().positive().default(180),
+    /**
+     * Data-plane threads: the main thread plus workers-1 Worker threads, each binding every
+     * pod's listeners with SO_REUSEPORT (the kernel spreads new connections over them).
+     * Default 1: on the 2-CPU machine we measure on, a second thread did not win (the load
+     * generators need the other CPU); see docs/BENCHMARKS.md.
+     */
+    workers: z.number().int().min(1).max(64).default(1),
   })
   .prefault({});
 

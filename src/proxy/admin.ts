@@ -11,8 +11,10 @@ import type { Hono } from "hono";
 import type { AppExtension } from "../admin/proxy-admin.ts";
 import type { ProxyWorkloadManager } from "./manager.ts";
 import { recordJson } from "./records.ts";
+import type { ShardPool } from "./shards.ts";
 
-export function proxyAdminRoutes(manager: Pick<ProxyWorkloadManager, "pods" | "table">): AppExtension {
+/** `pool`: the data-plane Worker threads, whose connections are listed with the main thread's. */
+export function proxyAdminRoutes(manager: Pick<ProxyWorkloadManager, "pods" | "table">, pool?: ShardPool): AppExtension {
   return {
     endpoints: [
       { method: "GET", path: "/pods", description: "the proxy's pods (running/pending) with listeners, IPs and connection counts" },
@@ -20,13 +22,22 @@ export function proxyAdminRoutes(manager: Pick<ProxyWorkloadManager, "pods" | "t
       { method: "POST", path: "/debug/gc", description: "run a full garbage collection, then report memory (RSS, JS heap)" },
     ],
     routes(app: Hono) {
-      app.get("/pods", (c) => c.json({ pods: manager.pods() }));
-      app.get("/connections", (c) => {
+      app.get("/pods", async (c) => {
+        const pods = manager.pods();
+        if (pool) {
+          const more = await pool.podConnections();
+          for (const p of pods) p.connections += more.get(p.uid) ?? 0;
+        }
+        return c.json({ pods });
+      });
+      app.get("/connections", async (c) => {
         const t = manager.table;
         const recent = c.req.query("recent") !== undefined;
+        const threads = pool ? await pool.connections(recent) : { live: [], recent: [] };
+        const byStart = (a: { startedAt: number; id: number }, b: { startedAt: number; id: number }) => a.startedAt - b.startedAt || a.id - b.id;
         return c.json({
-          live: [...t.live()].map(recordJson),
-          ...(recent ? { recent: t.recent().map(recordJson) } : {}),
+          live: [...t.live(), ...threads.live].sort(byStart).map(recordJson),
+          ...(recent ? { recent: [...t.recent(), ...threads.recent].sort((a, b) => (a.closedAt ?? 0) - (b.closedAt ?? 0) || a.id - b.id).map(recordJson) } : {}),
         });
       });
       app.post("/debug/gc", (c) => {

@@ -18,7 +18,10 @@ import { serveAdmin, type AdminServers, type AppExtension } from "../admin/proxy
 import { proxyAdminRoutes } from "./admin.ts";
 import { CapabilityError, checkCapabilities } from "./capabilities.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
+import { ConnectionTable } from "./records.ts";
+import { ShardPool, ThreadedWorkloadManager } from "./shards.ts";
 import { createProxyView } from "./view.ts";
+import { AggregatorRegistry } from "prom-client";
 
 const USAGE = `usage: nshub proxy [options]
 
@@ -38,6 +41,7 @@ options:
   --drain-deadline-ms <ms>      how long open connections may finish on shutdown (default 30000)
   --pending-retry-ms <ms>       retry interval for pods whose listeners failed (default 5000)
   --max-queued-bytes <n>        per-direction relay queue before the reader pauses (default 262144)
+  --workers <n>                 data-plane threads, each with every pod's listeners (default 1)
   --log-level <level>           trace, debug, info, warn, error
   -h, --help                    this text
 
@@ -55,6 +59,7 @@ const FLAGS = {
   "drain-deadline-ms": { type: "string" },
   "pending-retry-ms": { type: "string" },
   "max-queued-bytes": { type: "string" },
+  workers: { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -71,6 +76,7 @@ const FLAG_KEYS: Record<string, [string, boolean]> = {
   "drain-deadline-ms": ["drainDeadlineMs", true],
   "pending-retry-ms": ["pendingRetryMs", true],
   "max-queued-bytes": ["maxQueuedBytes", true],
+  workers: ["workers", true],
 };
 
 export interface ProxyMainHooks {
@@ -142,6 +148,8 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   const manager = new ProxyWorkloadManager({
     cfg: pc,
     log: createLogger("proxy/pods"),
+    // Thread 0 of pc.workers: ids 1, 1+n, 1+2n… (the Workers' tables continue the pattern).
+    table: new ConnectionTable({ firstId: 1, idStep: pc.workers, onObserverError: (e) => log.warn("connection observer failed", { error: (e as Error).message }) }),
     events: { podStarted: () => metrics.workloads.started(), podStopped: () => metrics.workloads.stopped() },
   });
   metrics.workloads.bindCounts(() => manager.counts());
@@ -152,6 +160,27 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
     return p ? { name: p.ref.name, namespace: p.ref.namespace, serviceAccount: p.ref.serviceAccount } : undefined;
   };
   manager.table.addObserver(createConnectionObserver({ metrics: metrics.connections, peerLookup }));
+
+  // Data-plane Worker threads (see shards.ts); the main thread is thread 0.
+  let pool: ShardPool | undefined;
+  if (pc.workers > 1) {
+    try {
+      pool = await ShardPool.start(pc.workers - 1, pc, cfg.logLevel, log);
+    } catch (e) {
+      metricsRegistry.stop();
+      log.error("cannot start the data-plane threads", { error: (e as Error).message });
+      console.error(`nshub proxy: cannot start the data-plane threads: ${(e as Error).message}`);
+      return 1;
+    }
+  }
+  const threads = pool;
+  // The Workers' traffic counters are summed into the main thread's at every scrape.
+  const metricsText = threads
+    ? async () => {
+        const all = [await metricsRegistry.registry.getMetricsAsJSON(), ...(await threads.metricsJson())];
+        return AggregatorRegistry.aggregate(all as object[]).metrics();
+      }
+    : undefined;
 
   let wasReady = false;
   manager.onReadinessChange((r) => {
@@ -166,12 +195,14 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   const quit = new Promise<string>((resolve) => (requestQuit = resolve));
   const view = createProxyView({
     manager,
+    threads,
     config: { logLevel: cfg.logLevel, proxy: pc },
     version: { version: pkg.version, bun: Bun.version, component: "nshub-proxy" },
     quit: (reason) => requestQuit(reason),
     setLogLevel: (level) => {
       const previous = getLogLevel();
       setLogLevel(level);
+      threads?.setLogLevel(level);
       if (level !== previous) log.info("log level changed", { from: previous, to: level });
     },
   });
@@ -179,15 +210,17 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   try {
     servers = serveAdmin({ adminAddress: pc.adminAddress, metricsAddress: pc.metricsAddress, readinessAddress: pc.readinessAddress }, view, {
       registry: metricsRegistry.registry,
+      metricsText,
       log,
       extend: {
-        admin: [proxyAdminRoutes(manager), ...hook(hooks.http?.extendAdmin)],
+        admin: [proxyAdminRoutes(manager, threads), ...hook(hooks.http?.extendAdmin)],
         metrics: hook(hooks.http?.extendMetrics),
         readiness: hook(hooks.http?.extendReadiness),
       },
     });
   } catch (e) {
     metricsRegistry.stop();
+    await threads?.stop();
     log.error((e as Error).message);
     console.error(`nshub proxy: ${(e as Error).message}`);
     return 1;
@@ -195,9 +228,9 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   hooks.onServing?.(servers);
 
   const zlog = createLogger("proxy/zds");
-  const zds = new ZdsClient({ path: pc.zdsSocket, manager, log: (level, msg, fields) => zlog[level](msg, fields) });
+  const zds = new ZdsClient({ path: pc.zdsSocket, manager: threads ? new ThreadedWorkloadManager(manager, threads, createLogger("proxy/pods")) : manager, log: (level, msg, fields) => zlog[level](msg, fields) });
   zds.start();
-  log.info("proxy started", { zdsSocket: pc.zdsSocket, admin: servers.adminUrl, metrics: servers.metricsUrl, readiness: servers.readinessUrl, pid: process.pid });
+  log.info("proxy started", { threads: pc.workers, zdsSocket: pc.zdsSocket, admin: servers.adminUrl, metrics: servers.metricsUrl, readiness: servers.readinessUrl, pid: process.pid });
 
   let signals = 0;
   const onSignal = (sig: string) => {
@@ -209,6 +242,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
     // A second signal: do not wait for the drain.
     log.warn("second signal: resetting every connection now", { signal: sig });
     manager.closeAll();
+    threads?.closeAll();
   };
   const onTerm = () => onSignal("SIGTERM");
   const onInt = () => onSignal("SIGINT");
@@ -219,9 +253,11 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   signals = Math.max(signals, 1);
   log.info("shutting down: draining", { reason, deadlineMs: pc.drainDeadlineMs, connections: manager.table.size });
   await zds.stop();
-  const result = await manager.drain(pc.drainDeadlineMs);
+  const [own, others] = await Promise.all([manager.drain(pc.drainDeadlineMs), threads?.drain(pc.drainDeadlineMs)]);
+  const result = { finished: own.finished + (others?.finished ?? 0), reset: own.reset + (others?.reset ?? 0) };
   log.info("drained; exiting", result);
   await servers.close();
+  await threads?.stop();
   metricsRegistry.stop();
   process.off("SIGTERM", onTerm);
   process.off("SIGINT", onInt);

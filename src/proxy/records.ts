@@ -111,13 +111,20 @@ export class ConnectionTable {
   readonly #recent: ConnectionRecord[] = [];
   readonly #observers: ConnectionObserver[] = [];
   readonly #recentMax: number;
-  #nextId = 1;
+  #nextId: number;
+  readonly #idStep: number;
   #onError: (e: unknown) => void;
   /** Called each time the live table becomes empty (drain waits on it). */
   #idleWaiters: Array<() => void> = [];
 
-  constructor(opts: { recentMax?: number; onObserverError?: (e: unknown) => void } = {}) {
+  /**
+   * `firstId`/`idStep`: each data-plane thread numbers its connections firstId, firstId+idStep, …
+   * so ids stay unique across threads (thread i of n: firstId i+1, idStep n).
+   */
+  constructor(opts: { recentMax?: number; onObserverError?: (e: unknown) => void; firstId?: number; idStep?: number } = {}) {
     this.#recentMax = opts.recentMax ?? 1024;
+    this.#nextId = opts.firstId ?? 1;
+    this.#idStep = opts.idStep ?? 1;
     this.#onError = opts.onObserverError ?? (() => undefined);
   }
 
@@ -136,7 +143,7 @@ export class ConnectionTable {
 
   open(init: { pod: PodRef; direction: Direction; source: Endpoint; originalDst: Endpoint; upstream: Endpoint }): ConnectionRecord {
     const rec: ConnectionRecord = {
-      id: this.#nextId++,
+      id: this.#nextId,
       pod: init.pod,
       direction: init.direction,
       source: init.source,
@@ -153,6 +160,7 @@ export class ConnectionTable {
       error: undefined,
       ext: {},
     };
+    this.#nextId += this.#idStep;
     this.#live.set(rec.id, rec);
     for (const o of this.#observers) this.#call(() => o.onConnectionOpen?.(rec));
     return rec;

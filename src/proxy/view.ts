@@ -3,6 +3,7 @@
 import type { ProxyView, VersionInfo, WorkloadView } from "../admin/view.ts";
 import { getLogLevel, setLogLevel } from "../log/logger.ts";
 import type { ProxyWorkloadManager } from "./manager.ts";
+import type { ShardPool } from "./shards.ts";
 
 export interface ProxyViewOptions {
   manager: ProxyWorkloadManager;
@@ -11,6 +12,8 @@ export interface ProxyViewOptions {
   version: VersionInfo;
   /** Starts the graceful shutdown (same as SIGTERM). */
   quit: (reason: string) => void;
+  /** The data-plane Worker threads, when there are any. */
+  threads?: ShardPool;
   /** Sets the process's log level (default: src/log/logger.ts setLogLevel); throws on an unknown level. */
   setLogLevel?: (level: string) => void;
 }
@@ -32,6 +35,7 @@ export function createProxyView(o: ProxyViewOptions): ProxyView {
     },
     // The live records satisfy ConnectionView as they are (checked in src/admin/connection-observer.ts).
     connections: () => o.manager.table.live(),
+    ...(o.threads ? { threadConnections: async () => (await o.threads!.connections(false)).live } : {}),
     config: () => o.config,
     version: () => o.version,
     readiness: () => o.manager.readiness(),

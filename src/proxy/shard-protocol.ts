@@ -1,0 +1,43 @@
+// Messages between the main thread and the data-plane Worker threads (src/proxy/shards.ts and
+// shard-worker.ts). Everything here is structured-clone data; fds travel as plain numbers (they
+// are process-wide) and the receiving thread owns them from then on.
+import type { ProxyConfig } from "../config/schema.ts";
+import type { ConnectionRecord } from "./records.ts";
+import type { WorkloadIdentity } from "../zds/types.ts";
+
+/** A connection record without its observer slots (`ext` holds live metric handles). */
+export type PlainRecord = Omit<ConnectionRecord, "ext"> & { ext: Record<string, never> };
+
+export type ToShard =
+  | { t: "init"; cfg: ProxyConfig; logLevel: string; index: number; count: number }
+  | { t: "add"; uid: string; info: WorkloadIdentity | undefined; fd: number }
+  | { t: "del"; uid: string }
+  /** A new ZDS connection began: drop pending retries (the snapshot brings the pods again). */
+  | { t: "reset" }
+  | { t: "level"; level: string }
+  | { t: "closeAll" }
+  | { t: "ask"; id: number; q: Question };
+
+export type Question =
+  | { q: "metrics" }
+  | { q: "connections"; recent: boolean }
+  /** Live connections per pod uid. */
+  | { q: "podConnections" }
+  | { q: "drain"; deadlineMs: number }
+  /** Stop the thread's helpers (fd poller) so the Worker can be terminated. */
+  | { q: "stop" };
+
+export type FromShard =
+  | { t: "ready" }
+  | { t: "answer"; id: number; data: unknown }
+  | { t: "failed"; id: number; error: string };
+
+export interface ConnectionsAnswer {
+  live: PlainRecord[];
+  recent?: PlainRecord[];
+}
+
+export function plainRecord(r: ConnectionRecord): PlainRecord {
+  const { ext: _ext, ...rest } = r;
+  return { ...rest, ext: {} };
+}

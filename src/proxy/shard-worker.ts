@@ -1,0 +1,108 @@
+// A data-plane Worker thread (see shards.ts): its own workload manager with every pod the main
+// thread serves, listeners bound with SO_REUSEPORT next to the main thread's, its own relays,
+// connection table, metrics registry and access log. Driven by messages from the main thread.
+import { Registry } from "prom-client";
+import { homeNetns, Netns, stopFdPoller } from "../sys/index.ts";
+import { createLogger, setLogLevel } from "../log/logger.ts";
+import { createConnectionObserver } from "../admin/connection-observer.ts";
+import { createProxyMetrics, type LabelWorkload } from "../admin/metrics.ts";
+import { ProxyWorkloadManager } from "./manager.ts";
+import { ConnectionTable } from "./records.ts";
+import { plainRecord, type ConnectionsAnswer, type FromShard, type Question, type ToShard } from "./shard-protocol.ts";
+
+declare const self: Worker;
+
+let manager: ProxyWorkloadManager | undefined;
+let registry: Registry | undefined;
+let log = createLogger("proxy/thread");
+
+const post = (m: FromShard) => self.postMessage(m);
+const plainIp = (ip: string) => (ip.startsWith("::ffff:") && ip.includes(".") ? ip.slice(7) : ip);
+
+self.onmessage = (ev: MessageEvent<ToShard>) => {
+  try {
+    handle(ev.data);
+  } catch (e) {
+    log.error("data-plane thread: message failed", { message: ev.data.t, error: (e as Error).message });
+  }
+};
+
+function handle(m: ToShard): void {
+  if (m.t === "init") return init(m);
+  if (!manager) throw new Error(`"${m.t}" before init`);
+  switch (m.t) {
+    case "add": {
+      let netns: Netns;
+      try {
+        netns = Netns.adopt(m.fd, `pod ${m.uid}`);
+      } catch (e) {
+        log.error("netns fd from the main thread is unusable", { uid: m.uid, error: (e as Error).message });
+        return;
+      }
+      // A start failure leaves the pod pending in this thread's manager, which retries and logs.
+      manager.add(m.uid, m.info, netns).catch(() => undefined);
+      return;
+    }
+    case "del":
+      void manager.del(m.uid);
+      return;
+    case "reset":
+      manager.connectionStarted();
+      return;
+    case "level":
+      setLogLevel(m.level);
+      return;
+    case "closeAll":
+      manager.closeAll();
+      return;
+    case "ask":
+      answer(m.q).then(
+        (data) => post({ t: "answer", id: m.id, data }),
+        (e) => post({ t: "failed", id: m.id, error: (e as Error).message }),
+      );
+      return;
+  }
+}
+
+function init(m: Extract<ToShard, { t: "init" }>): void {
+  // This thread was created while the main thread was home; record home before any setns.
+  homeNetns();
+  setLogLevel(m.logLevel);
+  log = createLogger("proxy/thread", { thread: m.index });
+  const table = new ConnectionTable({
+    firstId: m.index + 1,
+    idStep: m.count,
+    onObserverError: (e) => log.warn("connection observer failed", { error: (e as Error).message }),
+  });
+  manager = new ProxyWorkloadManager({ cfg: m.cfg, log: createLogger("proxy/pods", { thread: m.index }), table });
+  // Only the traffic metrics live here; the main thread sums them into its own at each scrape.
+  registry = new Registry();
+  const metrics = createProxyMetrics(registry);
+  const mgr = manager;
+  const peerLookup = (ip: string): LabelWorkload | undefined => {
+    const p = mgr.podByIp(plainIp(ip));
+    return p ? { name: p.ref.name, namespace: p.ref.namespace, serviceAccount: p.ref.serviceAccount } : undefined;
+  };
+  table.addObserver(createConnectionObserver({ metrics: metrics.connections, peerLookup }));
+  post({ t: "ready" });
+}
+
+async function answer(q: Question): Promise<unknown> {
+  const mgr = manager!;
+  switch (q.q) {
+    case "metrics":
+      return registry!.getMetricsAsJSON();
+    case "connections": {
+      const a: ConnectionsAnswer = { live: [...mgr.table.live()].map(plainRecord) };
+      if (q.recent) a.recent = mgr.table.recent().map(plainRecord);
+      return a;
+    }
+    case "podConnections":
+      return Object.fromEntries(mgr.pods().map((p) => [p.uid, p.connections]));
+    case "drain":
+      return mgr.drain(q.deadlineMs);
+    case "stop":
+      stopFdPoller();
+      return true;
+  }
+}
