@@ -15,7 +15,7 @@ import {
   setSockOpt,
 } from "../sys/index.ts";
 import type { ProxyConfig } from "../config/schema.ts";
-import { acceptInbound, acceptOutbound } from "./handlers.ts";
+import { acceptInbound, acceptOutbound, setKeepalive } from "./handlers.ts";
 import { clientHandlers, type RelaySocket } from "./relay.ts";
 import type { PodProxy } from "./pod.ts";
 
@@ -66,6 +66,8 @@ export function openTcpListener(opts: {
   port: number;
   mark: number;
   transparent: boolean;
+  /** Keepalive for the accepted sockets, which inherit it from the listener (no per-connection setsockopt). */
+  keepaliveIdleSec?: number;
   accept: (sock: RelaySocket) => void;
 }): PodListener {
   const l = Bun.listen({
@@ -84,6 +86,7 @@ export function openTcpListener(opts: {
       else setSockOpt(fd, SOL_IP, IP_TRANSPARENT, 1);
     }
     if (getSockOpt(fd, SOL_SOCKET, SO_REUSEPORT) !== 1) throw new Error("SO_REUSEPORT did not stick");
+    if (opts.keepaliveIdleSec !== undefined) setKeepalive(fd, opts.keepaliveIdleSec);
   } catch (e) {
     l.stop(true);
     throw e;
@@ -118,6 +121,7 @@ export const LISTENER_KINDS: readonly ListenerKind[] = [
         port: cfg.outboundPort,
         mark: cfg.mark,
         transparent: true,
+        keepaliveIdleSec: cfg.keepaliveIdleSec,
         accept: (sock) => acceptOutbound(pod, sock),
       }),
   },
@@ -132,6 +136,7 @@ export const LISTENER_KINDS: readonly ListenerKind[] = [
         port: cfg.inboundPort,
         mark: cfg.mark,
         transparent: true,
+        keepaliveIdleSec: cfg.keepaliveIdleSec,
         accept: (sock) => acceptInbound(pod, sock),
       }),
   },

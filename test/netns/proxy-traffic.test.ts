@@ -76,6 +76,25 @@ netnsDescribe("proxy: traffic between pods", () => {
     }
   }, T);
 
+  test("keepalive is on for every relay socket: the accepted ones inherit it from the listener, upstreams get it set", async () => {
+    // A slow transfer keeps both relays (A's outbound, B's inbound) open while ss looks at them.
+    const transfer = env.toolRun(A, ["send", "--host", B.ip, "--port", "5001", "--bytes", String(4 << 20), "--chunk-delay-ms", "300"], T);
+    try {
+      await eventually(async () => (await records((c) => c.state === "open" && c.originalDst === `${B.ip}:5001`)).length >= 2, 10_000, "both relays open");
+      const proxySockets = async (pod: Pod) =>
+        (await pod.execOrThrow(["ss", "-Htnop", "state", "established"])).stdout.split("\n").filter((l) => l.includes(`pid=${proxy.pid},`));
+      const a = await proxySockets(A); // accepted on :15001, upstream to B:5001
+      const b = await proxySockets(B); // accepted on :15006, upstream to the app from A's IP
+      expect(a.some((l) => / \S+:15001 /.test(l))).toBe(true);
+      expect(b.some((l) => / \S+:15006 /.test(l))).toBe(true);
+      expect(a.length).toBeGreaterThanOrEqual(2);
+      expect(b.length).toBeGreaterThanOrEqual(2);
+      for (const l of [...a, ...b]) expect(l).toContain("timer:(keepalive,");
+    } finally {
+      await transfer;
+    }
+  }, T);
+
   test("A → B: 1 GiB arrives byte-exact through A's outbound and B's inbound listeners; B sees A's IP", async () => {
     // Baseline without the proxy (C → D, neither enrolled), for the printed ratio only.
     let t0 = performance.now();
