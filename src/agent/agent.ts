@@ -676,7 +676,7 @@ export class Agent {
 
 // ---- helpers ----------------------------------------------------------------------------------
 
-/** A path to a netns fd the agent holds, usable by any tool (nsenter --net=…). */
+/** A path to a netns fd the agent holds (/proc/<pid>/fd/N), usable as a netns path by the rules. */
 export function fdPath(ns: Netns): string {
   return `/proc/${process.pid}/fd/${ns.fd}`;
 }

@@ -93,7 +93,8 @@ export async function main(args: string[]): Promise<number> {
   setLogLevel(cfg.logLevel);
   const log = createLogger("agent");
   const a = cfg.agent;
-  homeNetns(); // the agent itself never enters a netns; rules run through nsenter
+  // Record home before anything enters a netns: the rules spawn their tools from inside the pod.
+  homeNetns();
   if (policy.empty) log.warn("agent.enrollment has no include pattern: no pod is enrolled unless an operator runs nshub enroll");
 
   const agent = new Agent({

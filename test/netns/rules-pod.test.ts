@@ -3,11 +3,12 @@
 // removal; all-or-nothing on failure; and real TCP connections being redirected (or not).
 // The machine's own namespace is snapshotted before and after and must be unchanged.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { openSync, closeSync } from "node:fs";
+import { openSync, closeSync, readdirSync, statSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { netnsDescribe } from "../helpers/root.ts";
 import { createSim, run, runOrThrow, type NetSim, type Pod } from "../helpers/netsim.ts";
 import { RulesError, applyPodRules, detectIptablesBackend, inspectPodRules, removePodRules, type IptablesBackend } from "../../src/agent/rules/index.ts";
+import { runTool } from "../../src/agent/rules/exec.ts";
 import * as sys from "../../src/sys/index.ts";
 import { hostNetState as rootSnapshot } from "../helpers/host-state.ts";
 
@@ -46,6 +47,36 @@ async function rawSave(netnsPath: string, tool = "iptables-nft-save"): Promise<s
     .filter((l) => !l.startsWith("#"))
     .map((l) => l.replace(/\[\d+:\d+\]/g, "[0:0]"))
     .join("\n");
+}
+
+/** /proc/<pid>/ns/net of a process that has exited (the path no longer exists). */
+async function exitedProcessNetns(): Promise<string> {
+  const p = Bun.spawn(["true"], { stdin: "ignore", stdout: "ignore", stderr: "ignore" });
+  await p.exited;
+  return `/proc/${p.pid}/ns/net`;
+}
+
+/** Every thread of this process with the netns it is in (inode of /proc/self/task/<tid>/ns/net). */
+function threadNetns(): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync("/proc/self/task")) {
+    try {
+      out.set(tid, statSync(`/proc/self/task/${tid}/ns/net`).ino);
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return out;
+}
+
+/** Waits until process `pid` is inside the namespace at `netnsPath`. */
+async function waitForNetnsOf(pid: number, netnsPath: string): Promise<void> {
+  const want = statSync(netnsPath).ino;
+  for (let i = 0; i < 200; i++) {
+    if (statSync(`/proc/${pid}/ns/net`).ino === want) return;
+    await Bun.sleep(10);
+  }
+  throw new Error(`process ${pid} never entered ${netnsPath}`);
 }
 
 const ipIn = async (netnsPath: string, ...args: string[]) => (await runOrThrow(["nsenter", `--net=${netnsPath}`, "--", "ip", ...args])).stdout;
@@ -180,6 +211,46 @@ netnsDescribe("in-pod rules (apply / remove / inspect in real pod namespaces)", 
     ownNetns.push(name);
     return `/var/run/netns/${name}`;
   }
+
+  describe("tools run inside the pod (spawned from within its namespace, no nsenter)", () => {
+    test("a tool sees the pod's network (its address, not ours); our thread is home afterwards, no thread left in the pod", async () => {
+      const homeIno = statSync("/proc/thread-self/ns/net").ino;
+      const podIno = statSync(a.netnsPath).ino;
+      expect(podIno).not.toBe(homeIno);
+      const hostAddrs = (await runOrThrow(["ip", "-o", "-4", "addr", "show"])).stdout;
+      expect(hostAddrs).not.toContain(`inet ${a.ip}/`);
+      const before = threadNetns();
+      // Several at once, each read back asynchronously after the thread went home.
+      const rs = await Promise.all(Array.from({ length: 8 }, () => runTool(["ip", "-o", "-4", "addr", "show"], { netnsPath: a.netnsPath })));
+      for (const r of rs) {
+        expect(r.code).toBe(0);
+        expect(r.stdout).toContain(`inet ${a.ip}/`);
+        expect(r.stdout).not.toBe(hostAddrs);
+      }
+      // The child's own view: its netns is the pod's.
+      const link = await runTool(["readlink", "/proc/self/ns/net"], { netnsPath: a.netnsPath });
+      expect(link.stdout.trim()).toBe(`net:[${podIno}]`);
+      expect(statSync("/proc/thread-self/ns/net").ino).toBe(homeIno);
+      // No thread created meanwhile (by Bun, for the spawns) lives in the pod's namespace.
+      const strays = [...threadNetns()].filter(([tid, ino]) => !before.has(tid) && ino !== homeIno);
+      expect(strays).toEqual([]);
+      // And without a namespace the tool runs here.
+      expect((await runTool(["ip", "-o", "-4", "addr", "show"])).stdout).not.toContain(`inet ${a.ip}/`);
+    }, T);
+
+    test("IPv6 off on the pod's lo is read in the pod: the IPv6 route is skipped there, not here", async () => {
+      // Bare namespace, lo down: an IPv6 local route could not be added. With disable_ipv6=1 on
+      // its lo (ours stays 0) Istio skips that route, so the apply must succeed.
+      expect((await runOrThrow(["cat", "/proc/sys/net/ipv6/conf/lo/disable_ipv6"])).stdout.trim()).toBe("0");
+      const ns = await bareNetns();
+      await runOrThrow(["nsenter", `--net=${ns}`, "--", "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1"]);
+      await applyPodRules(ns, { ipv6: true });
+      expect((await ipIn(ns, "-6", "rule", "show")).split("\n")).toContain(RULE_LINE);
+      expect((await inspectPodRules(ns, { ipv6: true })).complete).toBe(true);
+      await removePodRules(ns, { ipv6: true });
+      await expectClean(ns);
+    }, T);
+  });
 
   describe("default rule set", () => {
     test("apply: iptables-save shows exactly the rule set; ip rule and table 100 route exist", async () => {
@@ -335,6 +406,9 @@ netnsDescribe("in-pod rules (apply / remove / inspect in real pod namespaces)", 
     test("netns given as /proc/<pid>/ns/net and as /proc/<agent pid>/fd/<fd>", async () => {
       const sleeper = b.spawn(["sleep", "60"]);
       try {
+        // `ip netns exec` enters the pod and then execs sleep under the same pid: until it has,
+        // /proc/<pid>/ns/net is still our own namespace.
+        await waitForNetnsOf(sleeper.pid, b.netnsPath);
         await applyPodRules(`/proc/${sleeper.pid}/ns/net`);
         expect(await savedRules(b.netnsPath)).toBe(EXPECTED_V4);
         const fd = openSync(b.netnsPath, "r");
@@ -380,14 +454,40 @@ netnsDescribe("in-pod rules (apply / remove / inspect in real pod namespaces)", 
       expect(rm.reason).toBe("netns-missing");
     }, T);
 
-    test("a file that is not a netns: the first tool fails, error names step, path and stderr", async () => {
+    test("a file that is not a netns: refused before anything runs, error names step and path", async () => {
       const err = (await applyPodRules("/etc/hostname").catch((e) => e)) as RulesError;
       expect(err).toBeInstanceOf(RulesError);
-      expect(err.reason).toBe("tool-failed");
-      expect(err.step).toBe("iptables-save");
+      expect(err.reason).toBe("invalid-input");
+      expect(err.step).toBe("open netns");
       expect(err.netns).toBe("/etc/hostname");
       expect(err.message).toContain("in netns /etc/hostname");
-      expect(err.stderr).toContain("nsenter");
+      expect(err.message).toContain("is not a network namespace");
+    }, T);
+
+    test("a netns that vanished (deleted namespace, exited process): netns-missing", async () => {
+      const name = `rpodx-${randomBytes(3).toString("hex")}`;
+      await runOrThrow(["ip", "netns", "add", name]);
+      await runOrThrow(["ip", "netns", "del", name]);
+      for (const gone of [`/var/run/netns/${name}`, await exitedProcessNetns()]) {
+        for (const op of [applyPodRules, removePodRules, inspectPodRules]) {
+          const err = (await op(gone).catch((e) => e)) as RulesError;
+          expect(err).toBeInstanceOf(RulesError);
+          expect({ gone, reason: err.reason, step: err.step, netns: err.netns }).toEqual({ gone, reason: "netns-missing", step: "open netns", netns: gone });
+        }
+      }
+    }, T);
+
+    test("our own namespace is refused (a path that does not name a pod yet must not reach the node)", async () => {
+      for (const own of ["/proc/self/ns/net", `/proc/${process.pid}/ns/net`]) {
+        for (const op of [applyPodRules, removePodRules]) {
+          const err = (await op(own).catch((e) => e)) as RulesError;
+          expect(err).toBeInstanceOf(RulesError);
+          expect(err.reason).toBe("invalid-input");
+          expect(err.message).toContain("the agent's own network namespace");
+        }
+      }
+      // Reading is harmless: inspect works (and finds nothing of ours).
+      expect((await inspectPodRules("/proc/self/ns/net")).anyPresent).toBe(false);
     }, T);
 
     test("a late step failing (ip -6 route with lo down) undoes everything this call added", async () => {
@@ -417,6 +517,24 @@ netnsDescribe("in-pod rules (apply / remove / inspect in real pod namespaces)", 
       expect(await rawSave(ns, "ip6tables-nft-save")).not.toContain("NSHUB");
       expect(await ipIn(ns, "-6", "rule", "show")).not.toContain("32764");
       expect((await inspectPodRules(ns)).complete).toBe(true);
+      await removePodRules(ns);
+      await expectClean(ns);
+    }, T);
+
+    test("a failed apply deletes only what it added: an ip rule that was there before stays, once", async () => {
+      const ns = await bareNetns();
+      await runOrThrow(["nsenter", `--net=${ns}`, "--", "ip", "rule", "add", "fwmark", "0x111/0xfff", "lookup", "100", "pref", "32764"]);
+      const rulesBefore = await ipIn(ns, "rule", "show");
+      const err = (await applyPodRules(ns, { ipv6: true }).catch((e) => e)) as RulesError;
+      expect(err.step).toBe("ip -6 route replace");
+      expect(await ipIn(ns, "rule", "show")).toBe(rulesBefore);
+      expect(await ipIn(ns, "-6", "rule", "show")).not.toContain("32764");
+      expect(await rawSave(ns)).not.toContain("NSHUB");
+      // Applied (IPv4) on top of it, twice: still exactly one copy.
+      await applyPodRules(ns);
+      await applyPodRules(ns);
+      const rules = JSON.parse(await ipIn(ns, "-j", "rule", "show")) as Array<{ priority: number }>;
+      expect(rules.filter((r) => r.priority === 32764).length).toBe(1);
       await removePodRules(ns);
       await expectClean(ns);
     }, T);

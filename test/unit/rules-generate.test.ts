@@ -13,7 +13,7 @@ import {
   renderInpodRules,
   resolveInpodOptions,
 } from "../../src/agent/rules/index.ts";
-import { toolArgv } from "../../src/agent/rules/exec.ts";
+import { failedBatchLine, splitJsonValues } from "../../src/agent/rules/iproute.ts";
 import { normalizeIp, parseIpsetSave, planHostNat, planHostNatRemoval } from "../../src/agent/rules/host.ts";
 import { planTable, renderRestore, snapshotTable, tokenizeSpec } from "../../src/agent/rules/iptables.ts";
 import { INPOD_CHAINS } from "../../src/agent/rules/constants.ts";
@@ -317,10 +317,25 @@ describe("host probe rule", () => {
   });
 });
 
-describe("running tools", () => {
-  test("in another namespace: nsenter --net=<path> -- argv, path as one argument", () => {
-    expect(toolArgv(["iptables-nft-save"], "/proc/12/fd/7")).toEqual(["nsenter", "--net=/proc/12/fd/7", "--", "iptables-nft-save"]);
-    expect(toolArgv(["ip", "rule"], undefined)).toEqual(["ip", "rule"]);
-    expect(toolArgv(["true"], "/var/run/netns/a b; rm -rf /")).toEqual(["nsenter", "--net=/var/run/netns/a b; rm -rf /", "--", "true"]);
+describe("ip -batch output", () => {
+  test("one JSON value per command, split however ip spaced them; an unfinished last one is dropped", () => {
+    const rules = '[{"priority":0,"src":"all","table":"local"},{"priority":32764,"src":"all","fwmark":"0x111","fwmask":"0xfff","table":"100"}]';
+    const routes = '[{"type":"local","dst":"default","dev":"lo","table":"100","scope":"host","flags":[]}]';
+    expect(splitJsonValues(`${rules}\n${routes}\n`)).toEqual([rules, routes]);
+    expect(splitJsonValues(`${rules}\n[]\n`)).toEqual([rules, "[]"]);
+    expect(splitJsonValues(`${rules}${routes}`)).toEqual([rules, routes]);
+    // Brackets and quotes inside strings do not count.
+    const tricky = '[{"ifname":"a]b\\"[","x":{}}]';
+    expect(splitJsonValues(`${tricky}\n[]`)).toEqual([tricky, "[]"]);
+    expect(JSON.parse(splitJsonValues(tricky)[0]!)).toEqual([{ ifname: 'a]b"[', x: {} }]);
+    // A command that failed after printing "[" (strict dump of a missing table).
+    expect(splitJsonValues(`${rules}\n[`)).toEqual([rules]);
+    expect(splitJsonValues("")).toEqual([]);
+  });
+
+  test("the failed line is read from ip's stderr", () => {
+    expect(failedBatchLine("Error: Nexthop device is not up.\nCommand failed -:2\n")).toBe(2);
+    expect(failedBatchLine("RTNETLINK answers: File exists\nCommand failed -:1\n")).toBe(1);
+    expect(failedBatchLine("ip: command not found")).toBeUndefined();
   });
 });

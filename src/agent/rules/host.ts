@@ -12,8 +12,8 @@
 // forwards from elsewhere has no local socket and stays captured. This is Istio ambient's host
 // rule (cni/pkg/iptables AppendHostRules, hostprobe.golden) with nshub's chain and set names.
 //
-// Tools run as argv arrays; with `netnsPath` every one runs under `nsenter --net=<path>` (the
-// tests use this to keep the machine's own namespace untouched; the agent passes none).
+// Tools run as argv arrays; with `netnsPath` every one is spawned inside that namespace (exec.ts;
+// the tests use this to keep the machine's own namespace untouched; the agent passes none).
 import { isIPv4, isIPv6 } from "node:net";
 import { createLogger } from "../../log/logger.ts";
 import { CHAIN_POSTRT, DEFAULT_PROBE_ADDRESS_V4, DEFAULT_PROBE_ADDRESS_V6, PROBE_IPSET_V4, PROBE_IPSET_V6, type IpFamily } from "./constants.ts";
@@ -23,7 +23,7 @@ import { canonicalRuleSpec, jumpsTo, parseIptablesSave, renderRestore, type Save
 const log = createLogger("agent/rules/host");
 
 export interface HostProbeOptions {
-  /** Run every tool in this network namespace (`nsenter --net=<path>`); default: our own. */
+  /** Run every tool in this network namespace (spawned from inside it); default: our own. */
   netnsPath?: string;
   backend?: IptablesBackend;
   /** SNAT source for IPv4 (default 169.254.7.127). */

@@ -1,20 +1,28 @@
 // Applying, removing and inspecting the in-pod rules inside a pod's network namespace.
 //
-// Every tool runs as `nsenter --net=<netnsPath> -- <tool> …` (argv, never a shell), so
-// `netnsPath` may be any path to a netns file: /var/run/netns/<name>, /proc/<pid>/ns/net, or
-// /proc/<agent pid>/fd/<fd> for a namespace fd the agent holds.
+// The namespace is opened once per call (so `netnsPath` may be any path to a netns file:
+// /var/run/netns/<name>, /proc/<pid>/ns/net, or /proc/<agent pid>/fd/<fd> for a namespace fd the
+// agent holds) and every tool is spawned from inside it (exec.ts); the open fd keeps the
+// namespace alive until the call ends.
 //
-// apply = per family: iptables-save → nothing more when it already matches exactly, else ONE
-// `iptables-restore --noflush` transaction (our chains declared, i.e. created or flushed, and
-// refilled; missing jumps appended, duplicate jumps dropped; our chains in tables no longer used
-// removed) → `ip rule add` unless present →
-// `ip route replace` unless present. If a step fails, what this call changed is put back (the
-// iptables tables to their state before the call, the rule and route deleted if this call added
-// them) and a RulesError naming the step, the netns and the tool's stderr is thrown.
+// apply = two independent chains run side by side (netfilter and rtnetlink do not interact):
+//   iptables: iptables-save per family, then, only where something is missing or wrong, ONE
+//             `iptables-restore --noflush` transaction per family (our chains declared, i.e.
+//             created or flushed, and refilled; missing jumps appended, duplicate jumps dropped;
+//             our chains in tables no longer used removed), the families one after the other;
+//   ip:       per family one `ip -batch` listing the ip rules and the table's routes, then one
+//             more adding the fwmark rule and the local route if absent (iproute.ts).
+// For IPv4 only that is 2 execs for a pod already programmed and 4 for a new one (it was 6 and
+// 12, nsenter included).
+// A pod that already matches is only read. If a step fails, what this call changed is put back
+// (the iptables tables to their state before the call, the rule and route deleted if this call
+// added them) and a RulesError naming the step, the netns and the tool's stderr is thrown.
 import { createLogger } from "../../log/logger.ts";
+import { homeNetns } from "../../sys/index.ts";
 import { INPOD_CHAINS, INPOD_TABLES, type IpFamily } from "./constants.ts";
-import { netnsKey, resolveTools, runStep, runTool, toolError, withLock, RulesError, type IptablesBackend, type IptablesTools, type ToolResult } from "./exec.ts";
+import { openNetns, readFileIn, resolveTools, runStep, withLock, RulesError, type IptablesBackend, type IptablesTools, type ToolResult } from "./exec.ts";
 import { buildInpodRuleSet, ipRouteArgs, ipRuleArgs, resolveInpodOptions, type InpodRuleOptions, type InpodRuleSet, type ResolvedInpodOptions } from "./inpod.ts";
+import { familyFlag, ipRouteCmd, ipRuleCmd, readIpState, runIpBatch, type IpCmd, type IpState, type IpTarget } from "./iproute.ts";
 import { canonicalRuleSpec, jumpsTo, parseIptablesSave, planTable, renderRestore, snapshotTable, type SavedTables, type TableSpec } from "./iptables.ts";
 
 const log = createLogger("agent/rules");
@@ -28,27 +36,40 @@ export interface PodRulesOptions extends InpodRuleOptions {
   timeoutMs?: number;
 }
 
-interface Ctx {
-  netnsPath: string;
+interface Ctx extends IpTarget {
   o: ResolvedInpodOptions;
   tools: IptablesTools;
-  timeoutMs: number | undefined;
 }
 
-const familyFlag = (f: IpFamily) => (f === "ipv6" ? ["-6"] : ["-4"]);
 const ipt = (f: IpFamily) => (f === "ipv6" ? "ip6tables" : "iptables");
 
-async function setup(netnsPath: string, opts: PodRulesOptions): Promise<{ key: string; ctx: Ctx; families: IpFamily[] }> {
+/**
+ * Validates, opens the namespace and runs `fn` under the namespace's lock (one operation at a
+ * time per namespace, whatever path names it); the namespace fd is closed afterwards. `writes`:
+ * `fn` changes the namespace (then our own namespace is refused).
+ */
+async function withPod<T>(netnsPath: string, opts: PodRulesOptions, writes: boolean, fn: (ctx: Ctx, families: IpFamily[]) => Promise<T>): Promise<T> {
   const o = resolveInpodOptions(opts);
   if (opts.ipv6 !== undefined && typeof opts.ipv6 !== "boolean") throw new RulesError("validate options", undefined, "invalid-input", "ipv6 must be a boolean");
-  const key = netnsKey(netnsPath);
-  const tools = await resolveTools(opts.backend);
-  const families: IpFamily[] = opts.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"];
-  return { key, ctx: { netnsPath, o, tools, timeoutMs: opts.timeoutMs }, families };
+  const ns = openNetns(netnsPath);
+  try {
+    // The pod rules redirect every TCP connection: in the node's (our own) namespace they would
+    // cut the node off. A path that still names it (e.g. /proc/<pid>/ns/net of a process that
+    // has not entered its pod yet) is refused.
+    if (writes && ns.key === homeNetns().key) {
+      throw new RulesError("open netns", netnsPath, "invalid-input", "this is the agent's own network namespace, not a pod's: refusing to change it");
+    }
+    const tools = await resolveTools(opts.backend);
+    const families: IpFamily[] = opts.ipv6 ? ["ipv4", "ipv6"] : ["ipv4"];
+    const ctx: Ctx = { ns, netnsPath, o, tools, timeoutMs: opts.timeoutMs };
+    return await withLock(ns.key, () => fn(ctx, families));
+  } finally {
+    ns.close();
+  }
 }
 
 function run(ctx: Ctx, step: string, argv: string[], stdin?: string): Promise<ToolResult> {
-  return runStep(step, argv, { netnsPath: ctx.netnsPath, stdin, timeoutMs: ctx.timeoutMs });
+  return runStep(step, argv, { netns: ctx.ns, netnsPath: ctx.netnsPath, stdin, timeoutMs: ctx.timeoutMs });
 }
 
 async function save(ctx: Ctx, f: IpFamily): Promise<SavedTables> {
@@ -65,66 +86,49 @@ function planAll(now: SavedTables, target: (table: string) => TableSpec | undefi
   return renderRestore(INPOD_TABLES.map((t) => ({ table: t, lines: planTable(now.get(t), target(t), INPOD_CHAINS) })));
 }
 
-// ---------------------------------------------------------------------------------------------
-// ip rule / ip route
-
-interface RuleEntry {
-  priority?: number;
-  fwmark?: string;
-  fwmask?: string;
-  table?: string;
+/** IPv6 is off on the pod's lo (Istio then skips the IPv6 local route). Read in the pod's netns. */
+function ipv6LoDisabled(ctx: Ctx): boolean {
+  const v = readFileIn(ctx.ns, "/proc/sys/net/ipv6/conf/lo/disable_ipv6");
+  return v === undefined || v.trim() === "1";
 }
 
-async function hasIpRule(ctx: Ctx, f: IpFamily): Promise<boolean> {
-  const r = await run(ctx, `ip ${familyFlag(f)[0]} rule show`, ["ip", ...familyFlag(f), "-j", "rule", "show"]);
-  const entries = JSON.parse(r.stdout || "[]") as RuleEntry[];
-  const o = ctx.o;
-  return entries.some(
-    (e) =>
-      e.priority === o.rulePriority &&
-      e.fwmark !== undefined &&
-      Number(e.fwmark) === o.connmark &&
-      Number(e.fwmask ?? "0xffffffff") === o.markMask &&
-      String(e.table) === String(o.routeTable),
-  );
+/** What one family holds, read concurrently (iptables-save and one `ip -batch`). */
+interface FamilyState {
+  f: IpFamily;
+  tables: SavedTables;
+  ip: IpState;
+  /** The local route is not wanted (IPv6 with IPv6 off on lo). */
+  noRoute: boolean;
 }
 
-/** Whether the table holds `local default dev lo`. A table that does not exist yet holds nothing. */
-async function hasRoute(ctx: Ctx, f: IpFamily): Promise<boolean> {
-  const argv = ["ip", ...familyFlag(f), "-j", "route", "show", "table", String(ctx.o.routeTable)];
-  const r = await runTool(argv, { netnsPath: ctx.netnsPath, timeoutMs: ctx.timeoutMs });
-  if (r.code !== 0) {
-    if (/FIB table does not exist/i.test(r.stderr)) return false;
-    throw toolError(`ip ${familyFlag(f)[0]} route show`, argv, r, ctx.netnsPath);
+async function readFamily(ctx: Ctx, f: IpFamily): Promise<FamilyState> {
+  const noRoute = f === "ipv6" && ipv6LoDisabled(ctx);
+  const [tables, ip] = await settleInOrder([save(ctx, f), readIpState(ctx, ctx.o, f)]);
+  return { f, tables, ip, noRoute };
+}
+
+/**
+ * Awaits every promise (no tool is left running unobserved) and then rejects with the first
+ * failure in argument order, so that which error is reported does not depend on timing.
+ */
+async function settleInOrder<T extends readonly unknown[]>(ps: { [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const rs = await Promise.allSettled(ps);
+  for (const r of rs) if (r.status === "rejected") throw r.reason;
+  return rs.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
+}
+
+/** Runs `cmds` through one `ip -batch`; registers the undo of what changed; throws its error. */
+async function ipChange(ctx: Ctx, f: IpFamily, cmds: IpCmd[], undo: Array<() => Promise<void>>): Promise<void> {
+  if (cmds.length === 0) return;
+  const r = await runIpBatch(ctx, f, cmds);
+  const inverse = cmds.filter((_, i) => r.changed[i]).map((c) => (c.args[0] === "rule" ? ipRuleCmd(ctx.o, f, "del") : ipRouteCmd(ctx.o, f, "del")));
+  if (inverse.length > 0) {
+    undo.push(async () => {
+      const u = await runIpBatch(ctx, f, inverse.reverse());
+      if (u.error) throw u.error;
+    });
   }
-  const routes = JSON.parse(r.stdout || "[]") as Array<{ type?: string; dst?: string; dev?: string }>;
-  return routes.some((x) => x.type === "local" && (x.dst === "default" || x.dst === "0.0.0.0/0" || x.dst === "::/0") && x.dev === "lo");
-}
-
-/** IPv6 is off on the pod's lo (Istio then skips the IPv6 local route). */
-async function ipv6LoDisabled(ctx: Ctx): Promise<boolean> {
-  const r = await runTool(["cat", "/proc/sys/net/ipv6/conf/lo/disable_ipv6"], { netnsPath: ctx.netnsPath, timeoutMs: ctx.timeoutMs });
-  return r.code !== 0 || r.stdout.trim() === "1";
-}
-
-/** "Nothing to delete" answers of `ip rule del` / `ip route del`. */
-const ABSENT = /No such file or directory|No such process|FIB table does not exist|Cannot find device/i;
-
-async function deleteIpRule(ctx: Ctx, f: IpFamily): Promise<void> {
-  // Delete every copy (a rule added by hand or by an older version may be duplicated).
-  for (let i = 0; i < 16; i++) {
-    const argv = ["ip", ...familyFlag(f), "rule", "del", ...ipRuleArgs(ctx.o)];
-    const r = await runTool(argv, { netnsPath: ctx.netnsPath, timeoutMs: ctx.timeoutMs });
-    if (r.code === 0) continue;
-    if (ABSENT.test(r.stderr)) return;
-    throw toolError(`ip ${familyFlag(f)[0]} rule del`, argv, r, ctx.netnsPath);
-  }
-}
-
-async function deleteRoute(ctx: Ctx, f: IpFamily): Promise<void> {
-  const argv = ["ip", ...familyFlag(f), "route", "del", ...ipRouteArgs(ctx.o, f)];
-  const r = await runTool(argv, { netnsPath: ctx.netnsPath, timeoutMs: ctx.timeoutMs });
-  if (r.code !== 0 && !ABSENT.test(r.stderr)) throw toolError(`ip ${familyFlag(f)[0]} route del`, argv, r, ctx.netnsPath);
+  if (r.error) throw r.error;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -133,53 +137,52 @@ async function deleteRoute(ctx: Ctx, f: IpFamily): Promise<void> {
 /**
  * Installs (or re-asserts) the in-pod rules, the fwmark ip rule and the table's local route in
  * the namespace at `netnsPath`. Idempotent: applying again leaves `iptables-save` byte-identical
- * (a pod that already matches is not touched at all; one that drifted is repaired in one
- * transaction, existing jumps kept in place, duplicates removed). All or nothing: on failure, what this call changed is undone and a
- * RulesError is thrown (`step`, `netns`, `stderr`; `reason` "netns-missing" when the path is gone).
+ * (a pod that already matches is only read, not touched; one that drifted is repaired in one
+ * transaction, existing jumps kept in place, duplicates removed). All or nothing: on failure,
+ * what this call changed is undone and a RulesError is thrown (`step`, `netns`, `stderr`;
+ * `reason` "netns-missing" when the path is gone).
  */
 export async function applyPodRules(netnsPath: string, opts: PodRulesOptions = {}): Promise<void> {
-  const { key, ctx, families } = await setup(netnsPath, opts);
-  await withLock(key, async () => {
-    const undo: Array<{ what: string; fn: () => Promise<void> }> = [];
-    try {
-      for (const f of families) {
-        const before = await save(ctx, f);
+  await withPod(netnsPath, opts, true, async (ctx, families) => {
+    // Undo actions, in the order the changes were made (undone in reverse).
+    const undo: Array<() => Promise<void>> = [];
+    // iptables (netfilter) and the ip rule and route (rtnetlink) are independent: each is read,
+    // then changed where needed, the two side by side.
+    const iptables = async () => {
+      const saved = await settleInOrder(families.map((f) => save(ctx, f)));
+      // One transaction per family, one after the other (an nft commit by the other family
+      // meanwhile would make this one retry).
+      for (const [i, f] of families.entries()) {
+        const before = saved[i]!;
         const set = buildInpodRuleSet(ctx.o, f);
         // Already exactly right: leave it alone (no flush, counters kept, no transaction).
         if (compareInpodTables(before, set).problems.length === 0) continue;
-        const text = planAll(before, (t) => set.tables.find((x) => x.table === t));
-        await restore(ctx, f, text);
+        await restore(ctx, f, planAll(before, (t) => set.tables.find((x) => x.table === t)));
         const previous = new Map<string, TableSpec | undefined>(INPOD_TABLES.map((t) => [t, snapshotTable(t, before.get(t), INPOD_CHAINS)]));
-        undo.push({
-          what: `${ipt(f)} rules`,
-          fn: async () => {
-            const now = await save(ctx, f);
-            const back = planAll(now, (t) => previous.get(t));
-            if (back) await restore(ctx, f, back);
-          },
+        undo.push(async () => {
+          const back = planAll(await save(ctx, f), (t) => previous.get(t));
+          if (back) await restore(ctx, f, back);
         });
       }
-      for (const f of families) {
-        if (!(await hasIpRule(ctx, f))) {
-          const argv = ["ip", ...familyFlag(f), "rule", "add", ...ipRuleArgs(ctx.o)];
-          const r = await runTool(argv, { netnsPath, timeoutMs: ctx.timeoutMs });
-          if (r.code !== 0 && !/File exists/i.test(r.stderr)) throw toolError(`ip ${familyFlag(f)[0]} rule add`, argv, r, netnsPath);
-          if (r.code === 0) undo.push({ what: `ip ${familyFlag(f)[0]} rule`, fn: () => deleteIpRule(ctx, f) });
-        }
-        if (f === "ipv6" && (await ipv6LoDisabled(ctx))) continue;
-        if (!(await hasRoute(ctx, f))) {
-          await run(ctx, `ip ${familyFlag(f)[0]} route replace`, ["ip", ...familyFlag(f), "route", "replace", ...ipRouteArgs(ctx.o, f)]);
-          undo.push({ what: `ip ${familyFlag(f)[0]} route`, fn: () => deleteRoute(ctx, f) });
-        }
-      }
+    };
+    const ip = async (f: IpFamily) => {
+      const noRoute = f === "ipv6" && ipv6LoDisabled(ctx);
+      const now = await readIpState(ctx, ctx.o, f);
+      const cmds: IpCmd[] = [];
+      if (now.rules === 0) cmds.push(ipRuleCmd(ctx.o, f, "add"));
+      if (!now.route && !noRoute) cmds.push(ipRouteCmd(ctx.o, f, "replace"));
+      await ipChange(ctx, f, cmds, undo);
+    };
+    try {
+      await settleInOrder([iptables(), ...families.map(ip)]);
     } catch (e) {
       for (const u of undo.reverse()) {
         try {
-          await u.fn();
+          await u();
         } catch (ue) {
           // The original error is what the caller needs; the failed undo is logged (and the
           // agent's reconcile or the pod's DEL removes the rest).
-          log.error("undo after failed apply failed", { netns: netnsPath, undo: u.what, error: ue as Error });
+          log.error("undo after failed apply failed", { netns: netnsPath, error: ue as Error });
         }
       }
       throw e;
@@ -199,10 +202,9 @@ export async function applyPodRules(netnsPath: string, opts: PodRulesOptions = {
  * the first failure is thrown at the end.
  */
 export async function removePodRules(netnsPath: string, opts: PodRulesOptions = {}): Promise<void> {
-  const { key, ctx } = await setup(netnsPath, opts);
   const families: Array<{ f: IpFamily; strict: boolean }> = [{ f: "ipv4", strict: true }];
   if (opts.ipv6 !== false) families.push({ f: "ipv6", strict: opts.ipv6 === true });
-  await withLock(key, async () => {
+  await withPod(netnsPath, opts, true, async (ctx) => {
     const errors: unknown[] = [];
     const step = async (strict: boolean, fn: () => Promise<void>) => {
       try {
@@ -212,17 +214,26 @@ export async function removePodRules(netnsPath: string, opts: PodRulesOptions = 
         else log.debug("optional IPv6 cleanup step failed", { netns: netnsPath, error: e as Error });
       }
     };
-    for (const { f, strict } of families) {
-      await step(strict, async () => {
-        const now = await save(ctx, f);
-        const text = planAll(now, () => undefined);
-        if (text) await restore(ctx, f, text);
-      });
-    }
-    for (const { f, strict } of families) {
-      await step(strict, () => deleteIpRule(ctx, f));
-      await step(strict, () => deleteRoute(ctx, f));
-    }
+    const iptables = async () => {
+      for (const { f, strict } of families) {
+        await step(strict, async () => {
+          const text = planAll(await save(ctx, f), () => undefined);
+          if (text) await restore(ctx, f, text);
+        });
+      }
+    };
+    const ip = families.map(({ f, strict }) =>
+      step(strict, async () => {
+        const now = await readIpState(ctx, ctx.o, f);
+        // Every copy of the rule (one added by hand or by an older version may be duplicated).
+        const cmds: IpCmd[] = Array.from({ length: now.rules }, () => ipRuleCmd(ctx.o, f, "del"));
+        if (now.route) cmds.push(ipRouteCmd(ctx.o, f, "del"));
+        if (cmds.length === 0) return;
+        const r = await runIpBatch(ctx, f, cmds);
+        if (r.error) throw r.error;
+      }),
+    );
+    await Promise.all([iptables(), ...ip]);
     if (errors.length > 0) throw errors[0];
     log.debug("in-pod rules removed", { netns: netnsPath });
   });
@@ -255,8 +266,7 @@ export interface PodRulesState {
  * agent's reconcile of late-enrolled or restarted pods. Read-only.
  */
 export async function inspectPodRules(netnsPath: string, opts: PodRulesOptions = {}): Promise<PodRulesState> {
-  const { key, ctx, families } = await setup(netnsPath, opts);
-  return withLock(key, async () => {
+  return withPod(netnsPath, opts, false, async (ctx, families) => {
     const problems: string[] = [];
     let chainsPresent = true;
     let rulesMatch = true;
@@ -264,22 +274,22 @@ export async function inspectPodRules(netnsPath: string, opts: PodRulesOptions =
     let ipRulePresent = true;
     let routePresent = true;
     let anyPresent = false;
-    for (const f of families) {
-      const cmp = compareInpodTables(await save(ctx, f), buildInpodRuleSet(ctx.o, f));
+    for (const s of await settleInOrder(families.map((f) => readFamily(ctx, f)))) {
+      const cmp = compareInpodTables(s.tables, buildInpodRuleSet(ctx.o, s.f));
       chainsPresent &&= cmp.chainsPresent;
       rulesMatch &&= cmp.rulesMatch;
       jumpsPresent &&= cmp.jumpsPresent;
       anyPresent ||= cmp.anyPresent;
       problems.push(...cmp.problems);
-      if (await hasIpRule(ctx, f)) anyPresent = true;
+      if (s.ip.rules > 0) anyPresent = true;
       else {
         ipRulePresent = false;
-        problems.push(`ip ${familyFlag(f)[0]} rule ${ipRuleArgs(ctx.o).join(" ")} missing`);
+        problems.push(`ip ${familyFlag(s.f)} rule ${ipRuleArgs(ctx.o).join(" ")} missing`);
       }
-      if (await hasRoute(ctx, f)) anyPresent = true;
-      else if (!(f === "ipv6" && (await ipv6LoDisabled(ctx)))) {
+      if (s.ip.route) anyPresent = true;
+      else if (!s.noRoute) {
         routePresent = false;
-        problems.push(`ip ${familyFlag(f)[0]} route ${ipRouteArgs(ctx.o, f).join(" ")} missing`);
+        problems.push(`ip ${familyFlag(s.f)} route ${ipRouteArgs(ctx.o, s.f).join(" ")} missing`);
       }
     }
     const complete = chainsPresent && rulesMatch && jumpsPresent && ipRulePresent && routePresent;
