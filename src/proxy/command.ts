@@ -41,7 +41,7 @@ options:
   --drain-deadline-ms <ms>      how long open connections may finish on shutdown (default 30000)
   --pending-retry-ms <ms>       retry interval for pods whose listeners failed (default 5000)
   --max-queued-bytes <n>        per-direction relay queue before the reader pauses (default 262144)
-  --workers <n>                 data-plane threads, each with every pod's listeners (default 1)
+  --workers <n>                 data-plane threads, each with every pod's listeners (default 2)
   --log-level <level>           trace, debug, info, warn, error
   -h, --help                    this text
 

@@ -204,7 +204,12 @@ netnsDescribe("proxy: lifecycle", () => {
     const r = await transfer;
     expect(["ECONNRESET", "EPIPE"]).toContain(r.error);
     expect(await p.proc.exited).toBe(0);
-    expect(logLines(p).find((l) => l.msg === "drained; exiting")).toMatchObject({ reset: 2 });
+    // Two relays (A's outbound, B's inbound). With several data-plane threads they may sit on
+    // different threads, each with its own deadline: the first reset can end the other relay
+    // just before its own thread resets it, which that thread counts as finished.
+    const drained = logLines(p).find((l) => l.msg === "drained; exiting")!;
+    expect(drained.reset).toBeGreaterThanOrEqual(1);
+    expect(drained.reset + drained.finished).toBe(2);
   }, T);
 
   test("POST /quitquitquit drains and exits 0", async () => {
