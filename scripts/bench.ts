@@ -195,6 +195,12 @@ async function nodeHttp(path: string, addr = PROXY_ADMIN): Promise<{ status: num
   return { status: Number(r.stdout.slice(i + 1)) || 0, body: r.stdout.slice(0, i) };
 }
 
+/** A full GC in every proxy thread (POST /debug/gc), so RSS samples hold live memory, not garbage. */
+async function proxyGc(): Promise<void> {
+  const r = await sim!.node.exec(["curl", "-s", "-m", "30", "-X", "POST", "-o", "/dev/null", "-w", "%{http_code}", `http://${PROXY_ADMIN}/debug/gc`], { timeoutMs: 35_000 });
+  if (r.stdout.trim() !== "200") throw new Error(`POST /debug/gc on the proxy answered ${r.stdout.trim() || r.stderr.trim()}`);
+}
+
 function cpuDelta(pid: number | undefined, before: ProcCpu | undefined): ProcCpu | undefined {
   if (pid === undefined || before === undefined) return undefined;
   try {
@@ -567,6 +573,7 @@ async function main(): Promise<number> {
   let { proxy } = await startProxyTimed(config);
   const d: Daemons = { config, agent, proxy, cniLog, timingLog };
   await Bun.sleep(3000);
+  await proxyGc();
   const memory: NonNullable<BenchResults["memory"]> = { rss0KiB: await sampleRssKiB(proxy.pid) };
   results.memory = memory;
   log(`proxy ready (pid ${proxy.pid}); RSS with no pod ${fmt(memory.rss0KiB! / 1024, 1)} MiB`);
@@ -695,6 +702,7 @@ async function main(): Promise<number> {
     };
     log(`resync: proxy restart with ${enrolledPods} pods ready in ${fmt(timed.readyMs, 0)} ms (serving ${podsServed}; last pod bound at ${fmt(results.resync.lastPodMs, 0)} ms)`);
     await Bun.sleep(3000);
+    await proxyGc();
     memory.rssPodsKiB = await sampleRssKiB(proxy.pid);
     memory.pods = enrolledPods;
     log(`proxy RSS with ${enrolledPods} pods: ${fmt(memory.rssPodsKiB / 1024, 1)} MiB`);
@@ -705,23 +713,28 @@ async function main(): Promise<number> {
 
   // --- idle connections ---------------------------------------------------------------------------------
   if (phase("idle")) {
-    // Each client connection costs the proxy 4 sockets (2 relayed legs); size to the fd limit.
+    // Connections through one pod (the issue's measure): from the direct pair's A, which is not
+    // enrolled, into the enrolled B, so each is one relayed connection in the proxy (B's inbound
+    // accept + its upstream: 2 sockets). Sized to the fd limit.
     const headroom = fdLimit - fdCount(proxy.pid) - 500;
-    const n = Math.min(params.idleConns, Math.floor(headroom / 4 / 500) * 500);
+    const n = Math.min(params.idleConns, Math.floor(headroom / 2 / 500) * 500);
     if (n < params.idleConns) {
-      const why = `${n} idle connections instead of ${params.idleConns}: the proxy's fd limit is ${fdLimit} (RLIMIT_NOFILE hard limit; raising it needs CAP_SYS_RESOURCE, which this machine does not grant) and each connection through A's outbound and B's inbound listener holds 4 of its fds. The per-connection cost is the slope, measured over ${n} connections.`;
+      const why = `${n} idle connections instead of ${params.idleConns}: the proxy's fd limit is ${fdLimit} (RLIMIT_NOFILE hard limit; raising it needs CAP_SYS_RESOURCE, which this machine does not grant) and each connection through B's inbound listener holds 2 of its fds. The per-connection cost is the slope, measured over ${n} connections.`;
       log(why);
     }
     const b = pairs.nshub.b;
+    const clientPod = pairs.direct.a;
+    memory.legs = 1;
     const server = b.spawn([...MANY_FDS, BUN, join(TOOLS, "idle-server.ts"), String(PORTS.idle)], { stdin: true });
     await b.waitForTcpPort(PORTS.idle);
+    await proxyGc();
     memory.rssBeforeConnsKiB = await sampleRssKiB(proxy.pid);
     memory.fdsBefore = fdCount(proxy.pid);
     memory.conns = n;
-    const drops0 = { a: await listenDrops(pairs.nshub.a), b: await listenDrops(b) };
+    const drops0 = { a: await listenDrops(clientPod), b: await listenDrops(b) };
     const idleStart = Date.now();
     // 32 connects in flight: a steady open rate, not a SYN flood (the measure is memory).
-    const client = pairs.nshub.a.spawn([...MANY_FDS, BUN, join(TOOLS, "idle-client.ts"), b.ip, String(PORTS.idle), String(n), "32"], { stdin: true });
+    const client = clientPod.spawn([...MANY_FDS, BUN, join(TOOLS, "idle-client.ts"), b.ip, String(PORTS.idle), String(n), "32"], { stdin: true });
     const m = await client.waitForOutput(/connected (\d+) in (\d+) ms|failed (\d+) of/, 180_000);
     if (m[3]) results.errors.push(`idle connections: ${m[0]}`);
     memory.connectMs = m[2] ? Number(m[2]) : undefined;
@@ -745,7 +758,7 @@ async function main(): Promise<number> {
       await Bun.sleep(200);
     }
     const held = lastHeld();
-    const drops = { a: (await listenDrops(pairs.nshub.a)) - drops0.a, b: (await listenDrops(b)) - drops0.b };
+    const drops = { a: (await listenDrops(clientPod)) - drops0.a, b: (await listenDrops(b)) - drops0.b };
     if (held.held < opened) {
       // What the proxy says about the connections it closed during this phase.
       try {
@@ -766,6 +779,7 @@ async function main(): Promise<number> {
       );
     }
     await Bun.sleep(3000);
+    await proxyGc();
     memory.rssConnsKiB = await sampleRssKiB(proxy.pid);
     memory.fdsConns = fdCount(proxy.pid);
     memory.clientConns = opened;

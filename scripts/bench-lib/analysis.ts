@@ -164,13 +164,15 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
             : "No listen-queue drop was counted.")
         : "";
     notes.push(
-      `**Per-connection memory.** Each of the ${m.connsOpened} client connections is two relayed connections inside the proxy (A's outbound accept + upstream, B's inbound accept + transparent upstream): four sockets; the proxy's fds went from ${m.fdsBefore} to ${m.fdsConns}. ` +
-        `Per relayed connection (one leg) that is ${fmt((d.perConnBytes ?? NaN) / 2000, 2)} KB. Kernel socket buffers are not in the proxy's RSS; what is counted is the proxy's own per-connection state (Bun socket objects, the relay and its record, metric handles).` + lost,
+      ((m.legs ?? 2) === 1
+        ? `**Per-connection memory.** Each of the ${m.connsOpened} client connections is one relayed connection inside the proxy (B's inbound accept + its transparent upstream): two sockets; the proxy's fds went from ${m.fdsBefore} to ${m.fdsConns}. A connection between two enrolled pods of the same node passes two relays (A's outbound and B's inbound) and costs about twice as much, ${fmt((2 * (d.perConnBytes ?? NaN)) / 1000, 1)} KB. `
+        : `**Per-connection memory.** Each of the ${m.connsOpened} client connections is two relayed connections inside the proxy (A's outbound accept + upstream, B's inbound accept + transparent upstream): four sockets; the proxy's fds went from ${m.fdsBefore} to ${m.fdsConns}. Per relayed connection (one leg) that is ${fmt((d.perConnBytes ?? NaN) / 2000, 2)} KB. `) +
+        `Kernel socket buffers are not in the proxy's RSS; what is counted is the proxy's own per-connection state (Bun socket objects, the relay and its record, metric handles).` + lost,
     );
   }
   if (m?.conns !== undefined && m.conns < r.params.idleConns) {
     notes.push(
-      `**${m.conns} idle connections instead of ${r.params.idleConns}.** The proxy's fd limit here is ${r.fdLimit ?? "20000"} (RLIMIT_NOFILE hard limit; raising it needs CAP_SYS_RESOURCE, which this machine does not grant) and each connection through A's outbound and B's inbound listener holds 4 of its fds. The per-connection cost is the slope, measured over the connections that were open.`,
+      `**${m.conns} idle connections instead of ${r.params.idleConns}.** The proxy's fd limit here is ${r.fdLimit ?? "20000"} (RLIMIT_NOFILE hard limit; raising it needs CAP_SYS_RESOURCE, which this machine does not grant) and each connection holds ${(m.legs ?? 2) * 2} of its fds (${(m.legs ?? 2) === 1 ? "B's inbound accept and its upstream" : "A's outbound and B's inbound listener, two each"}). The per-connection cost is the slope, measured over the connections that were open.`,
     );
   }
   return notes;

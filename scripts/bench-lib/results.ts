@@ -70,17 +70,23 @@ export interface MemoryResult {
   /** Fresh proxy (after the restart) serving `pods` pods. */
   rssPodsKiB: number;
   pods: number;
-  /** Same proxy before and after `conns` idle connections A → B were opened through it. */
+  /**
+   * Relays per idle connection: 1 = from a pod that is not enrolled into B (through B's inbound
+   * listener only: "connections through one pod"); 2 = A → B, both enrolled (runs before
+   * 2026-11-24 evening; absent in their JSON).
+   */
+  legs?: 1 | 2;
+  /** Same proxy before and after `conns` idle connections were opened through it. */
   rssBeforeConnsKiB: number;
   rssConnsKiB: number;
   conns: number;
   /** Connections the proxy relays end to end (reached the server in B): the divisor. */
   connsOpened: number;
-  /** Connections the client opened (to A's outbound listener). */
+  /** Connections the client opened. */
   clientConns: number;
   /** The proxy's closed-connection records from the idle phase, grouped ("N× direction: error"). */
   lostReasons?: string[];
-  /** TcpExtListenDrops during the burst, in pods A and B. */
+  /** TcpExtListenDrops during the burst, in the client's pod (a) and B. */
   listenDrops: { a: number; b: number };
   connectMs?: number;
   fdsBefore: number;

@@ -4,7 +4,7 @@
 //   GET  /pods                   the manager's pods as JSON (running/pending, listeners, IPs, counts)
 //   GET  /connections[?recent]   live connection records (and the recently closed ones, a bounded
 //                                ring: how they ended, bytes each way) — used by tests and `nshub demo`
-//   POST /debug/gc               a full garbage collection, then memory figures (leak checks compare
+//   POST /debug/gc               a full garbage collection (every data-plane thread), then memory figures (leak checks compare
 //                                RSS without garbage in it). Admin server only: it costs a stop-the-
 //                                world pause, so it is never on the metrics or readiness port.
 import type { Hono } from "hono";
@@ -40,8 +40,10 @@ export function proxyAdminRoutes(manager: Pick<ProxyWorkloadManager, "pods" | "t
           ...(recent ? { recent: [...t.recent(), ...threads.recent].sort((a, b) => (a.closedAt ?? 0) - (b.closedAt ?? 0) || a.id - b.id).map(recordJson) } : {}),
         });
       });
-      app.post("/debug/gc", (c) => {
+      app.post("/debug/gc", async (c) => {
         const before = process.memoryUsage();
+        // Every thread's heap: the Worker threads' first, then this one.
+        if (pool) await pool.askAll({ q: "gc" });
         Bun.gc(true);
         const after = process.memoryUsage();
         return c.json({ rssBefore: before.rss, rss: after.rss, heapUsed: after.heapUsed, heapTotal: after.heapTotal });

@@ -24,6 +24,8 @@ export type Question =
   /** Live connections per pod uid. */
   | { q: "podConnections" }
   | { q: "drain"; deadlineMs: number }
+  /** A full garbage collection of this thread's heap (admin POST /debug/gc). */
+  | { q: "gc" }
   /** Stop the thread's helpers (fd poller) so the Worker can be terminated. */
   | { q: "stop" };
 

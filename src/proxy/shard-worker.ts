@@ -101,6 +101,9 @@ async function answer(q: Question): Promise<unknown> {
       return Object.fromEntries(mgr.pods().map((p) => [p.uid, p.connections]));
     case "drain":
       return mgr.drain(q.deadlineMs);
+    case "gc":
+      Bun.gc(true);
+      return true;
     case "stop":
       stopFdPoller();
       return true;
