@@ -505,23 +505,27 @@ export class Agent {
       throw new ConnectError(`the netns at ${loc.path} changed while enrolling ${what}; try again`, Code.Aborted);
     }
     const nsPath = fdPath(ns);
-    try {
-      await this.opts.dataplane.applyPod(nsPath);
-    } catch (err) {
-      ns.close();
-      throw new ConnectError(`${what}: applying the in-pod rules in ${loc.path} failed (nothing was left applied): ${errText(err)}`, Code.Internal);
-    }
+    // The in-pod rules and the host probe set are independent (a probe SNATed before the pod's
+    // rules exist simply reaches the app uncaptured), so both are set up at once; whatever
+    // succeeded is undone when the other fails.
     const added: string[] = [];
-    try {
+    const host = (async () => {
       for (const ip of e.ips) {
         await this.opts.dataplane.addHostPod(ip, e.uid);
         added.push(ip);
       }
-    } catch (err) {
+    })();
+    const [pod, probes] = await Promise.allSettled([this.opts.dataplane.applyPod(nsPath), host]);
+    if (pod.status === "rejected" || probes.status === "rejected") {
       for (const ip of added) await this.opts.dataplane.removeHostPod(ip, e.uid).catch(() => undefined);
-      await this.opts.dataplane.removePod(nsPath).catch((re) => this.log.error("undoing the in-pod rules failed", { uid: e.uid, error: errText(re) }));
+      if (pod.status === "fulfilled") {
+        await this.opts.dataplane.removePod(nsPath).catch((re) => this.log.error("undoing the in-pod rules failed", { uid: e.uid, error: errText(re) }));
+      }
       ns.close();
-      throw new ConnectError(`${what}: adding its IPs to the host probe set failed (its rules were removed again): ${errText(err)}`, Code.Internal);
+      if (pod.status === "rejected") {
+        throw new ConnectError(`${what}: applying the in-pod rules in ${loc.path} failed (nothing was left applied): ${errText(pod.reason)}`, Code.Internal);
+      }
+      throw new ConnectError(`${what}: adding its IPs to the host probe set failed (its rules were removed again): ${errText((probes as PromiseRejectedResult).reason)}`, Code.Internal);
     }
     e.netns?.close();
     e.netns = ns;
