@@ -593,6 +593,11 @@ async function main(): Promise<number> {
   results.rules = hap.rules;
   results.haproxyThreads = threadCount(hap.proc.pid);
   results.proxyThreads = threadCount(proxy.pid);
+  try {
+    results.proxyWorkers = (JSON.parse((await nodeHttp("/config_dump")).body) as { config: { proxy: { workers: number } } }).config.proxy.workers;
+  } catch (e) {
+    results.errors.push(`reading the proxy's data-plane threads from /config_dump: ${(e as Error).message}`);
+  }
   const proxyPidOf = (p: PathName) => (p === "nshub" ? proxy.pid : p === "haproxy" ? hap.proc.pid : undefined);
 
   for (const p of PATHS) {

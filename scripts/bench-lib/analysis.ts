@@ -48,9 +48,9 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
     const ceiling = (1 / cpuN) * 8; // Gb/s one CPU can relay at this cost
     notes.push(
       `**What limits nshub's throughput here.** During the 1-stream runs the nshub proxy kept ${fmt(busy, 2)} CPUs busy (4 streams: ${fmt(d.tpProxyCpus["4"].nshub, 2)}; HAProxy: ${fmt(d.tpProxyCpus["1"].haproxy, 2)} with its ${r.haproxyThreads ?? "?"} threads). ` +
-        (busy >= 0.85 && busy <= 1.25
+        ((r.proxyWorkers ?? 1) === 1 && busy >= 0.85 && busy <= 1.25
           ? `That is one CPU, its ceiling: the relay runs on one JavaScript thread for every pod and connection, and at ${fmt(cpuN, 2)} CPU-seconds per GB one CPU relays about ${fmt(ceiling, 1)} Gb/s, whatever the number of streams — which is what it reached (${fmt(d.tp["1"].nshub, 2)} and ${fmt(d.tp["4"].nshub, 2)} Gb/s). `
-          : `At ${fmt(cpuN, 2)} CPU-seconds per GB one CPU relays about ${fmt(ceiling, 1)} Gb/s. `) +
+          : `The proxy ran ${r.proxyWorkers ?? 1} data-plane thread${(r.proxyWorkers ?? 1) === 1 ? "" : "s"}; at ${fmt(cpuN, 2)} CPU-seconds per GB one CPU relays about ${fmt(ceiling, 1)} Gb/s, and with iperf3's two ends at ${fmt(d.tpEndsCpuPerGB["1"].nshub, 2)} CPU-s/GB the machine's ${cpus} CPUs carry at most about ${fmt((cpus * 8) / (cpuN + d.tpEndsCpuPerGB["1"].nshub), 1)} Gb/s on this path, whatever the number of threads. `) +
         `Half of direct (${fmt(d.tp["1"].direct / 2, 2)} / ${fmt(d.tp["4"].direct / 2, 2)} Gb/s for 1 / 4 streams) needs either a cheaper relay per byte (≤ ${fmt(8 / (d.tp["1"].direct / 2), 2)} CPU-s/GB for 1 stream on one thread; e.g. \`splice\` in the Zig library, which skips the user-space copy) or the relay spread over more threads, and on this ${cpus}-CPU machine the iperf3 ends need their share too. nshub has the threads (\`proxy.workers\`, default 2: Worker threads that each bind every pod's listeners with SO_REUSEPORT); in two pairs of \`--quick\` runs on this machine (2026-11-24) 2 threads gave 4.45–4.48 Gb/s for 4 streams against 3.13–4.26 with 1, and about the same for 1 stream (one connection's two relays may land on the same thread): iperf3's two ends already need most of the second CPU. \`splice\` is not usable as things are: Bun owns the accepted sockets and reads them itself, so a kernel-side copy would need the relay's fds outside Bun's event loop.`,
     );
   }
@@ -99,7 +99,7 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
       `**Latency: syscalls per round trip.** ${latMissed ? "nshub added more p50 latency than HAProxy in this run. " : ""}During a sockperf run under strace the proxy made ${fmt(total(calls) / messages, 1)} syscalls per round trip (one 64-byte message through A's outbound and B's inbound relay, and the reply back): ${top(calls, messages, 6)}. ` +
         ((calls.futex ?? 0) + signals(calls) > 0.5 * messages
           ? `Besides the 4 receives, 4 sends and the event-loop waits that two relays need, ${fmt((calls.futex ?? 0) / messages, 1)} futex and ${fmt(signals(calls) / messages, 1)} signal-related calls per round trip are threads of the Bun process waking each other.`
-          : `That is the minimum for two relays (4 receives, 4 sends, and a wake-up of the proxy's event loop for each of the 4 hops): the added latency is the cost of those wake-ups and copies on a busy CPU, not extra work per message. nshub's relay runs all four hops on one JavaScript thread; HAProxy ran ${r.haproxyThreads ?? "its default number of"} threads here.`),
+          : `That is the minimum for two relays (4 receives, 4 sends, and a wake-up of the proxy's event loop for each of the 4 hops): the added latency is the cost of those wake-ups and copies on a busy CPU, not extra work per message. nshub ran ${r.proxyWorkers ?? 1} data-plane thread${(r.proxyWorkers ?? 1) === 1 ? "" : "s"} and HAProxy ${r.haproxyThreads ?? "its default number of"} threads here.`),
     );
   }
   const cpsMissed = Number.isFinite(d.cps.nshub) && Number.isFinite(d.cps.haproxy) && d.cps.nshub < 0.8 * d.cps.haproxy;

@@ -191,7 +191,7 @@ export function renderReport(r: BenchResults, extras: ReportExtras = { notes: []
     "",
     `Load average (1/5/15 min) when the run started: ${r.load?.start ?? "n/a"}; when it ended: ${r.load?.end ?? "n/a"} (anything above ~0 at the start is other work sharing these CPUs; the numbers are only as quiet as the machine was).`,
     "",
-    `iptables: ${m.iptables}. HAProxy ran with ${r.haproxyThreads ?? "its default number of"} thread${r.haproxyThreads === 1 ? "" : "s"} (its default: one per CPU); the nshub proxy process had ${r.proxyThreads ?? "?"} threads (Bun's JS thread plus runtime/poller threads).`,
+    `iptables: ${m.iptables}. HAProxy ran with ${r.haproxyThreads ?? "its default number of"} thread${r.haproxyThreads === 1 ? "" : "s"} (its default: one per CPU); the nshub proxy ran ${r.proxyWorkers ?? 1} data-plane thread${(r.proxyWorkers ?? 1) === 1 ? "" : "s"} (\`proxy.workers\`) and its process had ${r.proxyThreads ?? "?"} threads in all (JS threads plus Bun's runtime and fd-poller threads).`,
     "",
     "## Results",
     "",

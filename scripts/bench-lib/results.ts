@@ -147,6 +147,8 @@ export interface BenchResults {
   params: BenchParams;
   haproxyThreads?: number;
   proxyThreads?: number;
+  /** The proxy's data-plane threads (its config's proxy.workers, from /config_dump); absent in older runs = 1. */
+  proxyWorkers?: number;
   checks: PathCheck[];
   rules: { position: number; before: string; after: string } | undefined;
   throughput: Record<"1" | "4", Record<PathName, ThroughputRun[]>>;
