@@ -193,6 +193,14 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
 
   let requestQuit: (reason: string) => void = () => undefined;
   const quit = new Promise<string>((resolve) => (requestQuit = resolve));
+  // A dead data-plane thread leaves its listeners open with nobody accepting (the kernel keeps
+  // giving them a share of new connections): drain and exit non-zero so the supervisor restarts
+  // the proxy, and the new one takes over through the SO_REUSEPORT hand-over.
+  let threadFailure: string | undefined;
+  threads?.onFailure((thread, error) => {
+    threadFailure ??= `data-plane thread ${thread} failed: ${error}`;
+    requestQuit(threadFailure);
+  });
   const view = createProxyView({
     manager,
     threads,
@@ -262,5 +270,9 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   process.off("SIGTERM", onTerm);
   process.off("SIGINT", onInt);
   stopFdPoller();
+  if (threadFailure) {
+    log.error("exiting with an error: a data-plane thread failed", { error: threadFailure });
+    return 1;
+  }
   return 0;
 }

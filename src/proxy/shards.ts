@@ -31,13 +31,24 @@ class Shard {
     readonly index: number,
     readonly worker: Worker,
     log: Logger,
+    onFailed: (index: number, error: string) => void,
   ) {
     worker.onerror = (ev) => {
-      this.#failed = ev.message;
-      log.error("data-plane thread failed", { thread: index, error: ev.message });
-      for (const p of this.#pending.values()) p.reject(new Error(`thread ${index} failed: ${ev.message}`));
+      const error = ev.message || "uncaught error";
+      if (this.#failed !== undefined) return;
+      this.#failed = error;
+      log.error("data-plane thread failed", { thread: index, error });
+      for (const p of this.#pending.values()) {
+        clearTimeout(p.timer);
+        p.reject(new Error(`thread ${index} failed: ${error}`));
+      }
       this.#pending.clear();
+      onFailed(index, error);
     };
+  }
+
+  get failed(): string | undefined {
+    return this.#failed;
   }
 
   send(m: ToShard): void {
@@ -75,24 +86,40 @@ function workerUrl(): string {
 }
 
 export class ShardPool {
+  #onFailure: ((thread: number, error: string) => void) | undefined;
+  /** Threads that failed before a failure handler was set (reported when it is). */
+  #failedEarly: Array<[number, string]> = [];
+
   private constructor(
-    readonly shards: readonly Shard[],
+    readonly shards: Shard[],
     private readonly log: Logger,
   ) {}
 
-  /** Starts `count` Workers (threads 1..count) and waits until each is initialised. */
-  static async start(count: number, cfg: ProxyConfig, logLevel: string, log: Logger): Promise<ShardPool> {
-    const shards: Shard[] = [];
+  /**
+   * Starts `count` Workers (threads 1..count) and waits until each is initialised. `workerUrl`
+   * replaces the Worker's code (tests).
+   */
+  static async start(count: number, cfg: ProxyConfig, logLevel: string, log: Logger, opts: { workerUrl?: string } = {}): Promise<ShardPool> {
+    const pool = new ShardPool([], log);
     const ready: Promise<void>[] = [];
     for (let i = 1; i <= count; i++) {
-      const worker = new Worker(workerUrl());
-      const shard = new Shard(i, worker, log);
+      const worker = new Worker(opts.workerUrl ?? workerUrl());
+      let startFailed: ((e: Error) => void) | undefined;
+      const shard = new Shard(i, worker, log, (index, error) => {
+        startFailed?.(new Error(`data-plane thread ${index} failed while starting: ${error}`));
+        pool.#failed(index, error);
+      });
       ready.push(
         new Promise<void>((resolve, reject) => {
           const timer = setTimeout(() => reject(new Error(`data-plane thread ${i} did not start within 10 s`)), 10_000);
+          startFailed = (e) => {
+            clearTimeout(timer);
+            reject(e);
+          };
           worker.onmessage = (ev: MessageEvent<FromShard>) => {
             if (ev.data.t === "ready") {
               clearTimeout(timer);
+              startFailed = undefined;
               resolve();
             }
             shard.settle(ev.data);
@@ -100,9 +127,8 @@ export class ShardPool {
         }),
       );
       worker.postMessage({ t: "init", cfg, logLevel, index: i, count: count + 1 } satisfies ToShard);
-      shards.push(shard);
+      pool.shards.push(shard);
     }
-    const pool = new ShardPool(shards, log);
     try {
       await Promise.all(ready);
     } catch (e) {
@@ -114,6 +140,21 @@ export class ShardPool {
 
   get size(): number {
     return this.shards.length;
+  }
+
+  /**
+   * Called once per thread that dies (an uncaught error ends a Worker). Its listeners would stay
+   * open in the kernel with nobody accepting: SO_REUSEPORT would keep handing it a share of new
+   * connections, so the proxy must not carry on as if nothing happened (command.ts shuts down).
+   */
+  onFailure(fn: (thread: number, error: string) => void): void {
+    this.#onFailure = fn;
+    for (const [t, e] of this.#failedEarly.splice(0)) fn(t, e);
+  }
+
+  #failed(thread: number, error: string): void {
+    if (this.#onFailure) this.#onFailure(thread, error);
+    else this.#failedEarly.push([thread, error]);
   }
 
   /**
@@ -190,7 +231,7 @@ export class ShardPool {
   /** Stops the Workers' helper threads, then the Workers. */
   async stop(): Promise<void> {
     await this.askAll<boolean>({ q: "stop" }, 2_000);
-    for (const s of this.shards) s.worker.terminate();
+    for (const s of this.shards) if (s.failed === undefined) s.worker.terminate();
   }
 }
 
