@@ -244,8 +244,8 @@ export class ConnectionMetrics {
    * then nothing at all runs per chunk.
    */
   open(labels: TrafficLabels, opts: { direction?: "inbound" | "outbound"; pull?: (h: ConnectionHandle) => void } = {}): ConnectionHandle {
-    const interned = this.#internLabels(labels);
-    this.#pendingOf(interned).opened++;
+    const interned = this.intern(labels);
+    this.pendingOf(interned).opened++;
     const direction = opts.direction ?? (labels.reporter === "source" ? "outbound" : "inbound");
     const h = new ConnectionHandle(this, this.#c, interned, direction, opts.pull);
     this.#live.add(h);
@@ -271,15 +271,6 @@ export class ConnectionMetrics {
 
   /** @internal The pending counts of one (interned) label set. */
   pendingOf(labels: TrafficLabels): PendingCounts {
-    return this.#pendingOf(labels);
-  }
-
-  /** @internal The interned copy of `labels`. */
-  intern(labels: TrafficLabels): TrafficLabels {
-    return this.#internLabels(labels);
-  }
-
-  #pendingOf(labels: TrafficLabels): PendingCounts {
     let p = this.#pending.get(labels);
     if (!p) {
       p = { opened: 0, closed: 0, failed: 0, sent: 0, received: 0 };
@@ -288,8 +279,8 @@ export class ConnectionMetrics {
     return p;
   }
 
-  /** One frozen object per distinct label set (what flush groups by). */
-  #internLabels(labels: TrafficLabels): TrafficLabels {
+  /** @internal One frozen object per distinct label set (what flush groups by). */
+  intern(labels: TrafficLabels): TrafficLabels {
     let key = "";
     for (const n of TRAFFIC_LABELS) key += labels[n] + "\u0000";
     let v = this.#interned.get(key);
@@ -377,11 +368,6 @@ export class ConnectionHandle {
     const p = owner.pendingOf(this.labels);
     p.sent += s;
     p.received += r;
-  }
-
-  /** Moves this connection's pending bytes into the counters (and everything else pending). */
-  flush(): void {
-    this.#owner.flush();
   }
 
   /** Counts the close (with ztunnel's response flag), any failure, and the last bytes. Idempotent. */

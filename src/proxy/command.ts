@@ -13,12 +13,11 @@ import { ConfigError, loadConfig } from "../config/load.ts";
 import { createLogger, getLogLevel, setLogLevel } from "../log/logger.ts";
 import { ZdsClient } from "../zds/client.ts";
 import { createConnectionObserver } from "../admin/connection-observer.ts";
-import { createProxyMetrics, createRegistry, type LabelWorkload } from "../admin/metrics.ts";
+import { createProxyMetrics, createRegistry } from "../admin/metrics.ts";
 import { serveAdmin, type AdminServers, type AppExtension } from "../admin/proxy-admin.ts";
 import { proxyAdminRoutes } from "./admin.ts";
 import { CapabilityError, checkCapabilities } from "./capabilities.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
-import { ConnectionTable } from "./records.ts";
 import { ShardPool, ThreadedWorkloadManager } from "./shards.ts";
 import { createProxyView } from "./view.ts";
 import { AggregatorRegistry } from "prom-client";
@@ -92,9 +91,6 @@ export interface ProxyMainHooks {
 
 const hook = (f: ((app: Hono) => void) | undefined): AppExtension[] => (f ? [{ routes: f }] : []);
 
-/** "::ffff:10.0.0.1" → "10.0.0.1" (peers of dual-stack listeners). */
-const plainIp = (ip: string) => (ip.startsWith("::ffff:") && ip.includes(".") ? ip.slice(7) : ip);
-
 export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<number> {
   const { values } = parseArgs({ args, options: FLAGS, strict: true, allowPositionals: false });
   if (values.help) {
@@ -148,18 +144,11 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   const manager = new ProxyWorkloadManager({
     cfg: pc,
     log: createLogger("proxy/pods"),
-    // Thread 0 of pc.workers: ids 1, 1+n, 1+2n… (the Workers' tables continue the pattern).
-    table: new ConnectionTable({ firstId: 1, idStep: pc.workers, onObserverError: (e) => log.warn("connection observer failed", { error: (e as Error).message }) }),
+    thread: { index: 0, count: pc.workers },
     events: { podStarted: () => metrics.workloads.started(), podStopped: () => metrics.workloads.stopped() },
   });
   metrics.workloads.bindCounts(() => manager.counts());
-  // Peers that are pods this proxy serves get their workload labels (e.g. the destination of
-  // an outbound connection to another pod of this node); everything else is `unknown`.
-  const peerLookup = (ip: string): LabelWorkload | undefined => {
-    const p = manager.podByIp(plainIp(ip));
-    return p ? { name: p.ref.name, namespace: p.ref.namespace, serviceAccount: p.ref.serviceAccount } : undefined;
-  };
-  manager.table.addObserver(createConnectionObserver({ metrics: metrics.connections, peerLookup }));
+  manager.table.addObserver(createConnectionObserver({ metrics: metrics.connections, peerLookup: (ip) => manager.peerWorkload(ip) }));
 
   // Data-plane Worker threads (see shards.ts); the main thread is thread 0.
   let pool: ShardPool | undefined;

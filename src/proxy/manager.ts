@@ -54,6 +54,11 @@ export interface ManagerOptions {
   cfg: ProxyConfig;
   log: Logger;
   table?: ConnectionTable;
+  /**
+   * This manager's data-plane thread (index 0 = main) of `count`: its default table numbers its
+   * connections index+1, index+1+count, … so ids stay unique across threads.
+   */
+  thread?: { index: number; count: number };
   kinds?: readonly ListenerKind[];
   events?: ManagerEvents;
 }
@@ -77,7 +82,11 @@ export class ProxyWorkloadManager implements WorkloadManager {
     this.#events = opts.events ?? {};
     this.table =
       opts.table ??
-      new ConnectionTable({ onObserverError: (e) => opts.log.warn("connection observer failed", { error: (e as Error).message }) });
+      new ConnectionTable({
+        firstId: (opts.thread?.index ?? 0) + 1,
+        idStep: opts.thread?.count ?? 1,
+        onObserverError: (e) => opts.log.warn("connection observer failed", { error: (e as Error).message }),
+      });
     const kinds = opts.kinds ?? LISTENER_KINDS;
     this.#deps = { cfg: opts.cfg, table: this.table, log: opts.log, kinds, proxyPorts: proxyPorts(opts.cfg, kinds) };
   }
@@ -197,9 +206,15 @@ export class ProxyWorkloadManager implements WorkloadManager {
     return this.#pods.get(uid);
   }
 
-  /** The running pod that owns `ip` (one of its interface addresses), if any. Once per connection. */
-  podByIp(ip: string): PodProxy | undefined {
-    return this.#byIp.get(ip);
+  /**
+   * The workload labels of a peer address when it is a pod this proxy serves (the metrics' peer
+   * lookup: e.g. the destination of an outbound connection to another pod of this node). Once per
+   * connection.
+   * "::ffff:10.0.0.1" (a peer of a dual-stack listener) counts as 10.0.0.1.
+   */
+  peerWorkload(ip: string): { name: string; namespace: string; serviceAccount: string } | undefined {
+    const p = this.#byIp.get(ip.startsWith("::ffff:") && ip.includes(".") ? ip.slice(7) : ip);
+    return p ? { name: p.ref.name, namespace: p.ref.namespace, serviceAccount: p.ref.serviceAccount } : undefined;
   }
 
   /** Running ("active") and pending pods, for the workload-manager gauges. */

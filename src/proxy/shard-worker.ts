@@ -5,9 +5,8 @@ import { Registry } from "prom-client";
 import { homeNetns, Netns, stopFdPoller } from "../sys/index.ts";
 import { createLogger, setLogLevel } from "../log/logger.ts";
 import { createConnectionObserver } from "../admin/connection-observer.ts";
-import { createProxyMetrics, type LabelWorkload } from "../admin/metrics.ts";
+import { createProxyMetrics } from "../admin/metrics.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
-import { ConnectionTable } from "./records.ts";
 import { plainRecord, type ConnectionsAnswer, type FromShard, type Question, type ToShard } from "./shard-protocol.ts";
 
 declare const self: Worker;
@@ -17,7 +16,6 @@ let registry: Registry | undefined;
 let log = createLogger("proxy/thread");
 
 const post = (m: FromShard) => self.postMessage(m);
-const plainIp = (ip: string) => (ip.startsWith("::ffff:") && ip.includes(".") ? ip.slice(7) : ip);
 
 self.onmessage = (ev: MessageEvent<ToShard>) => {
   try {
@@ -69,21 +67,12 @@ function init(m: Extract<ToShard, { t: "init" }>): void {
   homeNetns();
   setLogLevel(m.logLevel);
   log = createLogger("proxy/thread", { thread: m.index });
-  const table = new ConnectionTable({
-    firstId: m.index + 1,
-    idStep: m.count,
-    onObserverError: (e) => log.warn("connection observer failed", { error: (e as Error).message }),
-  });
-  manager = new ProxyWorkloadManager({ cfg: m.cfg, log: createLogger("proxy/pods", { thread: m.index }), table });
+  const mgr = new ProxyWorkloadManager({ cfg: m.cfg, log: createLogger("proxy/pods", { thread: m.index }), thread: { index: m.index, count: m.count } });
+  manager = mgr;
   // Only the traffic metrics live here; the main thread sums them into its own at each scrape.
   registry = new Registry();
   const metrics = createProxyMetrics(registry);
-  const mgr = manager;
-  const peerLookup = (ip: string): LabelWorkload | undefined => {
-    const p = mgr.podByIp(plainIp(ip));
-    return p ? { name: p.ref.name, namespace: p.ref.namespace, serviceAccount: p.ref.serviceAccount } : undefined;
-  };
-  table.addObserver(createConnectionObserver({ metrics: metrics.connections, peerLookup }));
+  mgr.table.addObserver(createConnectionObserver({ metrics: metrics.connections, peerLookup: (ip) => mgr.peerWorkload(ip) }));
   post({ t: "ready" });
 }
 
