@@ -24,14 +24,11 @@ export interface RelaySocket {
   terminate(): void;
   pause(): void;
   resume(): void;
-  setKeepAlive(enable?: boolean, initialDelay?: number): boolean;
 }
 
 export interface RelayOptions {
   /** Most bytes queued per direction before the reader feeding that queue is paused. */
   maxQueuedBytes: number;
-  /** Per-connection hook (keepalive etc.) applied to both sockets once they exist. */
-  configureSocket?: (sock: RelaySocket) => void;
 }
 
 class Side {
@@ -76,7 +73,6 @@ export class Relay {
     this.client.sock = client;
     client.data = this;
     this.#wantsBytes = table.wantsBytes;
-    opts.configureSocket?.(client);
   }
 
   get finished(): boolean {
@@ -110,7 +106,6 @@ export class Relay {
       return;
     }
     this.upstream.sock = sock;
-    this.opts.configureSocket?.(sock);
     this.table.established(this.rec);
     // Flush what the client sent meanwhile, and a FIN it may have sent too.
     this.#flush(this.upstream);

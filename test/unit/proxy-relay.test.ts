@@ -7,6 +7,7 @@ import { createHash } from "node:crypto";
 import * as sys from "../../src/sys/index.ts";
 import { ConnectionTable, type CloseHow, type ConnectionRecord } from "../../src/proxy/records.ts";
 import { clientHandlers, Relay, type RelaySocket } from "../../src/proxy/relay.ts";
+import { setKeepalive } from "../../src/proxy/handlers.ts";
 
 const MAX_Q = 64 * 1024;
 
@@ -76,17 +77,23 @@ function relayProxy(upstreamPort: number, opts: { connectDelayMs?: number } = {}
         originalDst: { ip: "127.0.0.1", port: upstreamPort },
         upstream: { ip: "127.0.0.1", port: upstreamPort },
       });
-      const relay = new Relay(rec, sock, table, { maxQueuedBytes: MAX_Q, configureSocket: (s) => s.setKeepAlive(true, 60_000) });
+      const relay = new Relay(rec, sock, table, { maxQueuedBytes: MAX_Q });
       relays.push(relay);
       const go = () =>
         sys.connectTcp({ host: "127.0.0.1", port: upstreamPort, mark: 0, timeoutMs: 2000 }).then(
-          (fd) => relay.adoptUpstream(fd),
+          (fd) => {
+            // Keepalive as the proxy sets it (handlers.ts): on the upstream fd before Bun adopts it.
+            setKeepalive(fd, 60);
+            return relay.adoptUpstream(fd);
+          },
           (e) => relay.connectFailed((e as sys.SysError).code ?? String(e)),
         );
       if (opts.connectDelayMs) setTimeout(go, opts.connectDelayMs);
       else void go();
     }),
   } as any);
+  // …and on the listener, whose accepted sockets inherit it.
+  setKeepalive((l as unknown as { fd: number }).fd, 60);
   return { port: l.port, table, relays, closed, stop: () => l.stop(true) };
 }
 
