@@ -138,10 +138,6 @@ export class ShardPool {
     return pool;
   }
 
-  get size(): number {
-    return this.shards.length;
-  }
-
   /**
    * Called once per thread that dies (an uncaught error ends a Worker). Its listeners would stay
    * open in the kernel with nobody accepting: SO_REUSEPORT would keep handing it a share of new
@@ -162,7 +158,11 @@ export class ShardPool {
    * /proc/self/fd while `netns` is still open; the Worker owns and closes it).
    */
   add(uid: string, info: WorkloadIdentity | undefined, dups: readonly Netns[]): void {
-    this.shards.forEach((s, i) => s.send({ t: "add", uid, info, fd: dups[i]!.fd }));
+    this.shards.forEach((s, i) => {
+      // A dead thread would never close its fd.
+      if (s.failed !== undefined) dups[i]!.close();
+      else s.send({ t: "add", uid, info, fd: dups[i]!.fd });
+    });
   }
 
   /** One extra fd per Worker for `netns`. */
