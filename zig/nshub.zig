@@ -346,3 +346,110 @@ export fn nh_eventfd_drain(fd: i32) i32 {
     const r = ret(linux.read(fd, std.mem.asBytes(&v), 8));
     return if (r < 0) r else 0;
 }
+
+// ---- the splice relay: listeners, epoll, pipes and splice(2) ---------------------------------
+// The proxy's kernel-copy relay (src/proxy/splice-worker.ts) runs its own epoll loop on a
+// Worker thread; these are its syscalls. Bytes move socket -> pipe -> socket inside the kernel.
+
+const SO_REUSEADDR: u32 = 2;
+const SO_REUSEPORT: u32 = 15;
+const SO_LINGER: u32 = 13;
+const IPV6_V6ONLY: u32 = 26;
+const F_SETPIPE_SZ: i32 = 1031;
+const F_GETPIPE_SZ: i32 = 1032;
+
+/// A non-blocking TCP listener in the calling thread's netns, bound to the raw sockaddr `addr`
+/// with SO_REUSEADDR and SO_REUSEPORT (a second proxy can bind the same port for a hand-over),
+/// dual stack when bound to "::", SO_MARK `mark` (if not 0; accepted sockets inherit it) and,
+/// with `transparent`, IP(V6)_TRANSPARENT. Returns the fd or -errno with nothing left open.
+export fn nh_tcp_listen(addr: [*]const u8, addr_len: u32, backlog: i32, mark: u32, transparent: i32) i32 {
+    if (addr_len < 16 or addr_len > 28) return -EINVAL;
+    const family: u16 = std.mem.readIntLittle(u16, addr[0..2]);
+    const v6 = family == linux.AF.INET6;
+    const fd = ret(linux.socket(family, linux.SOCK.STREAM | linux.SOCK.NONBLOCK | linux.SOCK.CLOEXEC, 0));
+    if (fd < 0) return fd;
+    const r = listenSetup(fd, v6, addr, addr_len, backlog, mark, transparent != 0);
+    if (r < 0) {
+        _ = linux.close(fd);
+        return r;
+    }
+    return fd;
+}
+
+fn listenSetup(fd: i32, v6: bool, addr: [*]const u8, addr_len: u32, backlog: i32, mark: u32, transparent: bool) i32 {
+    var r = setInt(fd, SOL_SOCKET, SO_REUSEADDR, 1);
+    if (r < 0) return r;
+    r = setInt(fd, SOL_SOCKET, SO_REUSEPORT, 1);
+    if (r < 0) return r;
+    if (v6) {
+        r = setInt(fd, SOL_IPV6, IPV6_V6ONLY, 0);
+        if (r < 0) return r;
+    }
+    if (mark != 0) {
+        r = setInt(fd, SOL_SOCKET, SO_MARK, @as(i32, @bitCast(mark)));
+        if (r < 0) return r;
+    }
+    if (transparent) {
+        r = setInt(fd, if (v6) SOL_IPV6 else SOL_IP, if (v6) IPV6_TRANSPARENT else IP_TRANSPARENT, 1);
+        if (r < 0) return r;
+    }
+    r = ret(linux.bind(fd, @ptrCast(@alignCast(addr)), addr_len));
+    if (r < 0) return r;
+    return ret(linux.listen(fd, @as(u31, @intCast(backlog))));
+}
+
+/// Closes `fd` with an RST instead of a FIN (SO_LINGER on, timeout 0): a relay reset.
+export fn nh_close_reset(fd: i32) i32 {
+    const linger = extern struct { onoff: i32, secs: i32 }{ .onoff = 1, .secs = 0 };
+    _ = linux.setsockopt(fd, SOL_SOCKET, SO_LINGER, std.mem.asBytes(&linger), @sizeOf(@TypeOf(linger)));
+    return ret(linux.close(fd));
+}
+
+export fn nh_epoll_create() i32 {
+    return ret(linux.epoll_create1(linux.EPOLL.CLOEXEC));
+}
+
+/// epoll_ctl with a 32-bit cookie as the event's data (what nh_epoll_wait reports back).
+export fn nh_epoll_ctl(ep: i32, op: i32, fd: i32, events: u32, cookie: u32) i32 {
+    var ev = linux.epoll_event{ .events = events, .data = .{ .u64 = cookie } };
+    return ret(linux.epoll_ctl(ep, @as(u32, @bitCast(op)), fd, if (op == linux.EPOLL.CTL_DEL) null else &ev));
+}
+
+/// epoll_wait into `out` as [events, cookie] pairs of u32 (epoll_event itself is packed,
+/// awkward to read from JS). Returns how many pairs were written.
+export fn nh_epoll_wait(ep: i32, out: [*]u32, max: u32, timeout_ms: i32) i32 {
+    var evs: [256]linux.epoll_event = undefined;
+    const n_max: u32 = if (max > evs.len) evs.len else max;
+    const r = ret(linux.epoll_wait(ep, &evs, n_max, timeout_ms));
+    if (r <= 0) return r;
+    var i: usize = 0;
+    while (i < @as(usize, @intCast(r))) : (i += 1) {
+        out[2 * i] = evs[i].events;
+        out[2 * i + 1] = @as(u32, @truncate(evs[i].data.u64));
+    }
+    return r;
+}
+
+/// A non-blocking pipe pair into out[0] (read end), out[1] (write end), sized to `size` bytes
+/// when the system allows (else the default). Returns the pipe's capacity in bytes.
+export fn nh_pipe(out: *[2]i32, size: i32) i32 {
+    const r = ret(linux.pipe2(out, linux.O.NONBLOCK | linux.O.CLOEXEC));
+    if (r < 0) return r;
+    if (size > 0) _ = linux.fcntl(out[1], F_SETPIPE_SZ, @as(usize, @intCast(size)));
+    const cap = ret(linux.fcntl(out[1], F_GETPIPE_SZ, 0));
+    if (cap < 0) {
+        _ = linux.close(out[0]);
+        _ = linux.close(out[1]);
+        return cap;
+    }
+    return cap;
+}
+
+const SPLICE_F_MOVE: usize = 1;
+const SPLICE_F_NONBLOCK: usize = 2;
+
+/// splice(2) up to `len` bytes from `fd_in` to `fd_out` (one of them a pipe), never blocking.
+/// Returns the bytes moved, 0 at end of input, or -errno (-EAGAIN: nothing to do now).
+export fn nh_splice(fd_in: i32, fd_out: i32, len: u32) i32 {
+    return ret(linux.syscall6(.splice, fdArg(fd_in), 0, fdArg(fd_out), 0, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK));
+}

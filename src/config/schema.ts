@@ -67,6 +67,13 @@ export const proxySchema = z
      * (docs/BENCHMARKS.md).
      */
     workers: z.number().int().min(1).max(64).default(2),
+    /**
+     * How bytes are relayed: "splice" moves them socket → pipe → socket inside the kernel on a
+     * relay thread per data-plane thread (no user-space copy); "userspace" reads and writes
+     * them through Bun sockets. `maxQueuedBytes` bounds each direction either way (the pipe
+     * size, or the queue before the reader pauses).
+     */
+    relay: z.enum(["splice", "userspace"]).default("splice"),
   })
   .prefault({});
 

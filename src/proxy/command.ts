@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import type { Hono } from "hono";
 import pkg from "../../package.json" with { type: "json" };
 import { homeNetns, stopFdPoller } from "../sys/index.ts";
+import { stopSpliceEngine } from "./splice-engine.ts";
 import { ConfigError, loadConfig } from "../config/load.ts";
 import { createLogger, getLogLevel, setLogLevel } from "../log/logger.ts";
 import { ZdsClient } from "../zds/client.ts";
@@ -41,6 +42,7 @@ options:
   --pending-retry-ms <ms>       retry interval for pods whose listeners failed (default 5000)
   --max-queued-bytes <n>        per-direction relay queue before the reader pauses (default 262144)
   --workers <n>                 data-plane threads, each with every pod's listeners (default 2)
+  --relay <mode>                splice (kernel copy, default) or userspace (Bun sockets)
   --log-level <level>           trace, debug, info, warn, error
   -h, --help                    this text
 
@@ -59,6 +61,7 @@ const FLAGS = {
   "pending-retry-ms": { type: "string" },
   "max-queued-bytes": { type: "string" },
   workers: { type: "string" },
+  relay: { type: "string" },
   "log-level": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
@@ -76,6 +79,7 @@ const FLAG_KEYS: Record<string, [string, boolean]> = {
   "pending-retry-ms": ["pendingRetryMs", true],
   "max-queued-bytes": ["maxQueuedBytes", true],
   workers: ["workers", true],
+  relay: ["relay", false],
 };
 
 export interface ProxyMainHooks {
@@ -255,6 +259,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   log.info("drained; exiting", result);
   await servers.close();
   await threads?.stop();
+  await stopSpliceEngine();
   metricsRegistry.stop();
   process.off("SIGTERM", onTerm);
   process.off("SIGINT", onInt);

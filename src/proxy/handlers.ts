@@ -1,42 +1,104 @@
 // What the outbound (15001) and inbound (15006) listeners do with an accepted connection:
 // find the original destination, refuse self calls, open the upstream socket inside the pod's
 // netns with the proxy's mark (inbound: from the client's own IP, so the app sees the real
-// peer), then hand both sockets to a Relay.
+// peer), then hand both sockets to the relay: the userspace Relay (Bun sockets) or the splice
+// relay thread (proxy.relay).
 import {
   connectTcp,
+  IPPROTO_TCP,
   localAddress,
   originalDst,
   peerAddress,
   setSockOpt,
   SOL_SOCKET,
   SO_KEEPALIVE,
+  closeReset,
+  startTcpConnect,
   SysError,
+  TCP_NODELAY,
   type SocketAddress,
 } from "../sys/index.ts";
-import { fmt, type Direction, type Endpoint } from "./records.ts";
+import { fmt, type ConnectionRecord, type Direction, type Endpoint } from "./records.ts";
 import { Relay, type RelaySocket } from "./relay.ts";
-import type { PodProxy } from "./pod.ts";
+import { SpliceRelay } from "./splice-relay.ts";
+import type { SpliceEngine } from "./splice-engine.ts";
+import type { PodProxy, PodRelay } from "./pod.ts";
 
-const IPPROTO_TCP = 6;
 const TCP_KEEPIDLE = 4;
 const TCP_KEEPINTVL = 5;
 const TCP_KEEPCNT = 6;
 /** Keepalive probes before a silent peer is declared dead (ztunnel's default). */
 const KEEPALIVE_PROBES = 9;
 
-export function acceptOutbound(pod: PodProxy, sock: RelaySocket): void {
-  accept(pod, sock, "outbound");
-}
-
-export function acceptInbound(pod: PodProxy, sock: RelaySocket): void {
-  accept(pod, sock, "inbound");
-}
-
 const ep = (a: SocketAddress): Endpoint => ({ ip: a.ip, port: a.port });
 
-function accept(pod: PodProxy, sock: RelaySocket, direction: Direction): void {
+/** Accepts for the userspace relay (Bun sockets; relay.ts). */
+export function acceptSocket(pod: PodProxy, sock: RelaySocket, direction: Direction): void {
   const { cfg, table, log } = pod.deps;
-  const fd = sock.fd ?? -1;
+  const admitted = admit(pod, sock.fd ?? -1, direction);
+  if (!admitted) {
+    sock.terminate();
+    return;
+  }
+  const { rec, transparentSource, dst } = admitted;
+  const relay = new Relay(rec, sock, table, { maxQueuedBytes: cfg.maxQueuedBytes });
+  pod.track(relay);
+  if (refuseSelfCall(pod, relay, dst, direction)) return;
+  connectUpstream(pod, dst, cfg, transparentSource)
+    .then(
+      (fd) => {
+        prepareUpstream(fd, rec, cfg);
+        return relay.adoptUpstream(fd);
+      },
+      (e) => {
+        const why = e instanceof SysError ? e.code : (e as Error).message;
+        log.debug("upstream connect failed; resetting the client", { id: rec.id, direction, dst: fmt(dst), error: why });
+        relay.connectFailed(why);
+      },
+    )
+    .catch((e) => relay.abort("error", (e as Error).message));
+}
+
+/**
+ * Accepts for the splice relay (splice-relay.ts): the upstream connect is started here, and
+ * the relay thread waits for it to complete, then moves the bytes.
+ */
+export function acceptFd(pod: PodProxy, fd: number, direction: Direction, engine: SpliceEngine): void {
+  const { cfg, table, log } = pod.deps;
+  // Accepted by the relay thread just before the pod was deleted: its netns is gone.
+  const admitted = pod.closed ? undefined : admit(pod, fd, direction);
+  if (!admitted) {
+    closeReset(fd);
+    return;
+  }
+  const { rec, transparentSource, dst } = admitted;
+  const relay = new SpliceRelay(rec, fd, table, engine);
+  pod.track(relay);
+  if (refuseSelfCall(pod, relay, dst, direction)) return;
+  let upstreamFd: number;
+  try {
+    upstreamFd = startUpstream(pod, dst, cfg, transparentSource);
+  } catch (e) {
+    const why = e instanceof SysError ? e.code : (e as Error).message;
+    log.debug("upstream connect failed; resetting the client", { id: rec.id, direction, dst: fmt(dst), error: why });
+    relay.connectFailed(why);
+    return;
+  }
+  prepareUpstream(upstreamFd, rec, cfg);
+  try {
+    setSockOpt(upstreamFd, IPPROTO_TCP, TCP_NODELAY, 1);
+  } catch {
+    // best effort, like keepalive
+  }
+  relay.start(upstreamFd, cfg.connectTimeoutMs);
+}
+
+/**
+ * Reads the accepted connection's addresses and opens its record; undefined (after logging)
+ * when the socket cannot tell them, and the caller resets it.
+ */
+function admit(pod: PodProxy, fd: number, direction: Direction): { rec: ConnectionRecord; dst: SocketAddress; transparentSource: string | undefined } | undefined {
+  const { table, log } = pod.deps;
   let source: SocketAddress;
   let dst: SocketAddress;
   try {
@@ -51,42 +113,31 @@ function accept(pod: PodProxy, sock: RelaySocket, direction: Direction): void {
     }
   } catch (e) {
     log.warn("cannot read the addresses of an accepted connection; resetting it", { direction, error: (e as Error).message });
-    sock.terminate();
-    return;
+    return undefined;
   }
   const rec = table.open({ pod: pod.ref, direction, source: ep(source), originalDst: ep(dst), upstream: ep(dst) });
-  // Keepalive: the accepted socket inherited it from the listener; the upstream gets it below.
-  const relay = new Relay(rec, sock, table, { maxQueuedBytes: cfg.maxQueuedBytes });
-  pod.track(relay);
-  if (pod.isSelfCall(dst, direction)) {
-    log.debug("refused a connection to the proxy's own port", { id: rec.id, direction, dst: fmt(dst), source: fmt(source) });
-    relay.abort("refused_loop", `destination ${fmt(dst)} is one of the proxy's own ports`);
-    return;
-  }
   // Inbound keeps the client's IP as the source (IP_TRANSPARENT bind); the pod's connmark and
   // table-100 rules bring the app's replies back to this socket. Not when the client is the
   // pod itself (same IP): then a plain connect is right.
   const transparentSource = direction === "inbound" && source.ip !== dst.ip ? source.ip : undefined;
-  let upstreamFd: number;
-  connectUpstream(pod, dst, cfg, transparentSource)
-    .then(
-      (fd) => {
-        upstreamFd = fd;
-        setKeepalive(fd, cfg.keepaliveIdleSec);
-        try {
-          rec.upstreamLocal = ep(localAddress(fd));
-        } catch {
-          // informational only
-        }
-        return relay.adoptUpstream(upstreamFd);
-      },
-      (e) => {
-        const why = e instanceof SysError ? e.code : (e as Error).message;
-        log.debug("upstream connect failed; resetting the client", { id: rec.id, direction, dst: fmt(dst), error: why });
-        relay.connectFailed(why);
-      },
-    )
-    .catch((e) => relay.abort("error", (e as Error).message));
+  return { rec, dst, transparentSource };
+}
+
+function refuseSelfCall(pod: PodProxy, relay: PodRelay, dst: SocketAddress, direction: Direction): boolean {
+  if (!pod.isSelfCall(dst, direction)) return false;
+  pod.deps.log.debug("refused a connection to the proxy's own port", { id: relay.rec.id, direction, dst: fmt(dst), source: fmt(relay.rec.source) });
+  relay.abort("refused_loop", `destination ${fmt(dst)} is one of the proxy's own ports`);
+  return true;
+}
+
+/** Keepalive (the accepted socket inherited it from the listener) and the record's local address. */
+function prepareUpstream(fd: number, rec: ConnectionRecord, cfg: PodProxy["deps"]["cfg"]): void {
+  setKeepalive(fd, cfg.keepaliveIdleSec);
+  try {
+    rec.upstreamLocal = ep(localAddress(fd));
+  } catch {
+    // informational only
+  }
 }
 
 /**
@@ -102,9 +153,7 @@ const SOURCE_PORT_TRIES = 16;
 async function connectUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy["deps"]["cfg"], transparentSource: string | undefined): Promise<number> {
   const base = { netns: pod.netns, host: dst.ip, port: dst.port, mark: cfg.mark, timeoutMs: cfg.connectTimeoutMs };
   if (transparentSource === undefined) return connectTcp(base);
-  const span = INBOUND_SOURCE_PORTS.max - INBOUND_SOURCE_PORTS.min + 1;
-  for (let i = 0; i < SOURCE_PORT_TRIES; i++) {
-    const transparentSourcePort = INBOUND_SOURCE_PORTS.min + Math.floor(Math.random() * span);
+  for (const transparentSourcePort of sourcePortTries()) {
     try {
       return await connectTcp({ ...base, transparentSource, transparentSourcePort });
     } catch (e) {
@@ -113,6 +162,25 @@ async function connectUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy[
     }
   }
   return connectTcp({ ...base, transparentSource });
+}
+
+/** The same, without waiting: the connect may still be in progress when the fd is returned. */
+function startUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy["deps"]["cfg"], transparentSource: string | undefined): number {
+  const base = { netns: pod.netns, host: dst.ip, port: dst.port, mark: cfg.mark };
+  if (transparentSource === undefined) return startTcpConnect(base);
+  for (const transparentSourcePort of sourcePortTries()) {
+    try {
+      return startTcpConnect({ ...base, transparentSource, transparentSourcePort });
+    } catch (e) {
+      if (!(e instanceof SysError && e.code === "EADDRINUSE")) throw e;
+    }
+  }
+  return startTcpConnect({ ...base, transparentSource });
+}
+
+function* sourcePortTries(): Generator<number> {
+  const span = INBOUND_SOURCE_PORTS.max - INBOUND_SOURCE_PORTS.min + 1;
+  for (let i = 0; i < SOURCE_PORT_TRIES; i++) yield INBOUND_SOURCE_PORTS.min + Math.floor(Math.random() * span);
 }
 
 /**

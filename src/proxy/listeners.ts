@@ -4,7 +4,9 @@
 // address it listens and how it opens its sockets (synchronously, inside the pod's netns window)
 // and handles what it accepts; the pod proxy (pod.ts) does not know the kinds.
 import {
+  closeFd,
   getSockOpt,
+  IPPROTO_TCP,
   IPV6_TRANSPARENT,
   IP_TRANSPARENT,
   SOL_IP,
@@ -13,11 +15,16 @@ import {
   SO_MARK,
   SO_REUSEPORT,
   setSockOpt,
+  localAddress,
+  tcpListen,
+  TCP_NODELAY,
 } from "../sys/index.ts";
 import type { ProxyConfig } from "../config/schema.ts";
-import { acceptInbound, acceptOutbound, setKeepalive } from "./handlers.ts";
+import { acceptFd, acceptSocket, setKeepalive } from "./handlers.ts";
 import { clientHandlers, type RelaySocket } from "./relay.ts";
+import { spliceEngine } from "./splice-engine.ts";
 import type { PodProxy } from "./pod.ts";
+import type { Direction } from "./records.ts";
 
 /** The address family the pod's wildcard listeners use: "::" (dual stack) when the pod has IPv6. */
 export type BindFamily = "ipv4" | "dual";
@@ -106,6 +113,59 @@ export function openTcpListener(opts: {
   };
 }
 
+/**
+ * The same listener for the splice relay: the socket is made by libnshub, not Bun, and the
+ * calling thread's splice relay thread accepts on it (Bun never owns these sockets, so their
+ * bytes can move by splice(2)). TCP_NODELAY and keepalive are set here for the accepted
+ * sockets to inherit. Must run inside the pod's netns window.
+ */
+export function openSpliceListener(opts: {
+  kind: string;
+  address: string;
+  port: number;
+  mark: number;
+  transparent: boolean;
+  keepaliveIdleSec: number;
+  pipeSize: number;
+  netns: string;
+  accept: (fd: number) => void;
+}): PodListener {
+  const fd = tcpListen({ address: opts.address, port: opts.port, backlog: 1024, mark: opts.mark, transparent: opts.transparent, netns: opts.netns });
+  let port: number;
+  try {
+    setSockOpt(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+    setKeepalive(fd, opts.keepaliveIdleSec);
+    port = localAddress(fd).port;
+  } catch (e) {
+    closeFd(fd);
+    throw e;
+  }
+  const engine = spliceEngine({ pipeSize: opts.pipeSize });
+  const tag = engine.listen(fd, opts.accept);
+  let closed = false;
+  return {
+    kind: opts.kind,
+    address: opts.address,
+    port,
+    fds: [fd],
+    close() {
+      if (closed) return;
+      closed = true;
+      engine.unlisten(tag);
+    },
+  };
+}
+
+/** A capture listener (outbound or inbound) with the relay `cfg.relay` chooses. */
+function openCaptureListener(pod: PodProxy, family: BindFamily, cfg: ProxyConfig, direction: Direction, port: number): PodListener {
+  const common = { kind: direction, address: wildcard(family), port, mark: cfg.mark, transparent: true, keepaliveIdleSec: cfg.keepaliveIdleSec };
+  if (cfg.relay === "splice") {
+    const engine = spliceEngine({ pipeSize: cfg.maxQueuedBytes });
+    return openSpliceListener({ ...common, pipeSize: cfg.maxQueuedBytes, netns: pod.netns.label, accept: (fd) => acceptFd(pod, fd, direction, engine) });
+  }
+  return openTcpListener({ ...common, accept: (sock) => acceptSocket(pod, sock, direction) });
+}
+
 const wildcard = (family: BindFamily) => (family === "dual" ? "::" : "0.0.0.0");
 
 /** The listener table. Order matters only for logs. */
@@ -114,31 +174,13 @@ export const LISTENER_KINDS: readonly ListenerKind[] = [
     kind: "outbound",
     port: (cfg) => cfg.outboundPort,
     enabled: () => true,
-    open: (pod, family, cfg) =>
-      openTcpListener({
-        kind: "outbound",
-        address: wildcard(family),
-        port: cfg.outboundPort,
-        mark: cfg.mark,
-        transparent: true,
-        keepaliveIdleSec: cfg.keepaliveIdleSec,
-        accept: (sock) => acceptOutbound(pod, sock),
-      }),
+    open: (pod, family, cfg) => openCaptureListener(pod, family, cfg, "outbound", cfg.outboundPort),
   },
   {
     kind: "inbound",
     port: (cfg) => cfg.inboundPort,
     enabled: () => true,
-    open: (pod, family, cfg) =>
-      openTcpListener({
-        kind: "inbound",
-        address: wildcard(family),
-        port: cfg.inboundPort,
-        mark: cfg.mark,
-        transparent: true,
-        keepaliveIdleSec: cfg.keepaliveIdleSec,
-        accept: (sock) => acceptInbound(pod, sock),
-      }),
+    open: (pod, family, cfg) => openCaptureListener(pod, family, cfg, "inbound", cfg.inboundPort),
   },
   // Next rows: { kind: "hbone", port: () => 15008, open: TLS + HTTP/2 CONNECT server },
   //            { kind: "dns", port: () => 15053, open: UDP + TCP on 127.0.0.1 (and ::1) }.

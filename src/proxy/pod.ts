@@ -8,8 +8,17 @@ import type { ProxyConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
 import type { WorkloadIdentity } from "../zds/types.ts";
 import type { BindFamily, ListenerKind, PodListener } from "./listeners.ts";
-import type { CloseHow, ConnectionTable, Direction, PodRef } from "./records.ts";
-import type { Relay } from "./relay.ts";
+import type { CloseHow, ConnectionRecord, ConnectionTable, Direction, PodRef } from "./records.ts";
+
+/** A live relayed connection of a pod: a userspace Relay (relay.ts) or a SpliceRelay. */
+export interface PodRelay {
+  readonly rec: ConnectionRecord;
+  readonly finished: boolean;
+  /** Called once when the relay ends. */
+  onFinish(fn: (relay: PodRelay) => void): void;
+  /** Resets both sockets and closes the record with `how`. Idempotent. */
+  abort(how: CloseHow, error?: string): void;
+}
 
 export interface PodProxyDeps {
   cfg: ProxyConfig;
@@ -46,7 +55,7 @@ export class PodStartError extends Error {
 
 export class PodProxy {
   readonly listeners: PodListener[] = [];
-  readonly relays = new Set<Relay>();
+  readonly relays = new Set<PodRelay>();
   #closed = false;
 
   private constructor(
@@ -94,7 +103,7 @@ export class PodProxy {
   }
 
   /** A relay of this pod; forgotten when it finishes. */
-  track(relay: Relay): void {
+  track(relay: PodRelay): void {
     if (relay.finished) return;
     this.relays.add(relay);
     relay.onFinish((r) => this.relays.delete(r));

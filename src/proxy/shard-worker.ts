@@ -7,6 +7,7 @@ import { createLogger, setLogLevel } from "../log/logger.ts";
 import { createConnectionObserver } from "../admin/connection-observer.ts";
 import { createProxyMetrics } from "../admin/metrics.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
+import { stopSpliceEngine } from "./splice-engine.ts";
 import { plainRecord, type ConnectionsAnswer, type FromShard, type Question, type ToShard } from "./shard-protocol.ts";
 
 declare const self: Worker;
@@ -95,6 +96,7 @@ async function answer(q: Question): Promise<unknown> {
       return true;
     case "stop":
       stopFdPoller();
+      await stopSpliceEngine();
       return true;
   }
 }

@@ -7,3 +7,4 @@ export { startTcpConnect, connectOutcome, connectTcp, type TcpConnectOptions } f
 export * from "./unix.ts";
 export { closeFd, shutdownFd, openFdCount, SHUT_RD, SHUT_WR, SHUT_RDWR } from "./fds.ts";
 export { fdPoller, stopFdPoller, POLLIN, POLLOUT, POLLERR, POLLHUP, POLLNVAL, type FdPoller } from "./poller.ts";
+export { tcpListen, acceptRaw, closeReset, epollCreate, epollAdd, epollDel, epollWait, makePipe, spliceRaw, eventFd, signalEventFd, drainEventFd, EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP, EPOLLET } from "./splice.ts";

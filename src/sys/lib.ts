@@ -31,6 +31,13 @@ export const lib = dlopen(libPath, {
   nh_eventfd: { args: [], returns: i32 },
   nh_eventfd_signal: { args: [i32], returns: i32 },
   nh_eventfd_drain: { args: [i32], returns: i32 },
+  nh_tcp_listen: { args: [ptr, u32, i32, u32, i32], returns: i32 },
+  nh_close_reset: { args: [i32], returns: i32 },
+  nh_epoll_create: { args: [], returns: i32 },
+  nh_epoll_ctl: { args: [i32, i32, i32, u32, u32], returns: i32 },
+  nh_epoll_wait: { args: [i32, ptr, u32, i32], returns: i32 },
+  nh_pipe: { args: [ptr, i32], returns: i32 },
+  nh_splice: { args: [i32, i32, u32], returns: i32 },
 }).symbols;
 
 /** Encodes a path for a `cstring` argument (NUL-terminated UTF-8). */
