@@ -4,7 +4,7 @@
 // its per-connection records through its admin API (curl inside the node netns). Clients and
 // servers are real: socat, curl, iperf3, and test/fixtures/proxy-tool.ts where a test needs a
 // half-close followed by a reply, a reset at a chosen moment or a thousand connections at once.
-// Timings are printed, never asserted.
+// Timings are printed, never asserted. The whole file runs once per relay kind (proxy.relay).
 import { INBOUND_SOURCE_PORTS } from "../../src/proxy/handlers.ts";
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { netnsDescribe } from "../helpers/root.ts";
@@ -14,7 +14,10 @@ import { createProxyEnv, eventually, socatPeers, type ConnJson, type ProxyEnv, t
 const T = 120_000;
 const GiB = 1 << 30;
 
-netnsDescribe("proxy: traffic between pods", () => {
+// Both relays: splice (the default: a relay thread moves bytes with splice(2)) and userspace (Bun
+// sockets) must behave the same on the wire.
+for (const relay of ["splice", "userspace"] as const)
+netnsDescribe(`proxy (${relay} relay): traffic between pods`, () => {
   let env: ProxyEnv;
   let proxy: ProxyProcess;
   let A: Pod, B: Pod, C: Pod, D: Pod;
@@ -44,7 +47,7 @@ netnsDescribe("proxy: traffic between pods", () => {
     D = await env.sim.addPod({ name: "plain-d" });
     await env.enroll(A);
     await env.enroll(B);
-    proxy = env.startProxy();
+    proxy = env.startProxy({ args: ["--relay", relay] });
     await proxy.waitReady();
     env.tool(B, ["sink", "--port", "5001"]);
     env.tool(B, ["echo", "--port", "5002"]);
