@@ -8,47 +8,9 @@ import * as sys from "../../src/sys/index.ts";
 import { ConnectionTable, type CloseHow, type ConnectionRecord } from "../../src/proxy/records.ts";
 import { clientHandlers, Relay, type RelaySocket } from "../../src/proxy/relay.ts";
 import { setKeepalive } from "../../src/proxy/handlers.ts";
+import { client, server, waitFor, writeAll } from "../helpers/loopback-tcp.ts";
 
 const MAX_Q = 64 * 1024;
-
-interface Server {
-  port: number;
-  sockets: any[];
-  stop(): void;
-}
-
-/** A TCP server; `behaviour` gets each accepted socket's events. */
-function server(behaviour: {
-  open?(s: any): void;
-  data?(s: any, d: Uint8Array): void;
-  end?(s: any): void;
-  close?(s: any, e?: any): void;
-}): Server {
-  const sockets: any[] = [];
-  const l = Bun.listen({
-    hostname: "127.0.0.1",
-    port: 0,
-    allowHalfOpen: true,
-    socket: {
-      binaryType: "uint8array",
-      open(s: any) {
-        sockets.push(s);
-        behaviour.open?.(s);
-      },
-      data(s: any, d: Uint8Array) {
-        behaviour.data?.(s, d);
-      },
-      end(s: any) {
-        behaviour.end?.(s);
-      },
-      close(s: any, e?: any) {
-        behaviour.close?.(s, e);
-      },
-      error() {},
-    },
-  } as any);
-  return { port: l.port, sockets, stop: () => l.stop(true) };
-}
 
 interface Proxy {
   port: number;
@@ -96,71 +58,6 @@ function relayProxy(upstreamPort: number, opts: { connectDelayMs?: number } = {}
   setKeepalive((l as unknown as { fd: number }).fd, 60);
   return { port: l.port, table, relays, closed, stop: () => l.stop(true) };
 }
-
-interface Client {
-  sock: any;
-  received: Uint8Array[];
-  ended: Promise<void>;
-  closed: Promise<string>;
-  bytes(): number;
-  text(): string;
-}
-
-async function client(port: number, onDrain?: (s: any) => void): Promise<Client> {
-  const received: Uint8Array[] = [];
-  let endResolve!: () => void;
-  let closeResolve!: (v: string) => void;
-  const ended = new Promise<void>((r) => (endResolve = r));
-  const closed = new Promise<string>((r) => (closeResolve = r));
-  const sock = await Bun.connect({
-    hostname: "127.0.0.1",
-    port,
-    allowHalfOpen: true,
-    socket: {
-      binaryType: "uint8array",
-      data(_s: any, d: Uint8Array) {
-        received.push(d);
-      },
-      end() {
-        endResolve();
-      },
-      close(_s: any, e?: any) {
-        closeResolve(e ? (e.code ?? "error") : "clean");
-      },
-      drain(s: any) {
-        onDrain?.(s);
-      },
-      error() {},
-    },
-  } as any);
-  return {
-    sock,
-    received,
-    ended,
-    closed,
-    bytes: () => received.reduce((n, b) => n + b.byteLength, 0),
-    text: () => Buffer.concat(received).toString(),
-  };
-}
-
-/** Writes all of `data` honouring backpressure (write() drops what it does not accept). */
-async function writeAll(sock: any, data: Uint8Array, chunk = 256 * 1024): Promise<void> {
-  let off = 0;
-  while (off < data.byteLength) {
-    const n = sock.write(data.subarray(off, Math.min(off + chunk, data.byteLength)));
-    if (n < 0) throw new Error("socket closed while writing");
-    off += n;
-    if (n === 0) await Bun.sleep(1);
-  }
-}
-
-const waitFor = async (cond: () => boolean, ms = 5000) => {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await Bun.sleep(5);
-  }
-};
 
 beforeAll(() => {
   sys.homeNetns();
