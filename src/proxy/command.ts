@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import type { Hono } from "hono";
 import pkg from "../../package.json" with { type: "json" };
 import { homeNetns, stopFdPoller } from "../sys/index.ts";
-import { stopSpliceEngine } from "./splice-engine.ts";
+import { setSpliceFailureHandler, stopSpliceEngine } from "./splice-engine.ts";
 import { ConfigError, loadConfig } from "../config/load.ts";
 import { createLogger, getLogLevel, setLogLevel } from "../log/logger.ts";
 import { ZdsClient } from "../zds/client.ts";
@@ -192,6 +192,10 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   let threadFailure: string | undefined;
   threads?.onFailure((thread, error) => {
     threadFailure ??= `data-plane thread ${thread} failed: ${error}`;
+    requestQuit(threadFailure);
+  });
+  setSpliceFailureHandler((error) => {
+    threadFailure ??= `splice relay thread failed: ${error}`;
     requestQuit(threadFailure);
   });
   const view = createProxyView({

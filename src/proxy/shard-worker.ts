@@ -7,7 +7,7 @@ import { createLogger, setLogLevel } from "../log/logger.ts";
 import { createConnectionObserver } from "../admin/connection-observer.ts";
 import { createProxyMetrics } from "../admin/metrics.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
-import { stopSpliceEngine } from "./splice-engine.ts";
+import { setSpliceFailureHandler, stopSpliceEngine } from "./splice-engine.ts";
 import { plainRecord, type ConnectionsAnswer, type FromShard, type Question, type ToShard } from "./shard-protocol.ts";
 
 declare const self: Worker;
@@ -17,6 +17,14 @@ let registry: Registry | undefined;
 let log = createLogger("proxy/thread");
 
 const post = (m: FromShard) => self.postMessage(m);
+
+// This thread's splice relay thread died: fail this thread too (uncaught, outside any handler),
+// so the main thread drains and exits as for any dead data-plane thread.
+setSpliceFailureHandler((error) => {
+  setTimeout(() => {
+    throw new Error(`splice relay thread failed: ${error}`);
+  });
+});
 
 self.onmessage = (ev: MessageEvent<ToShard>) => {
   try {

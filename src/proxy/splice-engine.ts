@@ -3,13 +3,15 @@
 // serves pods (the main thread and each data-plane Worker), started on first use.
 import { closeReset, eventFd, signalEventFd } from "../sys/splice.ts";
 import { closeFd } from "../sys/index.ts";
-import { CMD_INTS, Cmd, End, HEAD, MAX_SLOTS, RING_BASE, RING_ENTRIES, RING_INTS, TAIL, type SpliceEvents } from "./splice-shared.ts";
+import { CMD_INTS, Cmd, End, HEAD, MAX_SLOTS, RING_BASE, RING_ENTRIES, RING_INTS, SLEEPING, TAIL, type SpliceEvents } from "./splice-shared.ts";
 
 export { End } from "./splice-shared.ts";
 
 export interface SpliceConnHandlers {
   /** The upstream connect completed; bytes flow now. */
   established(): void;
+  /** One direction finished: its FIN was passed on, the other direction still flows. */
+  halfClosed(): void;
   /** The connection is over and both sockets are closed (`errno` 0 unless it failed). */
   done(how: End, errno: number, sent: number, received: number): void;
 }
@@ -19,6 +21,21 @@ export interface SpliceEngineOptions {
   pipeSize?: number;
   /** Problems the relay thread reports (a listener out of fds…), for the log. */
   onWarning?: (message: string) => void;
+  /** The relay thread's code (tests substitute a failing one). */
+  workerUrl?: string;
+}
+
+/**
+ * What happens when a relay thread dies (a bug): its listeners stay open with nobody accepting
+ * and its connections stall, so the proxy must not carry on as if nothing happened. The proxy
+ * command drains and exits non-zero; a data-plane Worker fails, which does the same.
+ */
+let onFailure: (error: string) => void = (error) => {
+  throw new Error(`splice relay thread failed: ${error}`);
+};
+
+export function setSpliceFailureHandler(fn: (error: string) => void): void {
+  onFailure = fn;
 }
 
 export class SpliceEngine {
@@ -43,12 +60,12 @@ export class SpliceEngine {
   constructor(opts: SpliceEngineOptions = {}) {
     this.#onWarning = opts.onWarning ?? ((m) => console.error(`nshub: ${m}`));
     this.#wakeFd = eventFd();
-    this.#worker = new Worker(workerUrl());
+    this.#worker = new Worker(opts.workerUrl ?? workerUrl());
     this.#worker.onmessage = (ev: MessageEvent<SpliceEvents>) => this.#events(ev.data);
     this.#worker.onerror = (ev) => {
-      this.#failed = ev.message;
-      this.#onWarning(`splice relay thread failed: ${ev.message}`);
+      this.#failed = ev.message || "unknown error";
       this.#onStopped?.();
+      onFailure(this.#failed);
     };
     this.#worker.postMessage({ ring: this.#ring.buffer, counters: this.#counters.buffer, wakeFd: this.#wakeFd, pipeSize: opts.pipeSize ?? 256 * 1024 });
     this.#worker.unref();
@@ -146,7 +163,7 @@ export class SpliceEngine {
     ring[at + 4] = d;
     this.#tail = (this.#tail + 1) | 0;
     Atomics.store(ring, TAIL, this.#tail);
-    signalEventFd(this.#wakeFd);
+    if (Atomics.load(ring, SLEEPING) === 1) signalEventFd(this.#wakeFd);
   }
 
   #events(m: SpliceEvents): void {
@@ -167,6 +184,7 @@ export class SpliceEngine {
       this.#updateRef();
     }
     if (m.established) for (const slot of m.established) this.#conns.get(slot)?.established();
+    if (m.halfClosed) for (const slot of m.halfClosed) this.#conns.get(slot)?.halfClosed();
     if (m.done) {
       const d = m.done;
       for (let i = 0; i < d.length; i += 5) {

@@ -44,6 +44,9 @@ export class SpliceRelay {
         established: () => {
           if (!this.#done) this.table.established(this.rec);
         },
+        halfClosed: () => {
+          if (this.rec.state === "open") this.rec.state = "half_closed";
+        },
         done: (how, errno, sent, received) => this.#ended(how, errno, sent, received),
       });
     } catch (e) {

@@ -4,9 +4,14 @@
 // cannot receive messages); events come back as ordinary postMessage batches. Byte counters
 // live in a second SharedArrayBuffer so the owner reads them at any time without asking.
 
-/** Ring header: [head (next entry the relay thread reads), tail (next entry the owner writes)]. */
+/**
+ * Ring header: head (next entry the relay thread reads), tail (next entry the owner writes),
+ * and whether the relay thread is (about to be) asleep in epoll_wait: only then does the owner
+ * pay for an eventfd write to wake it.
+ */
 export const HEAD = 0;
 export const TAIL = 1;
+export const SLEEPING = 2;
 export const RING_BASE = 4;
 export const CMD_INTS = 5;
 export const RING_ENTRIES = 1 << 16;
@@ -51,13 +56,15 @@ export interface SpliceInit {
 
 /**
  * One batch of events, flat arrays for cheap cloning:
- * accepted: [tag, fd, …]; established: [slot, …]; done: [slot, how, errno, sent, received, …].
+ * accepted: [tag, fd, …]; established, halfClosed: [slot, …]; done: [slot, how, errno, sent, received, …].
  */
 export interface SpliceEvents {
   accepted?: number[];
   /** Listener tags closed (after every socket they accepted was reported above or earlier). */
   unlistened?: number[];
   established?: number[];
+  /** Connections where one direction has finished (FIN passed on): [slot, …]. */
+  halfClosed?: number[];
   done?: number[];
   stopped?: true;
   /** A listener that failed in accept (other than EAGAIN and the transient errors): [tag, errno]. */

@@ -27,7 +27,7 @@ import {
   spliceRaw,
 } from "../sys/splice.ts";
 import { closeFd, connectOutcome, getSockOpt, shutdownFd, SHUT_WR, SOL_SOCKET, SO_ERROR } from "../sys/index.ts";
-import { CMD_INTS, Cmd, End, HEAD, RING_BASE, RING_ENTRIES, TAIL, type SpliceEvents, type SpliceInit } from "./splice-shared.ts";
+import { CMD_INTS, Cmd, End, HEAD, RING_BASE, RING_ENTRIES, SLEEPING, TAIL, type SpliceEvents, type SpliceInit } from "./splice-shared.ts";
 
 declare const self: Worker;
 
@@ -99,6 +99,7 @@ class RelayLoop {
   #accepted: number[] = [];
   #unlistened: number[] = [];
   #established: number[] = [];
+  #halfClosed: number[] = [];
   #done: number[] = [];
   #stopping = false;
 
@@ -113,8 +114,15 @@ class RelayLoop {
 
   run(): void {
     const evs = new Uint32Array(2 * 256);
+    const ring = this.#ring;
     while (!this.#stopping) {
-      const n = epollWait(this.#ep, evs, 256, this.#timeout());
+      // Announce the sleep first, then look at the ring: a command the owner queued before it
+      // saw the flag is found here (and then epoll_wait must not block); one queued after
+      // comes with an eventfd wake-up.
+      Atomics.store(ring, SLEEPING, 1);
+      const pending = Atomics.load(ring, TAIL) !== Atomics.load(ring, HEAD);
+      const n = epollWait(this.#ep, evs, 256, pending ? 0 : this.#timeout());
+      Atomics.store(ring, SLEEPING, 0);
       if (n < 0 && n !== -EINTR) throw new Error(`epoll_wait failed: errno ${-n}`);
       for (let i = 0; i < n; i++) this.#event(evs[2 * i]!, evs[2 * i + 1]!);
       this.#commands();
@@ -217,6 +225,7 @@ class RelayLoop {
     if (d.inPipe === 0 && d.pipeR >= 0) this.#givePipe(d);
     if (d.srcEof && d.inPipe === 0 && !d.shut) {
       d.shut = true;
+      if (!(c.up.shut && c.down.shut)) this.#halfClosed.push(c.slot);
       try {
         shutdownFd(d.dst, SHUT_WR);
       } catch {
@@ -342,15 +351,17 @@ class RelayLoop {
   }
 
   #flushEvents(): void {
-    if (this.#accepted.length === 0 && this.#unlistened.length === 0 && this.#established.length === 0 && this.#done.length === 0) return;
+    if (this.#accepted.length + this.#unlistened.length + this.#established.length + this.#halfClosed.length + this.#done.length === 0) return;
     const m: SpliceEvents = {};
     if (this.#accepted.length > 0) m.accepted = this.#accepted;
     if (this.#unlistened.length > 0) m.unlistened = this.#unlistened;
     if (this.#established.length > 0) m.established = this.#established;
+    if (this.#halfClosed.length > 0) m.halfClosed = this.#halfClosed;
     if (this.#done.length > 0) m.done = this.#done;
     this.#accepted = [];
     this.#unlistened = [];
     this.#established = [];
+    this.#halfClosed = [];
     this.#done = [];
     self.postMessage(m);
   }

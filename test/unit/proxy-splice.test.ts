@@ -10,7 +10,7 @@ import { ConnectionTable, type CloseHow, type ConnectionRecord } from "../../src
 import { openSpliceListener, type PodListener } from "../../src/proxy/listeners.ts";
 import { setKeepalive } from "../../src/proxy/handlers.ts";
 import { SpliceRelay } from "../../src/proxy/splice-relay.ts";
-import { spliceEngine, stopSpliceEngine } from "../../src/proxy/splice-engine.ts";
+import { setSpliceFailureHandler, SpliceEngine, spliceEngine, stopSpliceEngine } from "../../src/proxy/splice-engine.ts";
 import { client, server, waitFor, writeAll } from "../helpers/loopback-tcp.ts";
 
 const PIPE = 64 * 1024;
@@ -146,6 +146,7 @@ describe("splice relay", () => {
     const c = await client(p.port);
     await c.ended;
     expect(c.text()).toBe("bye");
+    await waitFor(() => p.relays[0]!.rec.state === "half_closed");
     c.sock.write("still talking");
     await waitFor(() => got === 13);
     c.sock.shutdown();
@@ -341,5 +342,28 @@ describe("splice relay", () => {
     // The engine keeps its emptied pipes for reuse (2 fds each): at most a few here, as no test
     // has more than two connections at once.
     expect(sys.openFdCount()).toBeLessThanOrEqual(fdsBefore + 2 * 8);
+  });
+});
+
+describe("splice relay thread failure", () => {
+  test("a dead relay thread is reported once; later use fails at once; stop still resolves", async () => {
+    const failures: string[] = [];
+    setSpliceFailureHandler((e) => failures.push(e));
+    const engine = new SpliceEngine({ workerUrl: new URL("../fixtures/splice-crash-worker.ts", import.meta.url).href });
+    try {
+      await waitFor(() => failures.length > 0);
+      expect(failures).toHaveLength(1);
+      expect(failures[0]).toContain("relay loop exploded");
+      const [a, b] = sys.socketPair(sys.SOCK_STREAM);
+      expect(() => engine.relay(a, b, 1000, { established() {}, halfClosed() {}, done() {} })).toThrow(/has failed/);
+      sys.closeFd(a);
+      sys.closeFd(b);
+      await engine.stop();
+      expect(failures).toHaveLength(1);
+    } finally {
+      setSpliceFailureHandler((e) => {
+        throw new Error(e);
+      });
+    }
   });
 });
