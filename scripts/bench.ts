@@ -21,7 +21,7 @@ import { createSim, run, type NetSim, type Pod, type SimProcess } from "../src/s
 import { patchOutboundRedirect, renderHaproxyConfig } from "./bench-lib/haproxy.ts";
 import { parseCniTimingLog, parseIperf3Json, parseSockperf, parseWrk } from "./bench-lib/parse.ts";
 import { checkTargets, derive, fmt, renderReport } from "./bench-lib/report.ts";
-import { emptyPerPath, PATHS, PATH_LABEL, type BenchParams, type BenchResults, type EnrollmentRun, type PathCheck, type PathName, type ProcCpu } from "./bench-lib/results.ts";
+import { emptyPerPath, PATHS, PATH_LABEL, RELAYS, type BenchParams, type BenchResults, type EnrollmentRun, type PathCheck, type PathName, type ProcCpu, type RelayAbRun, type RelayKind } from "./bench-lib/results.ts";
 import { rotate } from "./bench-lib/stats.ts";
 import { cpuSeconds, fdCount, machineInfo, sampleRssKiB, threadCount } from "./bench-lib/sys.ts";
 import { profileProxy } from "./bench-lib/profile.ts";
@@ -100,7 +100,7 @@ if (flags.help) {
                  below 1 (a shared machine; the wait is not part of the reported runtime)
   --from-json F  measure nothing: re-render the page from results saved with --json (after a
                  change to the page's text; the numbers stay those of that run)
-  --phases LIST  only these phases (development): traffic,enroll,scale,idle (default: all);
+  --phases LIST  only these phases (development): traffic,relay,enroll,scale,idle (default: all);
                  a partial run is marked as such on the page`);
   process.exit(0);
 }
@@ -109,7 +109,7 @@ const params: BenchParams = quick
   ? { reps: 3, tpSeconds: 3, latSeconds: 2, cpsSeconds: 2, wrkConnections: 16, msgSize: 64, enrollSeq: 20, enrollConc: 10, scalePods: 60, idleConns: 2000 }
   : { reps: 3, tpSeconds: 10, latSeconds: 5, cpsSeconds: 5, wrkConnections: 16, msgSize: 64, enrollSeq: 100, enrollConc: 50, scalePods: 500, idleConns: 10_000 };
 if (flags.reps !== undefined) params.reps = Math.max(1, Number(flags.reps));
-const PHASES = ["traffic", "enroll", "scale", "idle"] as const;
+const PHASES = ["traffic", "relay", "enroll", "scale", "idle"] as const;
 const phases = new Set((flags.phases ?? PHASES.join(",")).split(",").map((x) => x.trim()));
 for (const p of phases) if (!(PHASES as readonly string[]).includes(p)) throw new Error(`unknown phase ${p} (phases: ${PHASES.join(", ")})`);
 const phase = (p: (typeof PHASES)[number]) => phases.has(p);
@@ -397,11 +397,11 @@ async function setupHaproxy(dir: string, pods: Pod[]): Promise<{ proc: SimProces
 // ---------------------------------------------------------------------------------------------
 // traffic measures
 
-async function runIperf(pair: Pair, streams: number, proxyPid: number | undefined): Promise<{ iperf: ReturnType<typeof parseIperf3Json>; proxyCpu?: ProcCpu; wallSec: number }> {
+async function runIperf(pair: Pair, streams: number, proxyPid: number | undefined, seconds = params.tpSeconds): Promise<{ iperf: ReturnType<typeof parseIperf3Json>; proxyCpu?: ProcCpu; wallSec: number }> {
   const before = cpuNow(proxyPid);
   const w0 = performance.now();
-  const r = await pair.a.exec([...NOBODY, "iperf3", "-c", pair.b.ip, "-p", String(PORTS.iperf), "-t", String(params.tpSeconds), "-O", "1", "-P", String(streams), "-J"], {
-    timeoutMs: (params.tpSeconds + 30) * 1000,
+  const r = await pair.a.exec([...NOBODY, "iperf3", "-c", pair.b.ip, "-p", String(PORTS.iperf), "-t", String(seconds), "-O", "1", "-P", String(streams), "-J"], {
+    timeoutMs: (seconds + 30) * 1000,
   });
   const wallSec = (performance.now() - w0) / 1000;
   const proxyCpu = cpuDelta(proxyPid, before);
@@ -594,9 +594,11 @@ async function main(): Promise<number> {
   results.haproxyThreads = threadCount(hap.proc.pid);
   results.proxyThreads = threadCount(proxy.pid);
   try {
-    results.proxyWorkers = (JSON.parse((await nodeHttp("/config_dump")).body) as { config: { proxy: { workers: number } } }).config.proxy.workers;
+    const pc = (JSON.parse((await nodeHttp("/config_dump")).body) as { config: { proxy: { workers: number; relay: RelayKind } } }).config.proxy;
+    results.proxyWorkers = pc.workers;
+    results.proxyRelay = pc.relay;
   } catch (e) {
-    results.errors.push(`reading the proxy's data-plane threads from /config_dump: ${(e as Error).message}`);
+    results.errors.push(`reading the proxy's threads and relay from /config_dump: ${(e as Error).message}`);
   }
   const proxyPidOf = (p: PathName) => (p === "nshub" ? proxy.pid : p === "haproxy" ? hap.proc.pid : undefined);
 
@@ -651,6 +653,44 @@ async function main(): Promise<number> {
       // TIME_WAIT from the previous path's run must not disturb the next one.
       await Bun.sleep(1000);
     }
+  }
+
+  // --- the two relays, same run: the proxy restarted with each ------------------------------------
+  if (phase("relay")) {
+    const seconds = Math.min(params.tpSeconds, 5);
+    const restart = async (relay: RelayKind | undefined) => {
+      await proxy.stop(15_000);
+      proxy = (await startProxyTimed(config, relay ? { NSHUB_PROXY_RELAY: relay } : {})).proxy;
+      d.proxy = proxy;
+      await pairs.nshub.a.waitForTcpPort(15001);
+      await pairs.nshub.b.waitForTcpPort(15006);
+      await Bun.sleep(500);
+    };
+    const ab: RelayAbRun[] = [];
+    results.relayAB = ab;
+    for (let rep = 1; rep <= params.reps; rep++) {
+      for (const relay of rotate(RELAYS, rep - 1)) {
+        try {
+          await restart(relay);
+          const l = load1();
+          const pair = pairs.nshub;
+          const tp1 = await runIperf(pair, 1, proxy.pid, seconds);
+          await Bun.sleep(300);
+          const tp4 = await runIperf(pair, 4, proxy.pid, seconds);
+          await Bun.sleep(300);
+          const latency = await runSockperf(pair);
+          await Bun.sleep(300);
+          const cps = await runWrk(pair, proxy.pid);
+          ab.push({ rep, relay, load1: l, seconds, tp1: { rep, ...tp1 }, tp4: { rep, ...tp4 }, latency, cps });
+          log(`rep ${rep} relay ${relay}: ${fmt(tp1.iperf.bitsPerSecond / 1e9, 2)} / ${fmt(tp4.iperf.bitsPerSecond / 1e9, 2)} Gb/s, p50 ${fmt(latency.p50Us, 1)} µs, ${fmt(cps.wrk.requestsPerSecond, 0)} conn/s`);
+        } catch (e) {
+          results.errors.push(`rep ${rep} relay ${relay}: ${(e as Error).message}`);
+          log(`rep ${rep} relay ${relay}: ERROR ${(e as Error).message}`);
+        }
+        await Bun.sleep(1000);
+      }
+    }
+    await restart(undefined); // the configured relay again for the phases below
   }
 
   // --- enrollment -----------------------------------------------------------------------------------

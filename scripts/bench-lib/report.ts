@@ -1,7 +1,7 @@
 // Renders docs/BENCHMARKS.md from the collected results (pure: results in, markdown out; the
 // derived numbers are computed here too, so the JSON and the page always agree).
 import { percentile, median, ratio } from "./stats.ts";
-import { PATHS, PATH_LABEL, type BenchResults, type PathName, type ThroughputRun } from "./results.ts";
+import { PATHS, PATH_LABEL, type BenchResults, type PathName, type RelayAbRun, type RelayKind, type ThroughputRun } from "./results.ts";
 
 // ---------------------------------------------------------------------------------------------
 // derived numbers
@@ -26,6 +26,39 @@ function perPath<T>(f: (p: PathName) => T): Record<PathName, T> {
 }
 
 const gbps = (r: ThroughputRun) => r.iperf.bitsPerSecond / 1e9;
+/** The nshub path with each relay, medians of the same run (empty when the phase did not run). */
+export function relayAbSection(r: BenchResults): string[] {
+  const ab = r.relayAB ?? [];
+  if (ab.length === 0) return [];
+  const med = (relay: RelayKind, f: (x: RelayAbRun) => number) => percentile(ab.filter((x) => x.relay === relay).map(f).filter(Number.isFinite), 50);
+  const rows: Array<[string, (x: RelayAbRun) => number, number]> = [
+    ["throughput, 1 stream (Gb/s)", (x) => x.tp1.iperf.bitsPerSecond / 1e9, 2],
+    ["throughput, 4 streams (Gb/s)", (x) => x.tp4.iperf.bitsPerSecond / 1e9, 2],
+    ["proxy CPU per GB relayed, 1 stream (CPU-s/GB)", (x) => cpuPerGB(x.tp1), 2],
+    ["proxy CPU per GB relayed, 4 streams (CPU-s/GB)", (x) => cpuPerGB(x.tp4), 2],
+    ["round trip p50 (µs)", (x) => x.latency.p50Us, 1],
+    ["round trip p99.9 (µs)", (x) => x.latency.p999Us, 1],
+    ["connection rate (new connections/s)", (x) => x.cps.wrk.requestsPerSecond, 0],
+    ["proxy CPU per new connection (µs)", (x) => (x.cps.proxyCpu ? ((x.cps.proxyCpu.user + x.cps.proxyCpu.sys) / x.cps.wrk.requests) * 1e6 : NaN), 0],
+  ];
+  const n = ab.filter((x) => x.relay === "splice").length;
+  return [
+    "### The two relays (nshub only, same run)",
+    "",
+    `The nshub path with \`proxy.relay: splice\` and with \`proxy.relay: userspace\`, the proxy restarted with each in turn, ${n} repetition${n === 1 ? "" : "s"} each, medians (iperf3 runs of ${ab[0]!.seconds} s; see Method).`,
+    "",
+    table(
+      ["measure", "splice", "userspace", "splice / userspace"],
+      rows.map(([name, f, digits]) => {
+        const a = med("splice", f);
+        const b = med("userspace", f);
+        return [name, fmt(a, digits), fmt(b, digits), fmtRatio(a / b)];
+      }),
+    ),
+    "",
+  ];
+}
+
 /** The proxy's CPU use during the run (CPUs busy on average) per GB/s relayed = CPU-seconds per GB. */
 function cpuPerGB(r: ThroughputRun): number {
   if (!r.proxyCpu) return NaN;
@@ -191,7 +224,7 @@ export function renderReport(r: BenchResults, extras: ReportExtras = { notes: []
     "",
     `Load average (1/5/15 min) when the run started: ${r.load?.start ?? "n/a"}; when it ended: ${r.load?.end ?? "n/a"} (anything above ~0 at the start is other work sharing these CPUs; the numbers are only as quiet as the machine was).`,
     "",
-    `iptables: ${m.iptables}. HAProxy ran with ${r.haproxyThreads ?? "its default number of"} thread${r.haproxyThreads === 1 ? "" : "s"} (its default: one per CPU); the nshub proxy ran ${r.proxyWorkers ?? 1} data-plane thread${(r.proxyWorkers ?? 1) === 1 ? "" : "s"} (\`proxy.workers\`) and its process had ${r.proxyThreads ?? "?"} threads in all (JS threads plus Bun's runtime and fd-poller threads).`,
+    `iptables: ${m.iptables}. HAProxy ran with ${r.haproxyThreads ?? "its default number of"} thread${r.haproxyThreads === 1 ? "" : "s"} (its default: one per CPU); the nshub proxy ran ${r.proxyWorkers ?? 1} data-plane thread${(r.proxyWorkers ?? 1) === 1 ? "" : "s"} (\`proxy.workers\`) with the ${r.proxyRelay ?? "userspace"} relay (\`proxy.relay\`${r.proxyRelay === "splice" ? ": one splice relay thread per data-plane thread" : ""}), and its process had ${r.proxyThreads ?? "?"} threads in all (JS threads plus Bun's runtime, fd-poller${r.proxyRelay === "splice" ? ", splice relay" : ""} threads).`,
     "",
     "## Results",
     "",
@@ -296,6 +329,7 @@ export function renderReport(r: BenchResults, extras: ReportExtras = { notes: []
     ]);
   } else nrows.push(["proxy memory", "not measured"]);
   out.push("### Enrollment, resync and memory (nshub only)", "", table(["measure", "result"], nrows), "");
+  out.push(...relayAbSection(r));
 
   // targets
   out.push("## Targets (issue 8)", "", table(["target", "this run", "status"], checkTargets(r, d).map((t) => [t.target, t.value, MET(t.met)])), "");
@@ -382,6 +416,7 @@ export function renderReport(r: BenchResults, extras: ReportExtras = { notes: []
     `* throughput: \`iperf3 -c <B> -t ${p.tpSeconds} -O 1 -P 1\` and \`-P 4\` (first second omitted), receiver-side Gb/s; the proxy's CPU time (utime+stime of the nshub proxy / haproxy process) during each run gives CPU-seconds per GB relayed, and iperf3's own CPU report (client + server) the cost of the two ends;`,
     `* latency: \`sockperf ping-pong --tcp -m ${p.msgSize} -t ${p.latSeconds} --full-rtt\` on one established connection (one ${p.msgSize}-byte message in flight); round-trip percentiles as sockperf reports them; **added** latency = path − direct of the same repetition, median over repetitions;`,
     `* connection rate: \`wrk -t1 -c${p.wrkConnections} -d${p.cpsSeconds}s -H 'Connection: close'\` against a tiny HTTP/1.1 server in B (\`scripts/bench-lib/tools/http-server.ts\`, the same on every path, one request per connection, the server closes); requests/s = new connections/s (pods keep the kernel's default sysctls);`,
+    `* relays: the nshub path once with each \`proxy.relay\` (splice: socket → pipe → socket inside the kernel on a relay thread; userspace: Bun sockets), the proxy restarted with the other one between runs (\`NSHUB_PROXY_RELAY\`), both orders in turn, ${p.reps} repetitions each: iperf3 \`-P 1\` and \`-P 4\` for ${Math.min(p.tpSeconds, 5)} s, then the sockperf and wrk runs above; the proxy runs its configured relay again afterwards;`,
     `* enrollment: pods in the enrolled namespace added through the full CNI chain, ${p.enrollSeq} one after another, then ${p.enrollConc} at once. The time is \`nshub-cni\`'s own run: the chain entry points to a bash wrapper that takes \`$EPOCHREALTIME\` right before it runs \`dist/nshub-cni\` and right after it exits (exec, Bun start-up, the agent's PodAdd: rules in the pod netns, ZDS AddWorkload with the netns fd, the proxy binding the pod's listeners and acking); the plugin's own \"ADD done\" log field shows the part after its process started. To split the sequential time, the bench also times the plugin process alone (CNI VERSION through the same wrapper), the agent's PodAdd called directly from the bench over the agent's socket (for pods the chain did not enroll), and \`applyPodRules\` alone on the same pods;`,
     `* resync: with ${p.scalePods} more pods enrolled (plus the bench pods), the proxy is stopped (SIGTERM) and started again; the time is from spawning the new process until \`GET /healthz/ready\` answers 200 (polled every 5 ms from the node netns by a poller started before the proxy; the proxy's readiness requires the agent's full snapshot and no pending pod);`,
     `* memory: VmRSS of the proxy (median of 5 readings, 0.2 s apart, after 3 s idle and a full garbage collection in every proxy thread, \`POST /debug/gc\`): fresh with no pod, fresh after the restart with the pods above (per pod = difference / pods), and then with up to ${p.idleConns} idle connections through one pod: from the direct pair's A (not enrolled) into the enrolled B, opened by a Bun client with 32 connects in flight, so each is one relayed connection in the proxy (B's inbound listener; a connection between two enrolled pods of one node passes two relays, A's outbound and B's inbound, and costs twice); each carried a 16-byte hello, then nothing; per connection = difference / the connections that reached the server in B. The count is lowered when the machine's fd limit cannot hold 2 proxy fds per connection (the page says so). Runs before 2026-11-24 evening measured A → B (two relays per connection) and without the garbage collection.`,

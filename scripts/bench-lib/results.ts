@@ -123,6 +123,22 @@ export interface ProfileResult {
   notes: string[];
 }
 
+export type RelayKind = "splice" | "userspace";
+export const RELAYS: readonly RelayKind[] = ["splice", "userspace"];
+
+/** One repetition of the nshub path with one relay kind (the proxy restarted with it). */
+export interface RelayAbRun {
+  rep: number;
+  relay: RelayKind;
+  load1?: number;
+  /** iperf3 seconds per run (shorter than the main throughput runs). */
+  seconds: number;
+  tp1: ThroughputRun;
+  tp4: ThroughputRun;
+  latency: LatencyRun["sockperf"];
+  cps: Omit<CpsRun, "rep" | "load1">;
+}
+
 export interface BenchParams {
   reps: number;
   tpSeconds: number;
@@ -149,6 +165,10 @@ export interface BenchResults {
   proxyThreads?: number;
   /** The proxy's data-plane threads (its config's proxy.workers, from /config_dump); absent in older runs = 1. */
   proxyWorkers?: number;
+  /** The proxy's relay (its config's proxy.relay, from /config_dump); absent in older runs = userspace. */
+  proxyRelay?: RelayKind;
+  /** The nshub path once per relay kind, same run, interleaved (phase "relay"). */
+  relayAB?: RelayAbRun[];
   checks: PathCheck[];
   rules: { position: number; before: string; after: string } | undefined;
   throughput: Record<"1" | "4", Record<PathName, ThroughputRun[]>>;

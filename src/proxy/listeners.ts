@@ -37,8 +37,13 @@ export interface PodListener {
   readonly port: number;
   /** The listening sockets' fds (a DNS row would have a UDP and a TCP one). */
   readonly fds: readonly number[];
-  /** Stops accepting and closes the sockets (synchronously). Connections are not touched. */
-  close(): void;
+  /**
+   * Stops accepting and closes the sockets. Connections are not touched. The promise resolves
+   * once every socket the listener accepted has been handed to its handler (at once for Bun's
+   * listeners; for splice listeners when the relay thread confirms), so a drain that waits for
+   * it cannot miss a connection still on its way.
+   */
+  close(): Promise<void>;
 }
 
 /** A row of the listener table. */
@@ -105,10 +110,12 @@ export function openTcpListener(opts: {
     port: l.port,
     fds: [fd],
     close() {
-      if (closed) return;
-      closed = true;
-      // false: accepted connections stay with their relays (drain decides their fate).
-      l.stop(false);
+      if (!closed) {
+        closed = true;
+        // false: accepted connections stay with their relays (drain decides their fate).
+        l.stop(false);
+      }
+      return Promise.resolve();
     },
   };
 }
@@ -142,16 +149,15 @@ export function openSpliceListener(opts: {
   }
   const engine = spliceEngine({ pipeSize: opts.pipeSize });
   const tag = engine.listen(fd, opts.accept);
-  let closed = false;
+  let closed: Promise<void> | undefined;
   return {
     kind: opts.kind,
     address: opts.address,
     port,
     fds: [fd],
     close() {
-      if (closed) return;
-      closed = true;
-      engine.unlisten(tag);
+      closed ??= engine.unlisten(tag);
+      return closed;
     },
   };
 }

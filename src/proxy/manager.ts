@@ -263,7 +263,9 @@ export class ProxyWorkloadManager implements WorkloadManager {
     this.#draining = true;
     this.#notify();
     for (const p of this.#pending.values()) this.#dropPending(p);
-    for (const p of this.#pods.values()) p.stopAccepting();
+    // Every connection a listener accepted before closing must be in the table before we wait
+    // for the table to empty (the splice relay thread hands them over asynchronously).
+    await Promise.all([...this.#pods.values()].map((p) => p.stopAccepting()));
     const open = this.table.size;
     this.#log.info("draining: listeners closed", { pods: this.#pods.size, connections: open, deadlineMs });
     let timer: ReturnType<typeof setTimeout> | undefined;

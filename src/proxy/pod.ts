@@ -87,7 +87,7 @@ export class PodProxy {
         try {
           pod.listeners.push(k.open(pod, net.family, deps.cfg));
         } catch (e) {
-          for (const l of pod.listeners) l.close();
+          for (const l of pod.listeners) void l.close();
           throw new PodStartError(
             `cannot listen on ${net.family === "dual" ? "[::]" : "0.0.0.0"}:${k.port(deps.cfg)} (${k.kind}) in netns ${netns.label}: ${errText(e)}`,
             k.kind,
@@ -120,8 +120,8 @@ export class PodProxy {
   }
 
   /** Stops accepting: closes every listener. Open connections continue. */
-  stopAccepting(): void {
-    for (const l of this.listeners) l.close();
+  stopAccepting(): Promise<void> {
+    return Promise.all(this.listeners.map((l) => l.close())).then(() => undefined);
   }
 
   /** Resets every open connection of this pod. */
@@ -133,7 +133,7 @@ export class PodProxy {
   close(how: CloseHow = "deleted"): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.stopAccepting();
+    void this.stopAccepting();
     this.closeConnections(how);
     this.netns.close();
   }

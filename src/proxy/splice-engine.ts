@@ -46,7 +46,7 @@ export class SpliceEngine {
   readonly #onWarning: (message: string) => void;
   readonly #listeners = new Map<number, (fd: number) => void>();
   /** Listeners asked to close whose acknowledgement has not come back yet. */
-  readonly #closing = new Set<number>();
+  readonly #closing = new Map<number, PromiseWithResolvers<void>>();
   readonly #conns = new Map<number, SpliceConnHandlers>();
   readonly #freeSlots: number[] = [];
   #highSlot = 0;
@@ -84,10 +84,21 @@ export class SpliceEngine {
    * Stop accepting: the relay thread closes the listener. Sockets it accepted before that still
    * reach `onAccept` (a draining pod serves them); connections are not touched.
    */
-  unlisten(tag: number): void {
-    if (!this.#listeners.has(tag) || this.#closing.has(tag)) return;
-    this.#closing.add(tag);
-    this.#send(Cmd.Unlisten, tag);
+  unlisten(tag: number): Promise<void> {
+    const pending = this.#closing.get(tag);
+    if (pending) return pending.promise;
+    if (!this.#listeners.has(tag)) return Promise.resolve();
+    const closing = Promise.withResolvers<void>();
+    this.#closing.set(tag, closing);
+    try {
+      this.#send(Cmd.Unlisten, tag);
+    } catch {
+      // the relay thread is gone, and the listener with it
+      this.#listeners.delete(tag);
+      this.#closing.delete(tag);
+      closing.resolve();
+    }
+    return closing.promise;
   }
 
   /**
@@ -138,6 +149,8 @@ export class SpliceEngine {
     if (this.#stopped) return this.#stopped;
     this.#stopped = new Promise<void>((resolve) => {
       this.#onStopped = () => {
+        for (const c of this.#closing.values()) c.resolve();
+        this.#closing.clear();
         this.#worker.terminate();
         closeFd(this.#wakeFd);
         resolve();
@@ -179,6 +192,7 @@ export class SpliceEngine {
     if (m.unlistened) {
       for (const tag of m.unlistened) {
         this.#listeners.delete(tag);
+        this.#closing.get(tag)?.resolve();
         this.#closing.delete(tag);
       }
       this.#updateRef();
