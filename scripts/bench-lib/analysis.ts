@@ -12,6 +12,17 @@ export interface AnalysisContext {
   binaryBytes?: number;
 }
 
+/** " In this run the userspace relay …": the relay A/B of the same run, when it ran. */
+function relayAbSentence(r: BenchResults): string {
+  const ab = r.relayAB ?? [];
+  const med = (relay: "splice" | "userspace", f: (x: (typeof ab)[number]) => number) => percentile(ab.filter((x) => x.relay === relay).map(f).filter(Number.isFinite), 50);
+  const gbps = (x: (typeof ab)[number]) => x.tp1.iperf.bitsPerSecond / 1e9;
+  const cpu = (x: (typeof ab)[number]) => (x.tp1.proxyCpu ? (x.tp1.proxyCpu.user + x.tp1.proxyCpu.sys) / ((x.tp1.iperf.bitsPerSecond / 8e9) * (x.tp1.wallSec ?? NaN)) : NaN);
+  const [sg, ug, sc, uc] = [med("splice", gbps), med("userspace", gbps), med("splice", cpu), med("userspace", cpu)];
+  if (!Number.isFinite(sg) || !Number.isFinite(ug)) return "";
+  return ` In this run the two relays measured in turn (see "The two relays") reached ${fmt(sg, 2)} (splice) and ${fmt(ug, 2)} Gb/s (userspace) for 1 stream${Number.isFinite(sc) && Number.isFinite(uc) ? `, at about ${fmt(sc, 2)} and ${fmt(uc, 2)} proxy CPU-seconds per GB` : ""}.`;
+}
+
 export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
   const d = derive(r);
   const notes: string[] = [];
@@ -39,7 +50,8 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
   if (Number.isFinite(cpuN) && Number.isFinite(cpuH)) {
     notes.push(
       `**Proxy CPU per GB (1 stream).** nshub used ${fmt(cpuN, 2)} CPU-seconds per GB relayed, HAProxy ${fmt(cpuH, 2)} (${fmt(cpuN / cpuH, 2)}×; 4 streams: ${fmt(d.tpCpuPerGB["4"].nshub, 2)} vs ${fmt(d.tpCpuPerGB["4"].haproxy, 2)}). ` +
-        "On a CPU-bound machine throughput follows this cost: what the proxy spends per byte is not available to iperf3 and the kernel. (HAProxy runs with its default 16 KiB buffers and without splice.)",
+        "On a CPU-bound machine throughput follows this cost: what the proxy spends per byte is not available to iperf3 and the kernel. " +
+        `(nshub ran its ${r.proxyRelay ?? "userspace"} relay; HAProxy runs with its default 16 KiB buffers and without splice. With \`option splice-request\` and \`splice-response\` forced, a hand-run \`--quick\` pair on this machine (2026-11-24) gave HAProxy 4.1–6.4 Gb/s for 1 stream and 7.1 for 4, and 1.58 CPU-s/GB: about what nshub's splice relay reaches.)`,
     );
   }
 
@@ -51,33 +63,43 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
         ((r.proxyWorkers ?? 1) === 1 && busy >= 0.85 && busy <= 1.25
           ? `That is one CPU, its ceiling: the relay runs on one JavaScript thread for every pod and connection, and at ${fmt(cpuN, 2)} CPU-seconds per GB one CPU relays about ${fmt(ceiling, 1)} Gb/s, whatever the number of streams — which is what it reached (${fmt(d.tp["1"].nshub, 2)} and ${fmt(d.tp["4"].nshub, 2)} Gb/s). `
           : `The proxy ran ${r.proxyWorkers ?? 1} data-plane thread${(r.proxyWorkers ?? 1) === 1 ? "" : "s"}; at ${fmt(cpuN, 2)} CPU-seconds per GB one CPU relays about ${fmt(ceiling, 1)} Gb/s, and with iperf3's two ends at ${fmt(d.tpEndsCpuPerGB["1"].nshub, 2)} CPU-s/GB the machine's ${cpus} CPUs carry at most about ${fmt((cpus * 8) / (cpuN + d.tpEndsCpuPerGB["1"].nshub), 1)} Gb/s on this path, whatever the number of threads. `) +
-        `Half of direct (${fmt(d.tp["1"].direct / 2, 2)} / ${fmt(d.tp["4"].direct / 2, 2)} Gb/s for 1 / 4 streams) needs either a cheaper relay per byte (≤ ${fmt(8 / (d.tp["1"].direct / 2), 2)} CPU-s/GB for 1 stream on one thread; e.g. \`splice\` in the Zig library, which skips the user-space copy) or the relay spread over more threads, and on this ${cpus}-CPU machine the iperf3 ends need their share too. nshub has the threads (\`proxy.workers\`, default 2: Worker threads that each bind every pod's listeners with SO_REUSEPORT); in two pairs of \`--quick\` runs on this machine (2026-11-24) 2 threads gave 4.45–4.48 Gb/s for 4 streams against 3.13–4.26 with 1, and about the same for 1 stream (one connection's two relays may land on the same thread): iperf3's two ends already need most of the second CPU. \`splice\` is not usable as things are: Bun owns the accepted sockets and reads them itself, so a kernel-side copy would need the relay's fds outside Bun's event loop.`,
+        `Half of direct (${fmt(d.tp["1"].direct / 2, 2)} / ${fmt(d.tp["4"].direct / 2, 2)} Gb/s for 1 / 4 streams) needs the whole double relay at ≤ ${fmt(8 / (d.tp["1"].direct / 2), 2)} CPU-s/GB for 1 stream on one CPU, and on this ${cpus}-CPU machine the iperf3 ends need their share too. ` +
+        (r.proxyRelay === "splice"
+          ? "With the splice relay the payload never enters user space: each data-plane thread's relay thread moves it socket → pipe → socket with splice(2) (ztunnel measured 12 → 36 Gb/s with splice before removing it for HBONE). What remains is the kernel's TCP, netfilter and veth work for the two extra trips through the stack (A's outbound and B's inbound relay), which the proxy's own sends run in its context." +
+            relayAbSentence(r)
+          : "The userspace relay copies every byte into and out of JavaScript buffers; the splice relay (`proxy.relay: splice`, the default) does not."),
     );
   }
 
   const pr = r.profile;
   if (pr?.byDso) {
     const s = dsoShares(pr.byDso);
-    const parts = [`kernel ${fmt(s.kernel, 0)}%`, `libc ${fmt(s.libc, 0)}% (memmove: user-space buffer copies)`, `Bun's native code ${fmt(s.bun, 0)}%`, `JIT-compiled JavaScript ${fmt(s.jit, 0)}%`];
+    const spliced = r.proxyRelay === "splice";
+    const parts = [`kernel ${fmt(s.kernel, 0)}%`, `libc ${fmt(s.libc, 0)}%${spliced ? "" : " (memmove: user-space buffer copies)"}`, `Bun's native code ${fmt(s.bun, 0)}%`, `JIT-compiled JavaScript ${fmt(s.jit, 0)}%`];
     let per = "";
     if (pr.syscalls && pr.cpu) {
       const c = straceCalls(pr.syscalls);
-      const sends = (c.sendto ?? 0) + (c.write ?? 0) + (c.writev ?? 0) + (c.sendmsg ?? 0);
-      const recvs = (c.recvfrom ?? 0) + (c.read ?? 0) + (c.readv ?? 0) + (c.recvmsg ?? 0);
+      // A splice relay moves each chunk with two splices (socket → pipe, pipe → socket).
+      const sends = (c.sendto ?? 0) + (c.write ?? 0) + (c.writev ?? 0) + (c.sendmsg ?? 0) + (c.splice ?? 0) / 2;
+      const recvs = (c.recvfrom ?? 0) + (c.read ?? 0) + (c.readv ?? 0) + (c.recvmsg ?? 0) + (c.splice ?? 0) / 2;
       const gbpsUnderStrace = Number(/ran at ([0-9.]+) Gb\/s/.exec(pr.notes.join(" "))?.[1]);
       if (sends > 0 && Number.isFinite(gbpsUnderStrace)) {
         // 3 s window; every byte is sent twice and received twice by the proxy (two relays).
         const bytes = ((gbpsUnderStrace * 1e9) / 8) * 3 * 2;
-        per = ` Under strace the proxy made ${sends} send and ${recvs} receive calls in 3 s: about ${fmt(bytes / sends / 1024, 0)} KiB per send and ${fmt(bytes / Math.max(recvs, 1) / 1024, 0)} KiB per receive, so the number of syscalls is not the problem (${c.futex ?? 0} futex calls are Bun's threads synchronising).`;
+        per = ` Under strace the proxy made ${fmt(sends, 0)} ${spliced ? "splices into sockets" : "send calls"} and ${fmt(recvs, 0)} ${spliced ? "out of sockets" : "receive calls"} in 3 s: about ${fmt(bytes / sends / 1024, 0)} KiB per send and ${fmt(bytes / Math.max(recvs, 1) / 1024, 0)} KiB per receive, so the number of syscalls is not the problem (${c.futex ?? 0} futex calls are Bun's threads synchronising).`;
       }
     }
     notes.push(
       `**Where the proxy's CPU goes (throughput).** perf samples of the proxy process: ${parts.join(", ")}. ` +
-        "The bulk is the kernel: copying payload into and out of socket buffers (`_copy_to_iter`/`_copy_from_iter`) and the TCP/IP, netfilter and veth processing that the proxy's own sends run in its context (softirq). " +
-        (s.jit + s.bun < 25
-          ? "JavaScript and Bun's own code are a small share: the relay is already a thin loop around large reads and writes. "
-          : `JavaScript and Bun's own code are ${fmt(s.jit + s.bun, 0)}% of the samples: the relay loop itself is a real cost here. `) +
-        "What would cut the kernel's part is copying less: `splice(2)` between the two sockets (no user-space copy; ztunnel measured 12 → 36 Gb/s with it before removing it for HBONE), or fewer passes through the stack (a same-node shortcut from A's outbound to B's inbound, which ambient mode deliberately does not take)." +
+        (spliced
+          ? "The bulk is the kernel: the TCP/IP, netfilter and veth processing that the proxy's own sends run in its context (softirq), and splice's page moves; no payload is copied to user space. " +
+            (s.jit + s.bun < 25 ? "JavaScript and Bun's own code are a small share. " : `JavaScript and Bun's own code are ${fmt(s.jit + s.bun, 0)}% of the samples. `) +
+            "What would cut the rest is fewer passes through the stack (a same-node shortcut from A's outbound to B's inbound, which ambient mode deliberately does not take)."
+          : "The bulk is the kernel: copying payload into and out of socket buffers (`_copy_to_iter`/`_copy_from_iter`) and the TCP/IP, netfilter and veth processing that the proxy's own sends run in its context (softirq). " +
+            (s.jit + s.bun < 25
+              ? "JavaScript and Bun's own code are a small share: the relay is already a thin loop around large reads and writes. "
+              : `JavaScript and Bun's own code are ${fmt(s.jit + s.bun, 0)}% of the samples: the relay loop itself is a real cost here. `) +
+            "What cuts the kernel's part is copying less: the splice relay (`proxy.relay: splice`, the default) moves the bytes without a user-space copy.") +
         per,
     );
   }
@@ -99,7 +121,7 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
       `**Latency: syscalls per round trip.** ${latMissed ? "nshub added more p50 latency than HAProxy in this run. " : ""}During a sockperf run under strace the proxy made ${fmt(total(calls) / messages, 1)} syscalls per round trip (one 64-byte message through A's outbound and B's inbound relay, and the reply back): ${top(calls, messages, 6)}. ` +
         ((calls.futex ?? 0) + signals(calls) > 0.5 * messages
           ? `Besides the 4 receives, 4 sends and the event-loop waits that two relays need, ${fmt((calls.futex ?? 0) / messages, 1)} futex and ${fmt(signals(calls) / messages, 1)} signal-related calls per round trip are threads of the Bun process waking each other.`
-          : `That is the minimum for two relays (4 receives, 4 sends, and a wake-up of the proxy's event loop for each of the 4 hops): the added latency is the cost of those wake-ups and copies on a busy CPU, not extra work per message. nshub ran ${r.proxyWorkers ?? 1} data-plane thread${(r.proxyWorkers ?? 1) === 1 ? "" : "s"} and HAProxy ${r.haproxyThreads ?? "its default number of"} threads here.`),
+          : `That is about the minimum for two relays (${r.proxyRelay === "splice" ? "two splices per hop, socket → pipe → socket" : "a receive and a send per hop"}, and a wake-up of the relay's event loop for each of the 4 hops): the added latency is the cost of those wake-ups on a busy CPU, not extra work per message. nshub ran ${r.proxyWorkers ?? 1} data-plane thread${(r.proxyWorkers ?? 1) === 1 ? "" : "s"} and HAProxy ${r.haproxyThreads ?? "its default number of"} threads here.`),
     );
   }
   const cpsMissed = Number.isFinite(d.cps.nshub) && Number.isFinite(d.cps.haproxy) && d.cps.nshub < 0.8 * d.cps.haproxy;
@@ -124,7 +146,10 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
     notes.push(
       `**Connection rate: CPU per new connection.** The proxy's own CPU time during the wrk runs, per connection (medians): nshub ${fmt(cn.user, 0)} µs user + ${fmt(cn.sys, 0)} µs kernel, HAProxy ${fmt(ch.user, 0)} µs user + ${fmt(ch.sys, 0)} µs kernel. ` +
         `Each client connection costs either proxy two accepts, two upstream connects and two closes; the kernel part is mostly TCP and netfilter work that runs in the proxy's context (the upstream connect's handshake and the closing FINs are processed inline on the virtual wire). ` +
-        `The source-preserving inbound leg is not what makes nshub's kernel share higher: measured separately on this machine (2026-11-24, one data-plane thread), connections through only A's outbound relay and through only B's inbound relay (IP_TRANSPARENT bind, connmark, table-100 route) cost the proxy about the same, 300–390 µs of CPU each. nshub's user share is Bun's socket handling plus the relay, record and access log per connection. ` +
+        `The source-preserving inbound leg is not what makes nshub's kernel share higher: measured separately on this machine (2026-11-24, one data-plane thread), connections through only A's outbound relay and through only B's inbound relay (IP_TRANSPARENT bind, connmark, table-100 route) cost the proxy about the same, 300–390 µs of CPU each. ` +
+        (r.proxyRelay === "splice"
+          ? "nshub's user share is its per-connection JavaScript (addresses, record, metrics, access log, the hand-over to the relay thread) and the relay thread's own loop; the upstream connect itself (setns into the pod, socket, mark, bind, connect) runs on the data-plane thread and is most of its samples in a JS profile, because the SYN's way to B is processed inside the connect call. "
+          : "nshub's user share is Bun's socket handling plus the relay, record and access log per connection. ") +
         `On this ${cpus}-CPU machine wrk, the HTTP server and the proxy share the CPUs, so the rate follows the total CPU per connection. The proxy's data-plane threads (\`proxy.workers\`, default 2: each thread binds every pod's listeners with SO_REUSEPORT) let it use the second CPU: in two pairs of \`--quick\` runs on this machine (2026-11-24, 3 repetitions each) 2 threads reached 0.47–0.49× HAProxy's rate against 0.39–0.40× with 1. The rest of the gap is the CPU per connection above.`,
     );
   }
@@ -167,7 +192,7 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
       ((m.legs ?? 2) === 1
         ? `**Per-connection memory.** Each of the ${m.connsOpened} client connections is one relayed connection inside the proxy (B's inbound accept + its transparent upstream): two sockets; the proxy's fds went from ${m.fdsBefore} to ${m.fdsConns}. A connection between two enrolled pods of the same node passes two relays (A's outbound and B's inbound) and costs about twice as much, ${fmt((2 * (d.perConnBytes ?? NaN)) / 1000, 1)} KB. `
         : `**Per-connection memory.** Each of the ${m.connsOpened} client connections is two relayed connections inside the proxy (A's outbound accept + upstream, B's inbound accept + transparent upstream): four sockets; the proxy's fds went from ${m.fdsBefore} to ${m.fdsConns}. Per relayed connection (one leg) that is ${fmt((d.perConnBytes ?? NaN) / 2000, 2)} KB. `) +
-        `Kernel socket buffers are not in the proxy's RSS; what is counted is the proxy's own per-connection state (Bun socket objects, the relay and its record, metric handles).` + lost,
+        `Kernel socket buffers are not in the proxy's RSS; what is counted is the proxy's own per-connection state (${r.proxyRelay === "splice" ? "the connection's state on the relay thread, its record and relay on the data-plane thread, metric handles; an idle connection holds no pipe" : "Bun socket objects, the relay and its record, metric handles"}).` + lost,
     );
   }
   if (m?.conns !== undefined && m.conns < r.params.idleConns) {

@@ -127,3 +127,31 @@ describe("profile parsing", () => {
     expect(c).toEqual({ futex: 6578, sendto: 2306, recvfrom: 2295 });
   });
 });
+
+describe("the two relays (phase relay)", () => {
+  test("medians per relay and splice/userspace ratios; the throughput note quotes them; no section without the phase", () => {
+    const r = results();
+    r.proxyRelay = "splice";
+    // 1 stream: splice 8, 6, 7 Gb/s; userspace 4, 5, 3 → medians 7 and 4 (1.75×).
+    const run = (rep: number, relay: "splice" | "userspace", g1: number, p50: number, rps: number) => ({
+      rep,
+      relay,
+      seconds: 5,
+      tp1: { rep, iperf: iperf(g1), proxyCpu: { user: 0, sys: 2 }, wallSec: 6 },
+      tp4: { rep, iperf: iperf(g1 * 1.5), proxyCpu: { user: 0, sys: 2 }, wallSec: 6 },
+      latency: sock(p50, p50 * 2, p50 * 10),
+      cps: { wrk: wrk(rps), proxyCpu: { user: 0.2, sys: 0.8 } },
+    });
+    r.relayAB = [run(1, "splice", 8, 100, 2000), run(1, "userspace", 4, 110, 1900), run(2, "userspace", 5, 120, 2100), run(2, "splice", 6, 90, 2200), run(3, "splice", 7, 95, 2100), run(3, "userspace", 3, 130, 2000)];
+    const page = renderReport(r, { notes: analysis(r) });
+    expect(page).toContain("### The two relays (nshub only, same run)");
+    expect(page).toMatch(/\| throughput, 1 stream \(Gb\/s\) \| 7\.00 \| 4\.00 \| 1\.75× \|/);
+    expect(page).toMatch(/\| round trip p50 \(µs\) \| 95\.0 \| 120\.0 \| 0\.79× \|/);
+    expect(page).toMatch(/\| connection rate \(new connections\/s\) \| 2,100 \| 2,000 \| 1\.05× \|/);
+    expect(page).toContain("reached 7.00 (splice) and 4.00 Gb/s (userspace) for 1 stream");
+    expect(page).toContain("with the splice relay (`proxy.relay`");
+    const without = renderReport(results(), { notes: analysis(results()) });
+    expect(without).not.toContain("The two relays");
+    expect(without).toContain("with the userspace relay");
+  });
+});
