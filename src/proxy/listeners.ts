@@ -22,7 +22,7 @@ import {
 import type { ProxyConfig } from "../config/schema.ts";
 import { acceptFd, acceptSocket, setKeepalive } from "./handlers.ts";
 import { clientHandlers, type RelaySocket } from "./relay.ts";
-import { spliceEngine } from "./splice-engine.ts";
+import { spliceEngine, type SpliceEngine } from "./splice-engine.ts";
 import type { PodProxy } from "./pod.ts";
 import type { Direction } from "./records.ts";
 
@@ -133,8 +133,9 @@ export function openSpliceListener(opts: {
   mark: number;
   transparent: boolean;
   keepaliveIdleSec: number;
-  pipeSize: number;
   netns: string;
+  /** This thread's splice relay (splice-engine.ts spliceEngine()). */
+  engine: SpliceEngine;
   accept: (fd: number) => void;
 }): PodListener {
   const fd = tcpListen({ address: opts.address, port: opts.port, backlog: 1024, mark: opts.mark, transparent: opts.transparent, netns: opts.netns });
@@ -147,7 +148,7 @@ export function openSpliceListener(opts: {
     closeFd(fd);
     throw e;
   }
-  const engine = spliceEngine({ pipeSize: opts.pipeSize });
+  const engine = opts.engine;
   const tag = engine.listen(fd, opts.accept);
   let closed: Promise<void> | undefined;
   return {
@@ -166,8 +167,9 @@ export function openSpliceListener(opts: {
 function openCaptureListener(pod: PodProxy, family: BindFamily, cfg: ProxyConfig, direction: Direction, port: number): PodListener {
   const common = { kind: direction, address: wildcard(family), port, mark: cfg.mark, transparent: true, keepaliveIdleSec: cfg.keepaliveIdleSec };
   if (cfg.relay === "splice") {
-    const engine = spliceEngine({ pipeSize: cfg.maxQueuedBytes });
-    return openSpliceListener({ ...common, pipeSize: cfg.maxQueuedBytes, netns: pod.netns.label, accept: (fd) => acceptFd(pod, fd, direction, engine) });
+    // The first call starts this thread's relay thread; its pipes are maxQueuedBytes large.
+    const engine = spliceEngine({ pipeSize: cfg.maxQueuedBytes, onWarning: (m) => pod.deps.log.warn(m) });
+    return openSpliceListener({ ...common, netns: pod.netns.label, engine, accept: (fd) => acceptFd(pod, fd, direction, engine) });
   }
   return openTcpListener({ ...common, accept: (sock) => acceptSocket(pod, sock, direction) });
 }

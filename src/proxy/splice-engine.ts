@@ -3,6 +3,7 @@
 // serves pods (the main thread and each data-plane Worker), started on first use.
 import { closeReset, eventFd, signalEventFd } from "../sys/splice.ts";
 import { closeFd } from "../sys/index.ts";
+import { ERRNO_NAMES } from "../sys/errno.ts";
 import { CMD_INTS, Cmd, End, HEAD, MAX_SLOTS, RING_BASE, RING_ENTRIES, RING_INTS, SLEEPING, TAIL, type SpliceEvents } from "./splice-shared.ts";
 
 export { End } from "./splice-shared.ts";
@@ -184,9 +185,17 @@ export class SpliceEngine {
       const a = m.accepted;
       for (let i = 0; i < a.length; i += 2) {
         const onAccept = this.#listeners.get(a[i]!);
+        const fd = a[i + 1]!;
         // No callback: the engine is stopping and nobody serves it any more.
-        if (onAccept) onAccept(a[i + 1]!);
-        else closeReset(a[i + 1]!);
+        if (!onAccept) {
+          closeReset(fd);
+          continue;
+        }
+        try {
+          onAccept(fd);
+        } catch (e) {
+          this.#onWarning(`handling an accepted connection failed: ${(e as Error).message}`);
+        }
       }
     }
     if (m.unlistened) {
@@ -210,7 +219,8 @@ export class SpliceEngine {
       }
       this.#updateRef();
     }
-    if (m.listenError) this.#onWarning(`accept failed on a pod listener: errno ${m.listenError[1]} (the connection stays queued)`);
+    if (m.listenError) this.#onWarning(`accept failed on a pod listener: ${ERRNO_NAMES[m.listenError[1]] ?? `errno ${m.listenError[1]}`} (the connection stays queued; the listener rests 100 ms)`);
+    if (m.warning) this.#onWarning(`splice relay thread: ${m.warning}`);
     if (m.stopped) this.#onStopped?.();
   }
 

@@ -67,6 +67,8 @@ export interface SpliceEvents {
   halfClosed?: number[];
   done?: number[];
   stopped?: true;
-  /** A listener that failed in accept (other than EAGAIN and the transient errors): [tag, errno]. */
+  /** A listener whose accept ran out of fds or memory (it rests 100 ms): [tag, errno]. */
   listenError?: [number, number];
+  /** Something the relay thread could not do (a command with a bad fd), for the log. */
+  warning?: string;
 }

@@ -21,6 +21,7 @@ import {
   closeReset,
   drainEventFd,
   epollAdd,
+  epollDel,
   epollCreate,
   epollWait,
   makePipe,
@@ -49,6 +50,8 @@ const K_UPSTREAM = 3;
 const CONN_EVENTS = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
 /** Accepts per listener per wake-up (level-triggered: the rest come on the next round). */
 const ACCEPT_BATCH = 64;
+/** How long a listener rests after accept ran out of fds or memory. */
+const ACCEPT_BACKOFF_MS = 100;
 /** Free pipes kept for reuse; beyond this, emptied pipes are closed. */
 const POOL_MAX = 256;
 
@@ -94,6 +97,8 @@ class RelayLoop {
   readonly #listeners = new Map<number, number>(); // tag → fd
   readonly #conns = new Map<number, Conn>(); // slot → conn
   readonly #connecting = new Set<Conn>();
+  /** Listeners resting after accept failed for lack of fds (tag → when to watch them again). */
+  readonly #paused = new Map<number, number>();
   readonly #pool: Array<[number, number]> = [];
   #pipeCap = 65536;
   #accepted: number[] = [];
@@ -127,6 +132,7 @@ class RelayLoop {
       for (let i = 0; i < n; i++) this.#event(evs[2 * i]!, evs[2 * i + 1]!);
       this.#commands();
       if (this.#connecting.size > 0) this.#expireConnects();
+      if (this.#paused.size > 0) this.#resumeListeners();
       this.#flushEvents();
     }
     for (const c of [...this.#conns.values()]) this.#end(c, End.Aborted, 0);
@@ -183,8 +189,11 @@ class RelayLoop {
         continue;
       }
       if (s === -EAGAIN || s === -EINTR) return;
-      // Out of fds or memory: the connection stays queued; report it and try again later.
+      // Out of fds or memory: the connection stays queued. The listener is level-triggered, so
+      // leave it out of epoll for a moment instead of spinning on it; report once per pause.
       if (s === -EMFILE || s === -ENFILE || s === -ENOBUFS || s === -ENOMEM) {
+        epollDel(this.#ep, fd);
+        this.#paused.set(tag, Date.now() + ACCEPT_BACKOFF_MS);
         self.postMessage({ listenError: [tag, -s] } satisfies SpliceEvents);
         return;
       }
@@ -290,7 +299,12 @@ class RelayLoop {
     const tail = Atomics.load(ring, TAIL);
     while (head !== tail) {
       const at = RING_BASE + (head % RING_ENTRIES) * CMD_INTS;
-      this.#command(ring[at]!, ring[at + 1]!, ring[at + 2]!, ring[at + 3]!, ring[at + 4]!);
+      try {
+        this.#command(ring[at]!, ring[at + 1]!, ring[at + 2]!, ring[at + 3]!, ring[at + 4]!);
+      } catch (e) {
+        // A bad fd from the owner (a bug there): say so, keep serving everything else.
+        self.postMessage({ warning: `command ${ring[at]} failed: ${(e as Error).message}` } satisfies SpliceEvents);
+      }
       head = (head + 1) | 0;
     }
     Atomics.store(ring, HEAD, head);
@@ -305,6 +319,7 @@ class RelayLoop {
       case Cmd.Unlisten: {
         const fd = this.#listeners.get(a);
         this.#listeners.delete(a);
+        this.#paused.delete(a);
         if (fd !== undefined) closeFd(fd);
         this.#unlistened.push(a);
         return;
@@ -342,11 +357,22 @@ class RelayLoop {
     for (const c of this.#connecting) if (c.deadline <= now) this.#end(c, End.ConnectFailed, ETIMEDOUT);
   }
 
-  /** epoll_wait's timeout: until the earliest connect deadline, else forever. */
+  #resumeListeners(): void {
+    const now = Date.now();
+    for (const [tag, at] of this.#paused) {
+      if (at > now) continue;
+      this.#paused.delete(tag);
+      const fd = this.#listeners.get(tag);
+      if (fd !== undefined) epollAdd(this.#ep, fd, EPOLLIN, (tag << 2) | K_LISTENER);
+    }
+  }
+
+  /** epoll_wait's timeout: until the earliest connect deadline or listener rest, else forever. */
   #timeout(): number {
-    if (this.#connecting.size === 0) return -1;
+    if (this.#connecting.size === 0 && this.#paused.size === 0) return -1;
     let first = Infinity;
     for (const c of this.#connecting) if (c.deadline < first) first = c.deadline;
+    for (const at of this.#paused.values()) if (at < first) first = at;
     return Math.max(0, Math.min(60_000, first - Date.now()));
   }
 

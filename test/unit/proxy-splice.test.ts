@@ -41,8 +41,8 @@ function spliceProxy(upstreamPort: number, opts: { connectDelayMs?: number; conn
     mark: 0,
     transparent: false,
     keepaliveIdleSec: 60,
-    pipeSize: PIPE,
     netns: "test",
+    engine,
     accept: (fd) => {
       const rec = table.open({
         pod,
