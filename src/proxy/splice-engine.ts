@@ -65,6 +65,12 @@ export class SpliceEngine {
     this.#worker.onmessage = (ev: MessageEvent<SpliceEvents>) => this.#events(ev.data);
     this.#worker.onerror = (ev) => {
       this.#failed = ev.message || "unknown error";
+      // Its connections are gone with it: end their records now, so a drain does not wait for them.
+      const conns = [...this.#conns];
+      this.#conns.clear();
+      for (const [slot, h] of conns) h.done(End.Aborted, 0, this.sent(slot), this.received(slot));
+      for (const c of this.#closing.values()) c.resolve();
+      this.#closing.clear();
       this.#onStopped?.();
       onFailure(this.#failed);
     };
@@ -129,7 +135,7 @@ export class SpliceEngine {
 
   /** Resets the connection in `slot`; its `done` follows with End.Aborted. */
   abort(slot: number): void {
-    if (this.#conns.has(slot)) this.#send(Cmd.Abort, slot);
+    if (this.#conns.has(slot) && !this.#failed) this.#send(Cmd.Abort, slot);
   }
 
   /** Bytes relayed so far: [client → upstream, upstream → client]. */

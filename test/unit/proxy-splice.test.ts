@@ -10,7 +10,7 @@ import { ConnectionTable, type CloseHow, type ConnectionRecord } from "../../src
 import { openSpliceListener, type PodListener } from "../../src/proxy/listeners.ts";
 import { setKeepalive } from "../../src/proxy/handlers.ts";
 import { SpliceRelay } from "../../src/proxy/splice-relay.ts";
-import { setSpliceFailureHandler, SpliceEngine, spliceEngine, stopSpliceEngine } from "../../src/proxy/splice-engine.ts";
+import { End, setSpliceFailureHandler, SpliceEngine, spliceEngine, stopSpliceEngine } from "../../src/proxy/splice-engine.ts";
 import { client, server, waitFor, writeAll } from "../helpers/loopback-tcp.ts";
 
 const PIPE = 64 * 1024;
@@ -346,18 +346,22 @@ describe("splice relay", () => {
 });
 
 describe("splice relay thread failure", () => {
-  test("a dead relay thread is reported once; later use fails at once; stop still resolves", async () => {
+  test("a dead relay thread is reported once; its connections end at once; later use fails at once; stop still resolves", async () => {
     const failures: string[] = [];
     setSpliceFailureHandler((e) => failures.push(e));
     const engine = new SpliceEngine({ workerUrl: new URL("../fixtures/splice-crash-worker.ts", import.meta.url).href });
     try {
+      const [a, b] = sys.socketPair(sys.SOCK_STREAM);
+      const ended: number[] = [];
+      engine.relay(a, b, 1000, { established() {}, halfClosed() {}, done: (how) => ended.push(how) });
       await waitFor(() => failures.length > 0);
       expect(failures).toHaveLength(1);
       expect(failures[0]).toContain("relay loop exploded");
-      const [a, b] = sys.socketPair(sys.SOCK_STREAM);
-      expect(() => engine.relay(a, b, 1000, { established() {}, halfClosed() {}, done() {} })).toThrow(/has failed/);
-      sys.closeFd(a);
-      sys.closeFd(b);
+      expect(ended).toEqual([End.Aborted]);
+      expect(engine.connections).toBe(0);
+      const [c, d] = sys.socketPair(sys.SOCK_STREAM);
+      expect(() => engine.relay(c, d, 1000, { established() {}, halfClosed() {}, done() {} })).toThrow(/has failed/);
+      for (const fd of [a, b, c, d]) sys.closeFd(fd);
       await engine.stop();
       expect(failures).toHaveLength(1);
     } finally {
