@@ -1,5 +1,7 @@
 // Loopback TCP peers for the relay unit tests (userspace and splice): a Bun server with
-// scripted behaviour, a Bun client that records what it receives, and small waiting helpers.
+// scripted behaviour, a Bun client that records what it receives, a writer that honours
+// backpressure, and small waiting helpers.
+import { createHash } from "node:crypto";
 
 export interface Server {
   port: number;
@@ -105,3 +107,31 @@ export const waitFor = async (cond: () => boolean, ms = 5000) => {
   }
 };
 
+
+/**
+ * Writes `total` bytes of numbered 1 MiB blocks to `sock` honouring backpressure, then shuts
+ * its write side. `written()` tells how far it got (it stalls when nobody reads); `sha256` is
+ * the digest of everything it wrote, once `done` has resolved.
+ */
+export function blockWriter(sock: any, total: number): { done: Promise<void>; written(): number; sha256(): string } {
+  const block = new Uint8Array(1024 * 1024);
+  const hash = createHash("sha256");
+  let off = 0;
+  const done = (async () => {
+    for (let i = 0; off < total; i++) {
+      block.fill(i & 0xff);
+      block[0] = i >> 8;
+      hash.update(block);
+      let boff = 0;
+      while (boff < block.byteLength) {
+        const n = sock.write(block.subarray(boff));
+        if (n < 0) throw new Error("closed");
+        boff += n;
+        off += n;
+        if (n === 0) await Bun.sleep(2);
+      }
+    }
+    sock.shutdown();
+  })();
+  return { done, written: () => off, sha256: () => hash.digest("hex") };
+}

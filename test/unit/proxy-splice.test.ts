@@ -1,8 +1,10 @@
 // The splice relay (src/proxy/splice-engine.ts, splice-worker.ts, splice-relay.ts) on loopback,
 // no namespaces: a libnshub listener handed to a real relay thread, whose accepted sockets are
 // relayed to an upstream server through a socket from src/sys startTcpConnect, as in the
-// proxy. Checks data both ways, half-close, resets, connect failure and timeout, early data,
-// backpressure with live byte counts, abort, the socket options, and that no fd leaks.
+// proxy. The scenarios both relays share (data both ways, half-close, resets, connect failure,
+// early data) come from test/helpers/relay-scenarios.ts; here also the connect timeout,
+// backpressure with live byte counts, abort, the socket options, a dead relay thread, and that
+// no fd leaks.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import * as sys from "../../src/sys/index.ts";
@@ -11,7 +13,8 @@ import { openSpliceListener, type PodListener } from "../../src/proxy/listeners.
 import { setKeepalive } from "../../src/proxy/handlers.ts";
 import { SpliceRelay } from "../../src/proxy/splice-relay.ts";
 import { End, setSpliceFailureHandler, SpliceEngine, spliceEngine, stopSpliceEngine } from "../../src/proxy/splice-engine.ts";
-import { client, server, waitFor, writeAll } from "../helpers/loopback-tcp.ts";
+import { blockWriter, client, server, waitFor } from "../helpers/loopback-tcp.ts";
+import { relayScenarios } from "../helpers/relay-scenarios.ts";
 
 const PIPE = 64 * 1024;
 
@@ -88,117 +91,7 @@ afterAll(async () => {
 });
 
 describe("splice relay", () => {
-  test("relays both ways, passes FINs as shutdown, counts bytes, ends 'done'", async () => {
-    const up = server({ data: (s, d) => s.write(d), end: (s) => s.shutdown() });
-    const p = spliceProxy(up.port);
-    const c = await client(p.port);
-    c.sock.write("hello through the relay");
-    await waitFor(() => c.bytes() === 23);
-    expect(p.relays[0]!.rec.state).toBe("open");
-    expect(p.relays[0]!.rec.bytesSent).toBe(23); // live, from the relay thread's counters
-    c.sock.shutdown();
-    expect(await c.closed).toBe("clean");
-    await waitFor(() => p.closed.length === 1);
-    const { rec, how } = p.closed[0]!;
-    expect(how).toBe("done");
-    expect(rec.bytesSent).toBe(23);
-    expect(rec.bytesReceived).toBe(23);
-    expect(c.text()).toBe("hello through the relay");
-    expect(p.table.size).toBe(0);
-    p.stop();
-    up.stop();
-  });
-
-  test("half-close: the client shuts down its write side, the server still replies after reading everything", async () => {
-    let got = 0;
-    const up = server({
-      data: (_s, d) => void (got += d.byteLength),
-      end: (s) => {
-        s.write(`got ${got} bytes`);
-        s.shutdown();
-      },
-    });
-    const p = spliceProxy(up.port);
-    const c = await client(p.port);
-    const payload = new Uint8Array(3 * 1024 * 1024).fill(7);
-    await writeAll(c.sock, payload);
-    c.sock.shutdown();
-    expect(await c.closed).toBe("clean");
-    expect(c.text()).toBe(`got ${payload.byteLength} bytes`);
-    await waitFor(() => p.closed.length === 1);
-    expect(p.closed[0]!.how).toBe("done");
-    expect(p.closed[0]!.rec.bytesSent).toBe(payload.byteLength);
-    p.stop();
-    up.stop();
-  });
-
-  test("the server's half-close reaches the client while the client keeps sending", async () => {
-    let got = 0;
-    const up = server({
-      open: (s) => {
-        s.write("bye");
-        s.shutdown();
-      },
-      data: (_s, d) => void (got += d.byteLength),
-      end: (s) => s.end(),
-    });
-    const p = spliceProxy(up.port);
-    const c = await client(p.port);
-    await c.ended;
-    expect(c.text()).toBe("bye");
-    await waitFor(() => p.relays[0]!.rec.state === "half_closed");
-    c.sock.write("still talking");
-    await waitFor(() => got === 13);
-    c.sock.shutdown();
-    await c.closed;
-    await waitFor(() => p.closed.length === 1);
-    expect(p.closed[0]!.how).toBe("done");
-    p.stop();
-    up.stop();
-  });
-
-  test("a reset from the server resets the client", async () => {
-    const up = server({ data: (s) => s.terminate() });
-    const p = spliceProxy(up.port);
-    const c = await client(p.port);
-    c.sock.write("x");
-    expect(await c.closed).toBe("ECONNRESET");
-    await waitFor(() => p.closed.length === 1);
-    expect(p.closed[0]!.how).toBe("reset");
-    expect(p.closed[0]!.rec.error).toBe("ECONNRESET");
-    p.stop();
-    up.stop();
-  });
-
-  test("a reset from the client resets the server side", async () => {
-    let serverClose: string | undefined;
-    const up = server({ close: (_s, e) => (serverClose = e ? (e.code ?? "error") : "clean") });
-    const p = spliceProxy(up.port);
-    const c = await client(p.port);
-    c.sock.write("x");
-    await waitFor(() => p.relays[0]?.rec.state === "open");
-    c.sock.terminate();
-    await waitFor(() => serverClose !== undefined);
-    expect(serverClose).not.toBe("clean");
-    await waitFor(() => p.closed.length === 1);
-    expect(p.closed[0]!.how).toBe("reset");
-    p.stop();
-    up.stop();
-  });
-
-  test("an upstream connect failure resets the client promptly (connect_failed)", async () => {
-    const dead = server({});
-    const port = dead.port;
-    dead.stop();
-    const p = spliceProxy(port, { connectDelayMs: 50 });
-    const c = await client(p.port);
-    c.sock.write("anyone?");
-    expect(await c.closed).toBe("ECONNRESET");
-    await waitFor(() => p.closed.length === 1);
-    expect(p.closed[0]!.how).toBe("connect_failed");
-    expect(p.closed[0]!.rec.error).toBe("ECONNREFUSED");
-    p.stop();
-  });
+  relayScenarios(spliceProxy);
 
   test("an upstream that never answers the SYN times out (connect_failed ETIMEDOUT)", async () => {
     // A listener whose accept queue is full drops further SYNs: connects to it hang.
@@ -220,22 +113,6 @@ describe("splice relay", () => {
     p.stop();
   });
 
-  test("data sent before the upstream is connected waits in the kernel and arrives intact", async () => {
-    const chunks: Uint8Array[] = [];
-    const up = server({ data: (_s, d) => void chunks.push(d), end: (s) => s.shutdown() });
-    const p = spliceProxy(up.port, { connectDelayMs: 300 });
-    const c = await client(p.port);
-    const payload = new Uint8Array(1024 * 1024).map((_, i) => (i * 31) & 0xff);
-    await writeAll(c.sock, payload);
-    c.sock.shutdown();
-    await c.closed;
-    const got = Buffer.concat(chunks);
-    expect(got.byteLength).toBe(payload.byteLength);
-    expect(createHash("sha256").update(got).digest("hex")).toBe(createHash("sha256").update(payload).digest("hex"));
-    p.stop();
-    up.stop();
-  });
-
   test("backpressure: a server that stops reading stalls the client; live bytes stop growing; nothing is lost", async () => {
     const hash = createHash("sha256");
     let got = 0;
@@ -254,27 +131,9 @@ describe("splice relay", () => {
     const p = spliceProxy(up.port);
     const c = await client(p.port);
     const total = 64 * 1024 * 1024;
-    const block = new Uint8Array(1024 * 1024);
-    const sent = createHash("sha256");
-    let off = 0;
-    const writer = (async () => {
-      for (let i = 0; off < total; i++) {
-        block.fill(i & 0xff);
-        block[0] = i >> 8;
-        sent.update(block);
-        let boff = 0;
-        while (boff < block.byteLength) {
-          const n = c.sock.write(block.subarray(boff));
-          if (n < 0) throw new Error("closed");
-          boff += n;
-          off += n;
-          if (n === 0) await Bun.sleep(2);
-        }
-      }
-      c.sock.shutdown();
-    })();
+    const writer = blockWriter(c.sock, total);
     await Bun.sleep(500);
-    const stalledAt = off;
+    const stalledAt = writer.written();
     const relayed = p.relays[0]!.rec.bytesSent;
     expect(stalledAt).toBeLessThan(total);
     // What the relay wrote upstream sits in the server's socket buffer; it is far below what
@@ -284,10 +143,10 @@ describe("splice relay", () => {
     await Bun.sleep(200);
     expect(p.relays[0]!.rec.bytesSent).toBe(relayed);
     upSock.resume();
-    await writer;
+    await writer.done;
     await c.closed;
     expect(got).toBe(total);
-    expect(hash.digest("hex")).toBe(sent.digest("hex"));
+    expect(hash.digest("hex")).toBe(writer.sha256());
     await waitFor(() => p.closed.length === 1);
     expect(p.closed[0]!.rec.bytesSent).toBe(total);
     p.stop();
