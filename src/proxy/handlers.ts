@@ -4,7 +4,7 @@
 // peer), then hand both sockets to the relay: the userspace Relay (Bun sockets) or the splice
 // relay thread (proxy.relay).
 import {
-  connectTcp,
+  finishConnect,
   IPPROTO_TCP,
   localAddress,
   originalDst,
@@ -150,37 +150,31 @@ function prepareUpstream(fd: number, rec: ConnectionRecord, cfg: PodProxy["deps"
 export const INBOUND_SOURCE_PORTS = { min: 20000, max: 32767 } as const;
 const SOURCE_PORT_TRIES = 16;
 
+/** The upstream socket, connected (the userspace relay adopts only connected sockets). */
 async function connectUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy["deps"]["cfg"], transparentSource: string | undefined): Promise<number> {
-  const base = { netns: pod.netns, host: dst.ip, port: dst.port, mark: cfg.mark, timeoutMs: cfg.connectTimeoutMs };
-  if (transparentSource === undefined) return connectTcp(base);
-  for (const transparentSourcePort of sourcePortTries()) {
+  const fd = startUpstream(pod, dst, cfg, transparentSource);
+  return finishConnect(fd, cfg.connectTimeoutMs, pod.netns.label, `to ${fmt(dst)}`);
+}
+
+/**
+ * Creates the upstream socket in the pod's netns and starts its connect (it may still be in
+ * progress on return). Inbound binds the client's IP with a port from INBOUND_SOURCE_PORTS,
+ * another one when that is taken.
+ */
+function startUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy["deps"]["cfg"], transparentSource: string | undefined): number {
+  const base = { netns: pod.netns, host: dst.ip, port: dst.port, mark: cfg.mark };
+  if (transparentSource === undefined) return startTcpConnect(base);
+  const span = INBOUND_SOURCE_PORTS.max - INBOUND_SOURCE_PORTS.min + 1;
+  for (let i = 0; i < SOURCE_PORT_TRIES; i++) {
+    const transparentSourcePort = INBOUND_SOURCE_PORTS.min + Math.floor(Math.random() * span);
     try {
-      return await connectTcp({ ...base, transparentSource, transparentSourcePort });
+      return startTcpConnect({ ...base, transparentSource, transparentSourcePort });
     } catch (e) {
       // The bind is the first thing that can fail with EADDRINUSE; anything else is the connect's.
       if (!(e instanceof SysError && e.code === "EADDRINUSE")) throw e;
     }
   }
-  return connectTcp({ ...base, transparentSource });
-}
-
-/** The same, without waiting: the connect may still be in progress when the fd is returned. */
-function startUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy["deps"]["cfg"], transparentSource: string | undefined): number {
-  const base = { netns: pod.netns, host: dst.ip, port: dst.port, mark: cfg.mark };
-  if (transparentSource === undefined) return startTcpConnect(base);
-  for (const transparentSourcePort of sourcePortTries()) {
-    try {
-      return startTcpConnect({ ...base, transparentSource, transparentSourcePort });
-    } catch (e) {
-      if (!(e instanceof SysError && e.code === "EADDRINUSE")) throw e;
-    }
-  }
   return startTcpConnect({ ...base, transparentSource });
-}
-
-function* sourcePortTries(): Generator<number> {
-  const span = INBOUND_SOURCE_PORTS.max - INBOUND_SOURCE_PORTS.min + 1;
-  for (let i = 0; i < SOURCE_PORT_TRIES; i++) yield INBOUND_SOURCE_PORTS.min + Math.floor(Math.random() * span);
 }
 
 /**

@@ -3,7 +3,7 @@ export { SysError } from "./errors.ts";
 export { Netns, NotNetnsError, assertNetworkNamespace, isNetworkNamespace, netnsIdentity, netnsIdentityOfPath, identityKey, homeNetns, withNetns, type NetnsIdentity } from "./netns.ts";
 export * from "./sockopt.ts";
 export { encodeSockaddr, decodeSockaddr, type SocketAddress } from "./sockaddr.ts";
-export { startTcpConnect, connectOutcome, connectTcp, type TcpConnectOptions } from "./tcp.ts";
+export { startTcpConnect, connectOutcome, connectTcp, finishConnect, type TcpConnectOptions } from "./tcp.ts";
 export * from "./unix.ts";
 export { closeFd, shutdownFd, openFdCount, SHUT_RD, SHUT_WR, SHUT_RDWR } from "./fds.ts";
 export { fdPoller, stopFdPoller, POLLIN, POLLOUT, POLLERR, POLLHUP, POLLNVAL, type FdPoller } from "./poller.ts";

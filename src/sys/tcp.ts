@@ -51,15 +51,22 @@ export function connectOutcome(fd: number): number {
  * ETIMEDOUT; the fd is closed on every failure.
  */
 export async function connectTcp(o: TcpConnectOptions & { timeoutMs: number }): Promise<number> {
-  const fd = startTcpConnect(o);
+  return finishConnect(startTcpConnect(o), o.timeoutMs, o.netns?.label, `to ${o.host}:${o.port}`);
+}
+
+/**
+ * Waits for the connect `startTcpConnect` began on `fd` (without blocking the JS thread) and
+ * resolves with the fd once established; rejects as connectTcp does, with the fd closed.
+ */
+export async function finishConnect(fd: number, timeoutMs: number, netns?: string, detail?: string): Promise<number> {
   try {
     let r = connectOutcome(fd);
     if (r === -EINPROGRESS) {
-      const revents = await fdPoller().wait(fd, POLLOUT, o.timeoutMs);
+      const revents = await fdPoller().wait(fd, POLLOUT, timeoutMs);
       r = revents === 0 ? -ETIMEDOUT : connectOutcome(fd);
       if (r === -EINPROGRESS) r = -ETIMEDOUT;
     }
-    if (r < 0) throw new SysError("connect", -r, o.netns?.label, `to ${o.host}:${o.port}`);
+    if (r < 0) throw new SysError("connect", -r, netns, detail);
     return fd;
   } catch (e) {
     fdPoller().cancel(fd);
