@@ -395,7 +395,8 @@ fn listenSetup(fd: i32, v6: bool, addr: [*]const u8, addr_len: u32, backlog: i32
     }
     r = ret(linux.bind(fd, @ptrCast(@alignCast(addr)), addr_len));
     if (r < 0) return r;
-    return ret(linux.listen(fd, @as(u31, @intCast(backlog))));
+    const b: u31 = if (backlog < 0) 0 else @as(u31, @intCast(backlog));
+    return ret(linux.listen(fd, b));
 }
 
 /// Closes `fd` with an RST instead of a FIN (SO_LINGER on, timeout 0): a relay reset.
