@@ -233,17 +233,18 @@ describe("splice relay thread failure", () => {
 
 describe("splice relay out of fds", () => {
   test("accept hitting EMFILE rests the listener (a warning every 100 ms, not a spin) and resumes by itself once fds are free", async () => {
-    // A child process with a low fd limit; the fixture fills it with connections to itself.
+    // A child process with a low fd limit: 8 connections wait in a listener's queue, the fixture
+    // uses up its fds, then hands the listener to the relay thread.
     const fixture = new URL("../fixtures/splice-emfile.ts", import.meta.url).pathname;
     const r = Bun.spawnSync(["bash", "-c", 'ulimit -n 96 && exec "$0" "$1"', process.execPath, fixture], { stdout: "pipe", stderr: "pipe", timeout: 30_000 });
     expect(r.exitCode).toBe(0);
     const out = JSON.parse(r.stdout.toString().trim().split("\n").pop()!) as { heldAtLimit: number; warningsInASecond: number; acceptedAfter: number; sample: string };
-    expect(out.heldAtLimit).toBeGreaterThan(10);
+    expect(out.heldAtLimit).toBe(0);
     expect(out.sample).toContain("EMFILE");
     // A spinning loop would report thousands per second.
     expect(out.warningsInASecond).toBeGreaterThanOrEqual(1);
     expect(out.warningsInASecond).toBeLessThanOrEqual(30);
-    // 20 accepted sockets were closed and 5 clients connected: all 5 (at least) were accepted.
-    expect(out.acceptedAfter).toBeGreaterThanOrEqual(5);
+    // 8 fds were freed: the relay thread accepted the 8 waiting connections by itself.
+    expect(out.acceptedAfter).toBe(8);
   });
 });
