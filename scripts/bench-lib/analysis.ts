@@ -3,13 +3,24 @@
 import { percentile } from "./stats.ts";
 import { derive, fmt } from "./report.ts";
 import type { BenchResults } from "./results.ts";
-import { dsoShares, straceCalls } from "./parse.ts";
+import { dsoShares, perfSyscallShares, straceCalls } from "./parse.ts";
 
 export { dsoShares, straceCalls };
 
 export interface AnalysisContext {
   /** Size of dist/nshub in bytes (the plugin binary). */
   binaryBytes?: number;
+}
+
+/** "perf during wrk: connect … µs, …": the profile's kernel time by syscall per new connection. */
+function cpsProfileSentence(r: BenchResults): string {
+  const c = r.profile?.cps;
+  if (!c?.children || c.connections <= 0) return "";
+  const per = ((c.cpu.user + c.cpu.sys) / c.connections) * 1e6;
+  const top = perfSyscallShares(c.children).slice(0, 5);
+  if (top.length === 0) return "";
+  const parts = top.map((x) => `${x.name} ${fmt((x.pct / 100) * per, 0)} µs`);
+  return `perf during a wrk run (see "New connections" in the profile below) puts the proxy's time per connection (${fmt(per, 0)} µs there) inside these syscalls, each with the packet processing the kernel ran inline for it: ${parts.join(", ")}. `;
 }
 
 /** " In this run the userspace relay …": the relay A/B of the same run, when it ran. */
@@ -150,6 +161,7 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
         (r.proxyRelay === "splice"
           ? "nshub's user share is its per-connection JavaScript (addresses, record, metrics, access log, the hand-over to the relay thread) and the relay thread's own loop; the upstream connect itself (setns into the pod, socket, mark, bind, connect) runs on the data-plane thread and is most of its samples in a JS profile, because the SYN's way to B is processed inside the connect call. "
           : "nshub's user share is Bun's socket handling plus the relay, record and access log per connection. ") +
+        cpsProfileSentence(r) +
         `On this ${cpus}-CPU machine wrk, the HTTP server and the proxy share the CPUs, so the rate follows the total CPU per connection. The proxy's data-plane threads (\`proxy.workers\`, default 2: each thread binds every pod's listeners with SO_REUSEPORT) let it use the second CPU: in two pairs of \`--quick\` runs on this machine (2026-11-24, 3 repetitions each) 2 threads reached 0.47–0.49× HAProxy's rate against 0.39–0.40× with 1. The rest of the gap is the CPU per connection above.`,
     );
   }

@@ -217,3 +217,19 @@ export function straceCalls(text: string): Record<string, number> {
   }
   return out;
 }
+
+/**
+ * Kernel time by syscall from `perf report --children --sort sym -g none`: each
+ * `__x64_sys_<name>` / `__do_sys_<name>` line's children share (the syscall and everything it
+ * ran inline, softirq included), the larger of the two per name; largest first.
+ */
+export function perfSyscallShares(text: string): Array<{ name: string; pct: number }> {
+  const best = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    const m = /^\s*([0-9.]+)%\s+[0-9.]+%\s+\[k\]\s+(?:__x64_sys_|__do_sys_)(\w+)\s*$/.exec(line);
+    if (!m) continue;
+    const pct = Number(m[1]);
+    if (pct > (best.get(m[2]!) ?? 0)) best.set(m[2]!, pct);
+  }
+  return [...best].map(([name, pct]) => ({ name, pct })).sort((a, b) => b.pct - a.pct);
+}

@@ -4,6 +4,8 @@
 //   * during one iperf3 run: the proxy's CPU split (user vs system) from /proc, and `perf record`:
 //     samples by shared object (kernel, libc, Bun's native code, JIT'd JS) and the top symbols
 //     (kernel symbols resolve; JIT'd JS shows as [JIT] addresses);
+//   * during one wrk run (new connections): `perf record` again, for the kernel time by syscall
+//     and the samples by thread;
 //   * `strace -c -f` during a second iperf3 run, a sockperf run and a wrk run: which syscalls,
 //     how many per byte, per round trip, per new connection.
 // B. The proxy is then restarted from source under Bun's sampling profiler (`bun --cpu-prof-md
@@ -91,6 +93,31 @@ export async function profileProxy(o: ProfileOptions): Promise<ProfileResult> {
     notes.push(`perf record failed (exit ${rec.code}): ${rec.stderr.trim().slice(-300)}`);
   }
 
+  // A1b. perf during wrk: where a new connection's time goes (kernel time by syscall, threads)
+  let cps: ProfileResult["cps"];
+  {
+    const data = join(dir, "perf-cps.data");
+    const c0w = cpuSeconds(pid);
+    const load = o.pair.a.exec([...o.nobody, "wrk", "-t1", "-c16", "-d4s", "-H", "Connection: close", `http://${o.pair.b.ip}:${o.httpPort}/`], { timeoutMs: 60_000 });
+    await Bun.sleep(500);
+    const recCps = await run(["perf", "record", "-F", "999", "-g", "-p", String(pid), "-o", data, "--", "sleep", "3"], { timeoutMs: 60_000 });
+    const out = await load;
+    const c1w = cpuSeconds(pid);
+    if (recCps.code === 0 && existsSync(data)) {
+      const threads = await run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "comm,dso", "-g", "none"], { timeoutMs: 120_000 });
+      const children = await run(["perf", "report", "-i", data, "--stdio", "--children", "--sort", "sym", "-g", "none"], { timeoutMs: 120_000 });
+      let connections = 0;
+      try {
+        connections = parseWrk(out.stdout).requests;
+      } catch (e) {
+        notes.push(`wrk during perf: ${(e as Error).message}`);
+      }
+      cps = { cpu: { user: c1w.user - c0w.user, sys: c1w.sys - c0w.sys }, connections, byThread: perfTable(threads.stdout, 10), children: children.stdout };
+    } else {
+      notes.push(`perf record during wrk failed (exit ${recCps.code}): ${recCps.stderr.trim().slice(-300)}`);
+    }
+  }
+
   // A2. syscalls during iperf3
   let syscalls: string | undefined;
   {
@@ -163,6 +190,7 @@ export async function profileProxy(o: ProfileOptions): Promise<ProfileResult> {
     cpu: { user: c1.user - c0.user, sys: c1.sys - c0.sys, wallSec, gbps },
     byDso,
     topSymbols,
+    cps,
     syscalls,
     perOp,
     notes,

@@ -1,6 +1,7 @@
 // Renders docs/BENCHMARKS.md from the collected results (pure: results in, markdown out; the
 // derived numbers are computed here too, so the JSON and the page always agree).
 import { percentile, median, ratio } from "./stats.ts";
+import { perfSyscallShares } from "./parse.ts";
 import { PATHS, PATH_LABEL, type BenchResults, type PathName, type RelayAbRun, type RelayKind, type ThroughputRun } from "./results.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -347,6 +348,23 @@ export function renderReport(r: BenchResults, extras: ReportExtras = { notes: []
     }
     if (pr.byDso) out.push("perf, samples by shared object (`perf report --sort dso`):", "", "```", dedent(pr.byDso), "```", "");
     if (pr.topSymbols) out.push("perf, top symbols (self time):", "", "```", dedent(pr.topSymbols), "```", "");
+    if (pr.cps?.byThread || pr.cps?.children) {
+      const per = pr.cps.connections > 0 ? ((pr.cps.cpu.user + pr.cps.cpu.sys) / pr.cps.connections) * 1e6 : NaN;
+      out.push(
+        `**New connections.** perf during a wrk run with \`Connection: close\` (3 s of samples; the proxy used ${fmt(pr.cps.cpu.user, 2)} s user + ${fmt(pr.cps.cpu.sys, 2)} s system CPU for ${pr.cps.connections} connections in that run, ${fmt(per, 0)} µs each).`,
+        "",
+      );
+      const shares = pr.cps.children ? perfSyscallShares(pr.cps.children).slice(0, 10) : [];
+      if (shares.length) {
+        out.push(
+          "Share of the proxy's samples inside each syscall, with everything the kernel ran inline for it (for `connect`, `shutdown` and the sends that is the TCP, netfilter and veth work of the packets, softirq included):",
+          "",
+          table(["syscall", "share of samples", "µs per new connection"], shares.map((x) => [`\`${x.name}\``, `${fmt(x.pct, 1)}%`, fmt((x.pct / 100) * per, 0)])),
+          "",
+        );
+      }
+      if (pr.cps.byThread) out.push("Samples by thread and object (`perf report --sort comm,dso`; `Worker` = the data-plane and relay threads, `JITWorker` = JavaScriptCore's compiler):", "", "```", dedent(pr.cps.byThread), "```", "");
+    }
     if (pr.syscalls) out.push("`strace -c -f` over part of the same kind of run (counts are what matters; strace itself slows the proxy):", "", "```", dedent(pr.syscalls), "```", "");
     if (pr.perOp && (pr.perOp.latency || pr.perOp.cps)) {
       const lat = pr.perOp.latency;

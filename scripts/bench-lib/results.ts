@@ -115,6 +115,12 @@ export interface ProfileResult {
   topSymbols?: string;
   /** `strace -c` syscall summary. */
   syscalls?: string;
+  /**
+   * perf during a wrk run (connection rate): the proxy's CPU time during it, its samples by
+   * thread and object (`--sort comm,dso`), and `perf report --children --sort sym` (kernel time
+   * by syscall is read from it).
+   */
+  cps?: { cpu: { user: number; sys: number }; connections: number; byThread?: string; children?: string };
   /** Syscalls of the proxy per round trip (sockperf) and per new connection (wrk), from `strace -c -f`. */
   perOp?: {
     latency?: { messages: number; calls: Record<string, number> };

@@ -1,7 +1,7 @@
 // Parsers of the benchmark tools' outputs (scripts/bench-lib/parse.ts). The fixtures are real
 // outputs of iperf3 3.12, sockperf 3.7 and wrk 4.1 (Debian 12), trimmed.
 import { describe, expect, test } from "bun:test";
-import { BenchParseError, parseCniTimingLog, parseIperf3Json, parseProcStatTimes, parseSockperf, parseVmRssKiB, parseWrk } from "../../scripts/bench-lib/parse.ts";
+import { BenchParseError, parseCniTimingLog, parseIperf3Json, parseProcStatTimes, parseSockperf, parseVmRssKiB, parseWrk, perfSyscallShares } from "../../scripts/bench-lib/parse.ts";
 
 const IPERF_P2 = JSON.stringify({
   start: { test_start: { protocol: "TCP", num_streams: 2, blksize: 131072, omit: 0, duration: 1, bytes: 0, blocks: 0, reverse: 0, tos: 0, target_bitrate: 0 } },
@@ -171,5 +171,25 @@ describe("/proc", () => {
     const rest = "S 1 2 3 4 5 6 7 8 9 10 1234 567 0 0 20 0 7 0 100 0 0";
     expect(parseProcStatTimes(`4242 (nshub) ${rest}`)).toEqual({ utime: 1234, stime: 567 });
     expect(parseProcStatTimes(`4242 (we(ird) name) ${rest}`)).toEqual({ utime: 1234, stime: 567 });
+  });
+});
+
+describe("perf --children by syscall", () => {
+  test("children shares per syscall, the larger of __x64_sys_ and __do_sys_, largest first; other lines ignored", () => {
+    const text = [
+      "# Samples: 12K of event 'cpu-clock:ppp'",
+      "    65.20%     0.00%  [k] entry_SYSCALL_64_after_hwframe",
+      "    16.36%     0.16%  [k] __x64_sys_splice",
+      "    15.81%     0.00%  [k] __x64_sys_connect",
+      "     1.06%     0.10%  [k] __do_sys_setns",
+      "     0.68%     0.01%  [k] __x64_sys_setns",
+      "     5.63%     0.01%  [k] schedule",
+      "     0.61%     0.01%  [.] nh_eventfd_signal",
+    ].join("\n");
+    expect(perfSyscallShares(text)).toEqual([
+      { name: "splice", pct: 16.36 },
+      { name: "connect", pct: 15.81 },
+      { name: "setns", pct: 1.06 },
+    ]);
   });
 });

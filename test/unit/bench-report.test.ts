@@ -155,3 +155,19 @@ describe("the two relays (phase relay)", () => {
     expect(without).toContain("with the userspace relay");
   });
 });
+
+describe("profile of new connections", () => {
+  test("kernel time by syscall per connection in the profile table and in the connection-rate note", () => {
+    const r = results();
+    r.cps.nshub = r.cps.nshub.map((x) => ({ ...x, proxyCpu: { user: 1, sys: 3 } }));
+    r.cps.haproxy = r.cps.haproxy.map((x) => ({ ...x, proxyCpu: { user: 0.2, sys: 1.5 } }));
+    const children = ["    16.36%     0.16%  [k] __x64_sys_splice", "    15.81%     0.00%  [k] __x64_sys_connect", "    10.63%     0.03%  [k] __x64_sys_shutdown"].join("\n");
+    r.profile = { what: "profiled", notes: [], cps: { cpu: { user: 0.5, sys: 1.5 }, connections: 1000, children, byThread: "52.08%  Worker  [kernel.kallsyms]" } };
+    const page = renderReport(r, { notes: analysis(r) });
+    // 2 s of CPU for 1,000 connections = 2,000 µs each; 16.36% of it is 327 µs.
+    expect(page).toContain("| `splice` | 16.4% | 327 |");
+    expect(page).toContain("| `connect` | 15.8% | 316 |");
+    expect(page).toContain("splice 327 µs, connect 316 µs, shutdown 213 µs");
+    expect(page).toContain("52.08%  Worker  [kernel.kallsyms]");
+  });
+});
