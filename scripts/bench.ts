@@ -23,7 +23,7 @@ import { parseCniTimingLog, parseIperf3Json, parseSockperf, parseWrk } from "./b
 import { checkTargets, derive, fmt, renderReport } from "./bench-lib/report.ts";
 import { emptyPerPath, PATHS, PATH_LABEL, RELAYS, type BenchParams, type BenchResults, type EnrollmentRun, type PathCheck, type PathName, type ProcCpu, type RelayAbRun, type RelayKind } from "./bench-lib/results.ts";
 import { rotate } from "./bench-lib/stats.ts";
-import { cpuSeconds, fdCount, machineInfo, sampleRssKiB, threadCount } from "./bench-lib/sys.ts";
+import { cpuSeconds, cpuWithChildren, fdCount, machineCpu, machineInfo, sampleRssKiB, threadCount } from "./bench-lib/sys.ts";
 import { profileProxy } from "./bench-lib/profile.ts";
 import { analysis } from "./bench-lib/analysis.ts";
 
@@ -435,6 +435,9 @@ async function enroll(label: string, n: number, concurrency: number, d: Daemons)
   const pods: Pod[] = [];
   const chainMs: number[] = [];
   const failures: string[] = [];
+  const m0 = machineCpu();
+  const a0 = cpuWithChildren(d.agent.pid);
+  const p0 = cpuWithChildren(d.proxy.pid);
   const w0 = performance.now();
   await inBatches(
     Array.from({ length: n }, (_, i) => i),
@@ -451,6 +454,8 @@ async function enroll(label: string, n: number, concurrency: number, d: Daemons)
     },
   );
   const wallMs = performance.now() - w0;
+  const m1 = machineCpu();
+  const cpu = { machineBusySec: m1.busySec - m0.busySec, machineTotalSec: m1.totalSec - m0.totalSec, agentSec: cpuWithChildren(d.agent.pid) - a0, proxySec: cpuWithChildren(d.proxy.pid) - p0 };
   const ids = new Map(pods.map((p) => [p.containerId, p]));
   const timings = parseCniTimingLog(readFileSync(d.timingLog, "utf8")).filter((t) => t.command === "ADD" && ids.has(t.containerId));
   const pluginMs = timings.filter((t) => t.exitCode === 0).map((t) => t.ms);
@@ -466,7 +471,7 @@ async function enroll(label: string, n: number, concurrency: number, d: Daemons)
       // not a JSON line
     }
   }
-  return { run: { pods: n, concurrency, pluginMs, inPluginMs, chainMs, wallMs, failures }, pods };
+  return { run: { pods: n, concurrency, pluginMs, inPluginMs, chainMs, wallMs, failures, cpu }, pods };
 }
 
 /**

@@ -184,7 +184,13 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
   if (bd && ec && conc && ec.p99 > 250) {
     const start = percentile(bd.startupMs, 50);
     notes.push(
-      `**Enrollment (${conc.pods} at once).** ${conc.pods} plugin processes start together on ${cpus} CPUs: start-up CPU alone (${fmt(start, 0)} ms each) needs about ${fmt((conc.pods * start) / cpus, 0)} ms of the machine before the last one runs, besides the ${conc.pods} bridge/host-local runs and the agent handling the PodAdds (inside the plugin: p50 ${fmt(ec.inP50, 0)} / p99 ${fmt(ec.inP99, 0)} ms, versus ${fmt(d.enrollSeq?.inP50, 0)} ms when sequential; ${conc.pods} PodAdds one after another at the ${fmt(percentile(bd.rpcMs, 50), 0)} ms a warm client sees would take ${fmt(conc.pods * percentile(bd.rpcMs, 50), 0)} ms: the agent's work per pod, mostly the in-pod rules, is what the last pods wait for).`,
+      `**Enrollment (${conc.pods} at once).** ${conc.pods} plugin processes start together on ${cpus} CPUs: start-up CPU alone (${fmt(start, 0)} ms each) needs about ${fmt((conc.pods * start) / cpus, 0)} ms of the machine before the last one runs, besides the ${conc.pods} bridge/host-local runs and the agent handling the PodAdds (inside the plugin: p50 ${fmt(ec.inP50, 0)} / p99 ${fmt(ec.inP99, 0)} ms, versus ${fmt(d.enrollSeq?.inP50, 0)} ms when sequential; ${conc.pods} PodAdds one after another at the ${fmt(percentile(bd.rpcMs, 50), 0)} ms a warm client sees would take ${fmt(conc.pods * percentile(bd.rpcMs, 50), 0)} ms: the agent's work per pod, mostly the in-pod rules, is what the last pods wait for).` +
+        (conc.cpu
+          ? ` Measured during the batch (${fmt(conc.wallMs / 1000, 2)} s): the machine's CPUs were ${fmt((100 * conc.cpu.machineBusySec) / Math.max(conc.cpu.machineTotalSec, 1e-9), 0)}% busy (${fmt(conc.cpu.machineBusySec, 2)} CPU-seconds); the agent with the tools it spawns (iptables-restore, ip, ipset) used ${fmt(conc.cpu.agentSec, 2)} (${fmt((1000 * conc.cpu.agentSec) / conc.pods, 1)} ms per pod), the proxy ${fmt(conc.cpu.proxySec, 2)}, and the other ${fmt(conc.cpu.machineBusySec - conc.cpu.agentSec - conc.cpu.proxySec, 2)} went to the ${conc.pods} pods' network set-up itself (netns creation, the loopback, bridge and host-local plugins, the nshub-cni processes) and the bench. ` +
+            (conc.cpu.machineBusySec / Math.max(conc.cpu.machineTotalSec, 1e-9) >= 0.85
+              ? `The batch is CPU-bound: the ${conc.pods} pods' whole set-up needs ${fmt(conc.cpu.machineBusySec, 2)} CPU-seconds, ${fmt(conc.cpu.machineBusySec / cpus, 2)} s of this ${cpus}-CPU machine, against the 0.25 s the target allows for nshub-cni alone.`
+              : "The CPUs were not saturated: the plugins waited for something else than CPU (the agent's queue, locks).")
+          : ""),
     );
   }
 

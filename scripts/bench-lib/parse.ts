@@ -174,14 +174,24 @@ export function parseVmRssKiB(status: string): number {
 }
 
 /** utime and stime (clock ticks) from /proc/<pid>/stat. */
-export function parseProcStatTimes(stat: string): { utime: number; stime: number } {
+export function parseProcStatTimes(stat: string): { utime: number; stime: number; cutime: number; cstime: number } {
   // comm (field 2) may contain spaces and parentheses: split after the last ')'.
   const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  // rest[0] is field 3 (state) → utime (field 14) is rest[11], stime (15) is rest[12].
-  const utime = Number(rest[11]);
-  const stime = Number(rest[12]);
-  if (!Number.isFinite(utime) || !Number.isFinite(stime)) throw new BenchParseError("cannot read utime/stime from /proc/<pid>/stat");
-  return { utime, stime };
+  // rest[0] is field 3 (state) → utime (field 14) is rest[11], stime (15) is rest[12], and the
+  // waited-for children's cutime (16) and cstime (17) follow.
+  const [utime, stime, cutime, cstime] = [11, 12, 13, 14].map((i) => Number(rest[i]));
+  if (![utime, stime, cutime, cstime].every(Number.isFinite)) throw new BenchParseError("cannot read the CPU times from /proc/<pid>/stat");
+  return { utime: utime!, stime: stime!, cutime: cutime!, cstime: cstime! };
+}
+
+/** The machine's CPU time from /proc/stat's "cpu" line (all CPUs, clock ticks): busy and total. */
+export function parseProcStatCpu(text: string): { busy: number; total: number } {
+  const line = text.split("\n").find((l) => l.startsWith("cpu "));
+  if (!line) throw new BenchParseError("no cpu line in /proc/stat");
+  // user nice system idle iowait irq softirq steal …
+  const f = line.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+  return { busy: total - f[3]! - f[4]!, total };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -49,6 +49,11 @@ export interface EnrollmentRun {
   /** Wall time of the whole batch (ms). */
   wallMs: number;
   failures: string[];
+  /**
+   * CPU seconds during the batch: the whole machine (busy, and the total its CPUs had), the
+   * agent with the tools it spawned (iptables, ip, ipset), and the proxy.
+   */
+  cpu?: { machineBusySec: number; machineTotalSec: number; agentSec: number; proxySec: number };
 }
 
 export interface ResyncResult {

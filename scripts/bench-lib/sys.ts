@@ -2,7 +2,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { run } from "../../src/sim/netsim.ts";
-import { parseProcStatTimes, parseVmRssKiB } from "./parse.ts";
+import { parseProcStatCpu, parseProcStatTimes, parseVmRssKiB } from "./parse.ts";
 
 export const CLK_TCK = 100; // Linux USER_HZ on every architecture Debian ships
 
@@ -14,6 +14,18 @@ export function rssKiB(pid: number): number {
 export function cpuSeconds(pid: number): { user: number; sys: number } {
   const t = parseProcStatTimes(readFileSync(`/proc/${pid}/stat`, "utf8"));
   return { user: t.utime / CLK_TCK, sys: t.stime / CLK_TCK };
+}
+
+/** CPU seconds of `pid` itself plus its exited, waited-for children (the tools it spawns). */
+export function cpuWithChildren(pid: number): number {
+  const t = parseProcStatTimes(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  return (t.utime + t.stime + t.cutime + t.cstime) / CLK_TCK;
+}
+
+/** The machine's busy and total CPU seconds so far (all CPUs). */
+export function machineCpu(): { busySec: number; totalSec: number } {
+  const c = parseProcStatCpu(readFileSync("/proc/stat", "utf8"));
+  return { busySec: c.busy / CLK_TCK, totalSec: c.total / CLK_TCK };
 }
 
 export function fdCount(pid: number): number {

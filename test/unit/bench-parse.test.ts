@@ -1,7 +1,7 @@
 // Parsers of the benchmark tools' outputs (scripts/bench-lib/parse.ts). The fixtures are real
 // outputs of iperf3 3.12, sockperf 3.7 and wrk 4.1 (Debian 12), trimmed.
 import { describe, expect, test } from "bun:test";
-import { BenchParseError, parseCniTimingLog, parseIperf3Json, parseProcStatTimes, parseSockperf, parseVmRssKiB, parseWrk, perfSyscallShares } from "../../scripts/bench-lib/parse.ts";
+import { BenchParseError, parseCniTimingLog, parseIperf3Json, parseProcStatCpu, parseProcStatTimes, parseSockperf, parseVmRssKiB, parseWrk, perfSyscallShares } from "../../scripts/bench-lib/parse.ts";
 
 const IPERF_P2 = JSON.stringify({
   start: { test_start: { protocol: "TCP", num_streams: 2, blksize: 131072, omit: 0, duration: 1, bytes: 0, blocks: 0, reverse: 0, tos: 0, target_bitrate: 0 } },
@@ -167,10 +167,16 @@ describe("/proc", () => {
     expect(() => parseVmRssKiB("Name:\tkthreadd\n")).toThrow(BenchParseError);
   });
 
-  test("utime and stime, also when comm has spaces and parentheses", () => {
-    const rest = "S 1 2 3 4 5 6 7 8 9 10 1234 567 0 0 20 0 7 0 100 0 0";
-    expect(parseProcStatTimes(`4242 (nshub) ${rest}`)).toEqual({ utime: 1234, stime: 567 });
-    expect(parseProcStatTimes(`4242 (we(ird) name) ${rest}`)).toEqual({ utime: 1234, stime: 567 });
+  test("utime, stime and the children's cutime, cstime, also when comm has spaces and parentheses", () => {
+    const rest = "S 1 2 3 4 5 6 7 8 9 10 1234 567 89 12 20 0 7 0 100 0 0";
+    expect(parseProcStatTimes(`4242 (nshub) ${rest}`)).toEqual({ utime: 1234, stime: 567, cutime: 89, cstime: 12 });
+    expect(parseProcStatTimes(`4242 (we(ird) name) ${rest}`)).toEqual({ utime: 1234, stime: 567, cutime: 89, cstime: 12 });
+  });
+
+  test("machine CPU from /proc/stat: busy = total − idle − iowait over the first 8 fields", () => {
+    const stat = "cpu  100 5 50 1000 20 3 7 0 0 0\ncpu0 50 2 25 500 10 1 3 0 0 0\nintr 1 2 3\n";
+    expect(parseProcStatCpu(stat)).toEqual({ busy: 165, total: 1185 });
+    expect(() => parseProcStatCpu("intr 1\n")).toThrow(BenchParseError);
   });
 });
 

@@ -171,3 +171,17 @@ describe("profile of new connections", () => {
     expect(page).toContain("52.08%  Worker  [kernel.kallsyms]");
   });
 });
+
+describe("the concurrent-enrollment note", () => {
+  test("quotes the batch's measured CPU: machine busy share, agent per pod, proxy, the rest; CPU-bound only when the CPUs were saturated", () => {
+    const r = results();
+    r.enrollment.concurrent = { pods: 50, concurrency: 50, pluginMs: Array.from({ length: 50 }, () => 900), inPluginMs: [700], chainMs: [2000], wallMs: 2000, failures: [], cpu: { machineBusySec: 3.8, machineTotalSec: 4, agentSec: 0.5, proxySec: 0.1 } };
+    const busy = analysis(r).find((n) => n.startsWith("**Enrollment (50 at once).**"))!;
+    expect(busy).toContain("the machine's CPUs were 95% busy (3.80 CPU-seconds)");
+    expect(busy).toContain("used 0.50 (10.0 ms per pod), the proxy 0.10, and the other 3.20");
+    expect(busy).toContain("The batch is CPU-bound");
+    r.enrollment.concurrent.cpu = { machineBusySec: 1, machineTotalSec: 4, agentSec: 0.5, proxySec: 0.1 };
+    const idle = analysis(r).find((n) => n.startsWith("**Enrollment (50 at once).**"))!;
+    expect(idle).toContain("The CPUs were not saturated");
+  });
+});
