@@ -55,11 +55,17 @@ const ACCEPT_BACKOFF_MS = 100;
 /** Free pipes kept for reuse; beyond this, emptied pipes are closed. */
 const POOL_MAX = 256;
 
+/** A pipe pair; pooled objects, so moving bytes allocates nothing in the steady state. */
+interface Pipe {
+  r: number;
+  w: number;
+}
+
 interface Dir {
   src: number;
   dst: number;
-  pipeR: number;
-  pipeW: number;
+  /** Only while bytes are in flight in this direction; back to the pool when empty. */
+  pipe: Pipe | null;
   /** Bytes in the pipe, not yet written to dst. */
   inPipe: number;
   srcEof: boolean;
@@ -99,7 +105,7 @@ class RelayLoop {
   readonly #connecting = new Set<Conn>();
   /** Listeners resting after accept failed for lack of fds (tag → when to watch them again). */
   readonly #paused = new Map<number, number>();
-  readonly #pool: Array<[number, number]> = [];
+  readonly #pool: Pipe[] = [];
   #pipeCap = 65536;
   #accepted: number[] = [];
   #unlistened: number[] = [];
@@ -137,7 +143,7 @@ class RelayLoop {
     }
     for (const c of [...this.#conns.values()]) this.#end(c, End.Aborted, 0);
     for (const fd of this.#listeners.values()) closeFd(fd);
-    for (const [r, w] of this.#pool) (closeFd(r), closeFd(w));
+    for (const p of this.#pool) (closeFd(p.r), closeFd(p.w));
     closeFd(this.#ep);
     this.#flushEvents();
   }
@@ -206,8 +212,9 @@ class RelayLoop {
     for (;;) {
       let moved = false;
       if (!d.srcEof && d.inPipe < this.#pipeCap) {
-        if (d.pipeR < 0 && !this.#takePipe(d)) return this.#end(c, End.Reset, ENFILE);
-        const n = spliceRaw(d.src, d.pipeW, this.#pipeCap - d.inPipe);
+        const pipe = d.pipe ?? this.#takePipe(d);
+        if (!pipe) return this.#end(c, End.Reset, ENFILE);
+        const n = spliceRaw(d.src, pipe.w, this.#pipeCap - d.inPipe);
         if (n > 0) {
           d.inPipe += n;
           moved = true;
@@ -219,7 +226,7 @@ class RelayLoop {
         }
       }
       if (d.inPipe > 0) {
-        const n = spliceRaw(d.pipeR, d.dst, d.inPipe);
+        const n = spliceRaw(d.pipe!.r, d.dst, d.inPipe);
         if (n > 0) {
           d.inPipe -= n;
           d.bytes += n;
@@ -231,7 +238,7 @@ class RelayLoop {
       }
       if (!moved) break;
     }
-    if (d.inPipe === 0 && d.pipeR >= 0) this.#givePipe(d);
+    if (d.inPipe === 0 && d.pipe) this.#givePipe(d);
     if (d.srcEof && d.inPipe === 0 && !d.shut) {
       d.shut = true;
       if (!(c.up.shut && c.down.shut)) this.#halfClosed.push(c.slot);
@@ -254,10 +261,10 @@ class RelayLoop {
     this.#conns.delete(c.slot);
     this.#connecting.delete(c);
     for (const d of [c.up, c.down]) {
-      if (d.pipeR < 0) continue;
+      if (!d.pipe) continue;
       // A pipe that still holds bytes is thrown away, not reused.
       if (d.inPipe === 0) this.#givePipe(d);
-      else (closeFd(d.pipeR), closeFd(d.pipeW), (d.pipeR = d.pipeW = -1));
+      else (closeFd(d.pipe.r), closeFd(d.pipe.w), (d.pipe = null));
     }
     if (how === End.Done) {
       closeFd(c.client);
@@ -269,26 +276,26 @@ class RelayLoop {
     this.#done.push(c.slot, how, errno, c.up.bytes, c.down.bytes);
   }
 
-  #takePipe(d: Dir): boolean {
+  #takePipe(d: Dir): Pipe | null {
     let p = this.#pool.pop();
     if (!p) {
       try {
         const [r, w, cap] = makePipe(this.#pipeSize);
         this.#pipeCap = cap;
-        p = [r, w];
+        p = { r, w };
       } catch {
-        return false;
+        return null;
       }
     }
-    d.pipeR = p[0];
-    d.pipeW = p[1];
-    return true;
+    d.pipe = p;
+    return p;
   }
 
   #givePipe(d: Dir): void {
-    if (this.#pool.length < POOL_MAX) this.#pool.push([d.pipeR, d.pipeW]);
-    else (closeFd(d.pipeR), closeFd(d.pipeW));
-    d.pipeR = d.pipeW = -1;
+    const p = d.pipe!;
+    d.pipe = null;
+    if (this.#pool.length < POOL_MAX) this.#pool.push(p);
+    else (closeFd(p.r), closeFd(p.w));
   }
 
   // ---- commands from the owner --------------------------------------------------------------
@@ -338,7 +345,7 @@ class RelayLoop {
   }
 
   #relay(slot: number, client: number, upstream: number, timeoutMs: number): void {
-    const dir = (src: number, dst: number): Dir => ({ src, dst, pipeR: -1, pipeW: -1, inPipe: 0, srcEof: false, shut: false, bytes: 0 });
+    const dir = (src: number, dst: number): Dir => ({ src, dst, pipe: null, inPipe: 0, srcEof: false, shut: false, bytes: 0 });
     const c: Conn = { slot, client, upstream, connecting: true, deadline: Date.now() + timeoutMs, up: dir(client, upstream), down: dir(upstream, client), over: false };
     this.#counters[2 * slot] = 0;
     this.#counters[2 * slot + 1] = 0;
