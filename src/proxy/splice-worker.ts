@@ -19,7 +19,6 @@ import {
   EPOLLRDHUP,
   acceptRaw,
   closeReset,
-  drainEventFd,
   epollAdd,
   epollDel,
   epollCreate,
@@ -27,19 +26,12 @@ import {
   makePipe,
   spliceRaw,
 } from "../sys/splice.ts";
-import { closeFd, connectOutcome, getSockOpt, shutdownFd, SHUT_WR, SOL_SOCKET, SO_ERROR } from "../sys/index.ts";
+import { EAGAIN, EINPROGRESS, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, ETIMEDOUT } from "../sys/errors.ts";
+import { closeFd, connectOutcome, drainEventFd, getSockOpt, shutdownFd, SHUT_WR, SOL_SOCKET, SO_ERROR } from "../sys/index.ts";
 import { CMD_INTS, Cmd, End, HEAD, RING_BASE, RING_ENTRIES, SLEEPING, TAIL, type SpliceEvents, type SpliceInit } from "./splice-shared.ts";
 
 declare const self: Worker;
 
-const EAGAIN = 11;
-const EINTR = 4;
-const EINPROGRESS = 115;
-const ETIMEDOUT = 110;
-const EMFILE = 24;
-const ENFILE = 23;
-const ENOBUFS = 105;
-const ENOMEM = 12;
 
 /** Cookie kinds (low 2 bits of the epoll cookie; the rest is a listener tag or a slot). */
 const K_WAKE = 0;
@@ -163,7 +155,8 @@ class RelayLoop {
     const sock = kind === K_CLIENT ? c.client : c.upstream;
     if (events & EPOLLERR) {
       const err = soError(sock);
-      if (err !== 0) return this.#end(c, c.connecting ? End.ConnectFailed : End.Reset, err);
+      // Only the upstream socket's error during its connect is a failed connect.
+      if (err !== 0) return this.#end(c, c.connecting && kind === K_UPSTREAM ? End.ConnectFailed : End.Reset, err);
     }
     if (c.connecting) {
       if (kind === K_CLIENT) return; // client bytes wait in its socket until the upstream is up

@@ -30,7 +30,12 @@ export function check(r: number, syscall: string, netns?: string, detail?: strin
   return r;
 }
 
+export const EINTR = 4;
 export const EAGAIN = 11;
+export const ENOMEM = 12;
+export const ENFILE = 23;
+export const EMFILE = 24;
+export const ENOBUFS = 105;
 export const EINPROGRESS = 115;
 export const ECONNREFUSED = 111;
 export const ETIMEDOUT = 110;

@@ -113,6 +113,26 @@ describe("splice relay", () => {
     p.stop();
   });
 
+  test("a client that resets while the upstream connect is pending is a reset, not a failed connect", async () => {
+    // As above: connects to a full accept queue hang, so the upstream stays connecting.
+    const full = sys.tcpListen({ address: "127.0.0.1", port: 0, backlog: 0, mark: 0, transparent: false });
+    const port = sys.localAddress(full).port;
+    const fillers = [0, 1, 2].map(() => sys.startTcpConnect({ host: "127.0.0.1", port }));
+    await Bun.sleep(100);
+    const p = spliceProxy(port, { connectTimeoutMs: 5000 });
+    const c = await client(p.port);
+    await waitFor(() => p.fds.length === 1);
+    await Bun.sleep(50); // the relay thread has both sockets
+    expect(p.relays[0]!.rec.state).toBe("connecting");
+    c.sock.terminate();
+    await waitFor(() => p.closed.length === 1, 2000);
+    expect(p.closed[0]!.how).toBe("reset");
+    expect(p.closed[0]!.rec.error).toBe("ECONNRESET");
+    for (const f of fillers) sys.closeFd(f);
+    sys.closeFd(full);
+    p.stop();
+  });
+
   test("backpressure: a server that stops reading stalls the client; live bytes stop growing; nothing is lost", async () => {
     const hash = createHash("sha256");
     let got = 0;
