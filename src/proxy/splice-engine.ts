@@ -1,8 +1,7 @@
 // The owning thread's handle on its splice relay thread (splice-worker.ts): hands it listeners
 // and connections, and turns its event batches back into callbacks. One per JS thread that
 // serves pods (the main thread and each data-plane Worker), started on first use.
-import { closeReset, eventFd, signalEventFd } from "../sys/splice.ts";
-import { closeFd } from "../sys/index.ts";
+import { closeFd, closeReset, eventFd, signalEventFd } from "../sys/index.ts";
 import { ERRNO_NAMES } from "../sys/errno.ts";
 import { CMD_INTS, Cmd, End, HEAD, MAX_SLOTS, RING_BASE, RING_ENTRIES, RING_INTS, SLEEPING, TAIL, type SpliceEvents } from "./splice-shared.ts";
 

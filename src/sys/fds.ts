@@ -20,3 +20,16 @@ export function openFdCount(): number {
   // readdir itself holds one fd open while listing; subtract it.
   return readdirSync("/proc/self/fd").length - 1;
 }
+
+/** A non-blocking eventfd: how one thread wakes another that sits in poll or epoll_wait. */
+export function eventFd(): number {
+  return check(lib.nh_eventfd(), "eventfd");
+}
+
+export function signalEventFd(fd: number): void {
+  lib.nh_eventfd_signal(fd);
+}
+
+export function drainEventFd(fd: number): void {
+  lib.nh_eventfd_drain(fd);
+}

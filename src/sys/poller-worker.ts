@@ -1,6 +1,7 @@
 // The poller thread: blocks in poll(2) over the registered fds plus a wake eventfd, and
 // reports each ready fd once to the main thread. It never reads or writes the fds itself.
 import { lib } from "./lib.ts";
+import { drainEventFd } from "./fds.ts";
 import { BASE, HIGH_WATER, SLOT_INTS, STOP, type PollEvent, type PollerInit } from "./poller-shared.ts";
 
 declare const self: Worker;
@@ -42,7 +43,7 @@ function run(shared: Int32Array, wakeFd: number): void {
     }
     const r = lib.nh_poll(i32, n, -1);
     if (r < 0) continue; // EINTR: just poll again
-    if (i16[3] !== 0) lib.nh_eventfd_drain(wakeFd);
+    if (i16[3] !== 0) drainEventFd(wakeFd);
     const fired: PollEvent[] = [];
     for (let k = 1; k < n; k++) {
       const revents = i16[k * 4 + 3]!;

@@ -2,8 +2,7 @@
 // Worker sits in poll(2) and tells us when an fd we registered is ready (one-shot). Used for
 // non-blocking connects and for the seqpacket sockets that Bun must not own (it would drop
 // SCM_RIGHTS fds).
-import { lib } from "./lib.ts";
-import { check } from "./errors.ts";
+import { eventFd, signalEventFd } from "./fds.ts";
 import { BASE, HIGH_WATER, MAX_SLOTS, SAB_INTS, SLOT_INTS, STOP, type PollEvent } from "./poller-shared.ts";
 
 export { POLLIN, POLLOUT, POLLERR, POLLHUP, POLLNVAL } from "./poller-shared.ts";
@@ -26,7 +25,7 @@ class FdPoller {
   #stopped = false;
 
   constructor() {
-    this.#wakeFd = check(lib.nh_eventfd(), "eventfd");
+    this.#wakeFd = eventFd();
     this.#worker = new Worker(workerUrl());
     this.#worker.onmessage = (ev: MessageEvent<PollEvent[] | { stopped: true }>) => {
       if (Array.isArray(ev.data)) for (const [slot, gen, revents] of ev.data) this.#fire(slot, gen, revents);
@@ -54,7 +53,7 @@ class FdPoller {
       if (timeoutMs !== undefined) w.timer = setTimeout(() => this.#cancelSlot(slot, w), timeoutMs);
       this.#waiters.set(slot, w);
       if (this.#waiters.size === 1) this.#worker.ref();
-      lib.nh_eventfd_signal(this.#wakeFd);
+      signalEventFd(this.#wakeFd);
     });
   }
 
@@ -68,7 +67,7 @@ class FdPoller {
     this.#stopped = true;
     for (const [slot, w] of this.#waiters) this.#cancelSlot(slot, w);
     Atomics.store(this.#shared, STOP, 1);
-    lib.nh_eventfd_signal(this.#wakeFd);
+    signalEventFd(this.#wakeFd);
   }
 
   #cancelSlot(slot: number, w: Waiter): void {
@@ -79,7 +78,7 @@ class FdPoller {
     // Wake the thread so it drops the fd from its poll set: poll(2) holds a reference to every
     // file it waits on, so until it returns, closing the fd would not release the socket (its
     // peer would see no EOF).
-    lib.nh_eventfd_signal(this.#wakeFd);
+    signalEventFd(this.#wakeFd);
   }
 
   #fire(slot: number, gen: number, revents: number): void {

@@ -70,15 +70,3 @@ export function spliceRaw(fdIn: number, fdOut: number, len: number): number {
   return lib.nh_splice(fdIn, fdOut, len);
 }
 
-/** A non-blocking eventfd: how one thread wakes another that sits in epoll_wait. */
-export function eventFd(): number {
-  return check(lib.nh_eventfd(), "eventfd");
-}
-
-export function signalEventFd(fd: number): void {
-  lib.nh_eventfd_signal(fd);
-}
-
-export function drainEventFd(fd: number): void {
-  lib.nh_eventfd_drain(fd);
-}
