@@ -1,8 +1,8 @@
 // Plain-language notes derived from the numbers of one run (pure; the page shows the data, these
 // notes say what the data says about missed targets — computed, never hand-written per run).
 import { percentile } from "./stats.ts";
-import { derive, fmt } from "./report.ts";
-import type { BenchResults } from "./results.ts";
+import { cpuPerGB, derive, fmt, gbps, relayMedian } from "./report.ts";
+import type { BenchResults, RelayAbRun } from "./results.ts";
 import { dsoShares, perfSyscallShares, straceCalls } from "./parse.ts";
 
 export { dsoShares, straceCalls };
@@ -25,11 +25,9 @@ function cpsProfileSentence(r: BenchResults): string {
 
 /** " In this run the userspace relay …": the relay A/B of the same run, when it ran. */
 function relayAbSentence(r: BenchResults): string {
-  const ab = r.relayAB ?? [];
-  const med = (relay: "splice" | "userspace", f: (x: (typeof ab)[number]) => number) => percentile(ab.filter((x) => x.relay === relay).map(f).filter(Number.isFinite), 50);
-  const gbps = (x: (typeof ab)[number]) => x.tp1.iperf.bitsPerSecond / 1e9;
-  const cpu = (x: (typeof ab)[number]) => (x.tp1.proxyCpu ? (x.tp1.proxyCpu.user + x.tp1.proxyCpu.sys) / ((x.tp1.iperf.bitsPerSecond / 8e9) * (x.tp1.wallSec ?? NaN)) : NaN);
-  const [sg, ug, sc, uc] = [med("splice", gbps), med("userspace", gbps), med("splice", cpu), med("userspace", cpu)];
+  const tp = (x: RelayAbRun) => gbps(x.tp1);
+  const cpu = (x: RelayAbRun) => cpuPerGB(x.tp1);
+  const [sg, ug, sc, uc] = [relayMedian(r, "splice", tp), relayMedian(r, "userspace", tp), relayMedian(r, "splice", cpu), relayMedian(r, "userspace", cpu)];
   if (!Number.isFinite(sg) || !Number.isFinite(ug)) return "";
   return ` In this run the two relays measured in turn (see "The two relays") reached ${fmt(sg, 2)} (splice) and ${fmt(ug, 2)} Gb/s (userspace) for 1 stream${Number.isFinite(sc) && Number.isFinite(uc) ? `, at about ${fmt(sc, 2)} and ${fmt(uc, 2)} proxy CPU-seconds per GB` : ""}.`;
 }

@@ -26,15 +26,19 @@ function perPath<T>(f: (p: PathName) => T): Record<PathName, T> {
   return { direct: f("direct"), nshub: f("nshub"), haproxy: f("haproxy") };
 }
 
-const gbps = (r: ThroughputRun) => r.iperf.bitsPerSecond / 1e9;
+export const gbps = (r: ThroughputRun) => r.iperf.bitsPerSecond / 1e9;
+/** The median over one relay's runs of the relay phase (NaN when there are none). */
+export function relayMedian(r: BenchResults, relay: RelayKind, f: (x: RelayAbRun) => number): number {
+  return percentile((r.relayAB ?? []).filter((x) => x.relay === relay).map(f).filter(Number.isFinite), 50);
+}
+
 /** The nshub path with each relay, medians of the same run (empty when the phase did not run). */
 export function relayAbSection(r: BenchResults): string[] {
   const ab = r.relayAB ?? [];
   if (ab.length === 0) return [];
-  const med = (relay: RelayKind, f: (x: RelayAbRun) => number) => percentile(ab.filter((x) => x.relay === relay).map(f).filter(Number.isFinite), 50);
   const rows: Array<[string, (x: RelayAbRun) => number, number]> = [
-    ["throughput, 1 stream (Gb/s)", (x) => x.tp1.iperf.bitsPerSecond / 1e9, 2],
-    ["throughput, 4 streams (Gb/s)", (x) => x.tp4.iperf.bitsPerSecond / 1e9, 2],
+    ["throughput, 1 stream (Gb/s)", (x) => gbps(x.tp1), 2],
+    ["throughput, 4 streams (Gb/s)", (x) => gbps(x.tp4), 2],
     ["proxy CPU per GB relayed, 1 stream (CPU-s/GB)", (x) => cpuPerGB(x.tp1), 2],
     ["proxy CPU per GB relayed, 4 streams (CPU-s/GB)", (x) => cpuPerGB(x.tp4), 2],
     ["round trip p50 (µs)", (x) => x.latency.p50Us, 1],
@@ -51,8 +55,8 @@ export function relayAbSection(r: BenchResults): string[] {
     table(
       ["measure", "splice", "userspace", "splice / userspace"],
       rows.map(([name, f, digits]) => {
-        const a = med("splice", f);
-        const b = med("userspace", f);
+        const a = relayMedian(r, "splice", f);
+        const b = relayMedian(r, "userspace", f);
         return [name, fmt(a, digits), fmt(b, digits), fmtRatio(a / b)];
       }),
     ),
@@ -61,7 +65,7 @@ export function relayAbSection(r: BenchResults): string[] {
 }
 
 /** The proxy's CPU use during the run (CPUs busy on average) per GB/s relayed = CPU-seconds per GB. */
-function cpuPerGB(r: ThroughputRun): number {
+export function cpuPerGB(r: ThroughputRun): number {
   if (!r.proxyCpu) return NaN;
   // The CPU delta covers the whole client run (including the omitted first second), so it is
   // divided by that run's wall time and set against the rate, not against the bytes counted.
