@@ -77,6 +77,24 @@ function spliceProxy(upstreamPort: number, opts: { connectDelayMs?: number; conn
   return { port: listener.port, table, relays, fds, closed, stop: () => listener.close() };
 }
 
+/**
+ * A loopback port whose connects hang: its listener's accept queue is full (backlog 0 holds one,
+ * non-blocking connects fill it, none is accepted), so further SYNs are dropped.
+ */
+async function hangingPort(): Promise<{ port: number; close(): void }> {
+  const full = sys.tcpListen({ address: "127.0.0.1", port: 0, backlog: 0, mark: 0, transparent: false });
+  const port = sys.localAddress(full).port;
+  const fillers = [0, 1, 2].map(() => sys.startTcpConnect({ host: "127.0.0.1", port }));
+  await Bun.sleep(100);
+  return {
+    port,
+    close() {
+      for (const f of fillers) sys.closeFd(f);
+      sys.closeFd(full);
+    },
+  };
+}
+
 let fdsBefore = 0;
 
 beforeAll(() => {
@@ -94,13 +112,8 @@ describe("splice relay", () => {
   relayScenarios(spliceProxy);
 
   test("an upstream that never answers the SYN times out (connect_failed ETIMEDOUT)", async () => {
-    // A listener whose accept queue is full drops further SYNs: connects to it hang.
-    const full = sys.tcpListen({ address: "127.0.0.1", port: 0, backlog: 0, mark: 0, transparent: false });
-    const port = sys.localAddress(full).port;
-    // Non-blocking connects fill it (the accept queue holds backlog + 1); none is accepted.
-    const fillers = [0, 1, 2].map(() => sys.startTcpConnect({ host: "127.0.0.1", port }));
-    await Bun.sleep(100);
-    const p = spliceProxy(port, { connectTimeoutMs: 300 });
+    const hang = await hangingPort();
+    const p = spliceProxy(hang.port, { connectTimeoutMs: 300 });
     const c = await client(p.port);
     const t0 = performance.now();
     expect(await c.closed).toBe("ECONNRESET");
@@ -108,18 +121,13 @@ describe("splice relay", () => {
     expect(p.closed[0]!.how).toBe("connect_failed");
     expect(p.closed[0]!.rec.error).toBe("ETIMEDOUT");
     expect(performance.now() - t0).toBeGreaterThanOrEqual(250);
-    for (const f of fillers) sys.closeFd(f);
-    sys.closeFd(full);
+    hang.close();
     p.stop();
   });
 
   test("a client that resets while the upstream connect is pending is a reset, not a failed connect", async () => {
-    // As above: connects to a full accept queue hang, so the upstream stays connecting.
-    const full = sys.tcpListen({ address: "127.0.0.1", port: 0, backlog: 0, mark: 0, transparent: false });
-    const port = sys.localAddress(full).port;
-    const fillers = [0, 1, 2].map(() => sys.startTcpConnect({ host: "127.0.0.1", port }));
-    await Bun.sleep(100);
-    const p = spliceProxy(port, { connectTimeoutMs: 5000 });
+    const hang = await hangingPort();
+    const p = spliceProxy(hang.port, { connectTimeoutMs: 5000 });
     const c = await client(p.port);
     await waitFor(() => p.fds.length === 1);
     await Bun.sleep(50); // the relay thread has both sockets
@@ -128,8 +136,7 @@ describe("splice relay", () => {
     await waitFor(() => p.closed.length === 1, 2000);
     expect(p.closed[0]!.how).toBe("reset");
     expect(p.closed[0]!.rec.error).toBe("ECONNRESET");
-    for (const f of fillers) sys.closeFd(f);
-    sys.closeFd(full);
+    hang.close();
     p.stop();
   });
 
