@@ -19,6 +19,7 @@
 // Only `ip`, `ss` and the CNI plugins are run, always as argv arrays (never a shell string).
 
 import { writeStdin } from "../util/stdin.ts";
+import { OutputTail } from "./output-tail.ts";
 import { randomBytes, randomUUID } from "node:crypto";
 import { constants as fsConstants } from "node:fs";
 import { access, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
@@ -156,8 +157,8 @@ type SpawnedProc = Subprocess<"pipe" | "ignore", "pipe", "pipe">;
  * when its pod is deleted or the harness is destroyed.
  */
 export class SimProcess {
-  private out = "";
-  private err = "";
+  private readonly out = new OutputTail(OUTPUT_CAP);
+  private readonly err = new OutputTail(OUTPUT_CAP);
   private readonly drained: Promise<void>;
 
   constructor(
@@ -165,8 +166,8 @@ export class SimProcess {
     readonly argv: readonly string[],
   ) {
     this.drained = Promise.all([
-      drain(proc.stdout, (s) => (this.out = capTail(this.out + s))),
-      drain(proc.stderr, (s) => (this.err = capTail(this.err + s))),
+      drain(proc.stdout, (s) => this.out.append(s)),
+      drain(proc.stderr, (s) => this.err.append(s)),
     ]).then(() => undefined);
   }
 
@@ -185,25 +186,25 @@ export class SimProcess {
 
   /** Everything the process wrote to stdout so far (last 4 MiB). */
   stdout(): string {
-    return this.out;
+    return this.out.text();
   }
 
   /** Everything the process wrote to stderr so far (last 4 MiB). */
   stderr(): string {
-    return this.err;
+    return this.err.text();
   }
 
   /** Wait until stdout+stderr match `pattern`; returns the match. Throws on timeout or exit. */
   async waitForOutput(pattern: RegExp, timeoutMs = 10_000): Promise<RegExpMatchArray> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const m = (this.out + "\n" + this.err).match(pattern);
+      const m = (this.stdout() + "\n" + this.stderr()).match(pattern);
       if (m) return m;
       if (!this.running) {
         await this.drained;
-        const last = (this.out + "\n" + this.err).match(pattern);
+        const last = (this.stdout() + "\n" + this.stderr()).match(pattern);
         if (last) return last;
-        throw new NetsimError(`${this.argv.join(" ")} exited (${exitCodeOf(this.proc)}) before printing ${pattern}; stderr: ${this.err.trim()}`);
+        throw new NetsimError(`${this.argv.join(" ")} exited (${exitCodeOf(this.proc)}) before printing ${pattern}; stderr: ${this.stderr().trim()}`);
       }
       if (Date.now() > deadline) {
         throw new NetsimError(`timed out after ${timeoutMs} ms waiting for ${pattern} from ${this.argv.join(" ")}`);
@@ -231,10 +232,6 @@ async function drain(stream: ReadableStream<Uint8Array>, onText: (s: string) => 
   } catch {
     // The stream errors when the process is killed mid-write; what we have is what there is.
   }
-}
-
-function capTail(s: string): string {
-  return s.length > OUTPUT_CAP ? s.slice(s.length - OUTPUT_CAP) : s;
 }
 
 // ---------------------------------------------------------------------------------------------
