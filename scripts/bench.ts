@@ -65,6 +65,8 @@ async function setupFdLimit(): Promise<void> {
 const ENROLLED_NS = "bench";
 const PLAIN_NS = "plain";
 const PORTS = { iperf: 5201, sockperf: 11111, http: 8080, idle: 9000 };
+/** Length of each path's unmeasured warm-up runs (iperf3, then wrk) before the measured ones. */
+const WARMUP_SECONDS = 2;
 const PROXY_ADMIN = "127.0.0.1:15000";
 const PROXY_READY = "127.0.0.1:15021";
 
@@ -417,11 +419,11 @@ async function runSockperf(pair: Pair): Promise<ReturnType<typeof parseSockperf>
   return parseSockperf(r.stdout + r.stderr);
 }
 
-async function runWrk(pair: Pair, proxyPid: number | undefined): Promise<{ wrk: ReturnType<typeof parseWrk>; proxyCpu?: ProcCpu }> {
+async function runWrk(pair: Pair, proxyPid: number | undefined, seconds = params.cpsSeconds): Promise<{ wrk: ReturnType<typeof parseWrk>; proxyCpu?: ProcCpu }> {
   const before = cpuNow(proxyPid);
   const r = await pair.a.exec(
-    [...NOBODY, "wrk", "-t1", `-c${params.wrkConnections}`, `-d${params.cpsSeconds}s`, "--timeout", "5s", "-H", "Connection: close", `http://${pair.b.ip}:${PORTS.http}/`],
-    { timeoutMs: (params.cpsSeconds + 30) * 1000 },
+    [...NOBODY, "wrk", "-t1", `-c${params.wrkConnections}`, `-d${seconds}s`, "--timeout", "5s", "-H", "Connection: close", `http://${pair.b.ip}:${PORTS.http}/`],
+    { timeoutMs: (seconds + 30) * 1000 },
   );
   const proxyCpu = cpuDelta(proxyPid, before);
   if (r.code !== 0) throw new Error(`wrk exited ${r.code}: ${r.stderr.slice(-500)}`);
@@ -616,6 +618,20 @@ async function main(): Promise<number> {
   if (results.checks.some((c) => !c.ok)) throw new Error("a path does not behave as intended; refusing to measure it");
 
   // --- traffic, interleaved -----------------------------------------------------------------------
+  // One short unmeasured pass per path first: nshub's JavaScript is compiled on its first
+  // connections (JIT), and every path gets the same warm-up so none starts cold.
+  if (phase("traffic")) {
+    for (const p of PATHS) {
+      try {
+        await runIperf(pairs[p], 1, proxyPidOf(p), WARMUP_SECONDS);
+        await runWrk(pairs[p], proxyPidOf(p), WARMUP_SECONDS);
+      } catch (e) {
+        results.errors.push(`warm-up ${p}: ${(e as Error).message}`);
+      }
+      await Bun.sleep(1000);
+    }
+    log(`warm-up: each path ${WARMUP_SECONDS} s of iperf3 and ${WARMUP_SECONDS} s of wrk, not measured`);
+  }
   for (let rep = 1; rep <= (phase("traffic") ? params.reps : 0); rep++) {
     const order = rotate(PATHS, rep - 1);
     for (const streams of [1, 4] as const) {
@@ -677,8 +693,10 @@ async function main(): Promise<number> {
       for (const relay of rotate(RELAYS, rep - 1)) {
         try {
           await restart(relay);
-          const l = load1();
           const pair = pairs.nshub;
+          await runWrk(pair, proxy.pid, WARMUP_SECONDS); // the restarted proxy's warm-up
+          await Bun.sleep(1000);
+          const l = load1();
           const tp1 = await runIperf(pair, 1, proxy.pid, seconds);
           await Bun.sleep(300);
           const tp4 = await runIperf(pair, 4, proxy.pid, seconds);
