@@ -158,6 +158,26 @@ netnsDescribe("host probe rule (ipset + POSTROUTING SNAT) in a node namespace", 
       expect(() => new HostProbeRules({ probeAddress: "::1" })).toThrow(/probeAddress must be an IPv4/);
     }, T);
 
+    test("adds that arrive together (many pods starting at once) all land with their uid, a later add of the same IP wins; a failed write fails each add with its own error", async () => {
+      await host.reset([]);
+      const pods = Array.from({ length: 30 }, (_, i) => ({ ip: `10.251.0.${i + 1}`, uid: `uid-batch-${i + 1}` }));
+      await Promise.all([...pods.map((p) => host.addPod(p.ip, p.uid)), host.addPod("10.251.0.1", "uid-batch-late")]);
+      const byIp = (x: { ip: string }, y: { ip: string }) => x.ip.localeCompare(y.ip);
+      const want = pods.map((p) => (p.ip === "10.251.0.1" ? { ip: p.ip, uid: "uid-batch-late" } : p));
+      expect((await host.list()).sort(byIp)).toEqual(want.sort(byIp));
+      await host.reset([]);
+
+      // A set that does not exist: the batch's restore fails, then each add is tried alone.
+      const missing = new HostProbeRules({ netnsPath: sim.node.netnsPath, setName: "nshub-test-missing", setNameV6: "nshub-test-missing6" });
+      const results = await Promise.allSettled(["10.251.1.1", "10.251.1.2", "10.251.1.3"].map((ip, i) => missing.addPod(ip, `uid-m-${i}`)));
+      for (const [i, r] of results.entries()) {
+        expect(r.status).toBe("rejected");
+        const e = (r as PromiseRejectedResult).reason as RulesError;
+        expect({ step: e.step, reason: e.reason, names: e.message.includes(`10.251.1.${i + 1}`) }).toEqual({ step: "ipset add", reason: "tool-failed", names: true });
+      }
+      expect(await host.list()).toEqual([]);
+    }, T);
+
     test("teardown removes the jump, the chain and the set; twice is fine", async () => {
       await host.teardown();
       await host.teardown();

@@ -128,11 +128,21 @@ export function parseIpsetSave(text: string, set: string): ProbePod[] {
   return out;
 }
 
+interface PendingAdd {
+  fc: FamilyConf;
+  text: string;
+  uid: string;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
 export class HostProbeRules {
   private readonly netnsPath: string | undefined;
   private readonly families: FamilyConf[];
   private readonly lockKey: string;
   private tools: IptablesTools | undefined;
+  /** Adds waiting for the next write (see addPod). */
+  private readonly pendingAdds: PendingAdd[] = [];
 
   constructor(private readonly opts: HostProbeOptions = {}) {
     const bad = (msg: string): never => {
@@ -167,13 +177,45 @@ export class HostProbeRules {
     });
   }
 
-  /** Adds (or re-labels) the pod's IP with its UID. An IPv6 IP is ignored unless `ipv6` is on. */
+  /**
+   * Adds (or re-labels) the pod's IP with its UID. An IPv6 IP is ignored unless `ipv6` is on.
+   * Adds that arrive while another set operation runs are written together by one
+   * `ipset restore` when it is done, in arrival order: when many pods start at once, each would
+   * otherwise wait for one `ipset` process per pod ahead of it, one at a time.
+   */
   async addPod(ip: string, uid: string): Promise<void> {
     const { fc, text } = this.check(ip, uid, "ipset add");
     if (!fc) return;
-    return this.locked(async () => {
-      await this.run("ipset add", ["ipset", "add", fc.set, text, "comment", uid, "-exist"]);
+    return new Promise<void>((resolve, reject) => {
+      this.pendingAdds.push({ fc, text, uid, resolve, reject });
+      // The first add of a batch schedules its write; the later ones ride along.
+      if (this.pendingAdds.length === 1) void this.locked(() => this.writeAdds());
     });
+  }
+
+  private async writeAdds(): Promise<void> {
+    const batch = this.pendingAdds.splice(0);
+    const single = async (a: PendingAdd) => {
+      try {
+        await this.run("ipset add", ["ipset", "add", a.fc.set, a.text, "comment", a.uid, "-exist"]);
+        a.resolve();
+      } catch (e) {
+        a.reject(e);
+      }
+    };
+    if (batch.length === 1) return single(batch[0]!);
+    const lines = batch.map((a) => `add ${a.fc.set} ${a.text} comment "${a.uid}"`);
+    const written = await runTool(["ipset", "-exist", "restore"], { ...this.runOpts(), stdin: lines.join("\n") + "\n" }).then(
+      (r) => r.code === 0,
+      () => false,
+    );
+    if (written) {
+      for (const a of batch) a.resolve();
+      return;
+    }
+    // ipset restore stops at the first failing line (or did not run): add them one by one, so
+    // that each pod gets its own result and error.
+    for (const a of batch) await single(a);
   }
 
   /**
