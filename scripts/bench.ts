@@ -399,15 +399,16 @@ async function setupHaproxy(dir: string, pods: Pod[]): Promise<{ proc: SimProces
 // ---------------------------------------------------------------------------------------------
 // traffic measures
 
-async function runIperf(pair: Pair, streams: number, proxyPid: number | undefined, seconds = params.tpSeconds): Promise<{ iperf: ReturnType<typeof parseIperf3Json>; proxyCpu?: ProcCpu; wallSec: number }> {
+async function runIperf(pair: Pair, streams: number, proxyPid: number | undefined, seconds = params.tpSeconds): Promise<{ iperf: ReturnType<typeof parseIperf3Json>; proxyCpu?: ProcCpu; wallSec: number; benchCpuSec: number }> {
   const before = cpuNow(proxyPid);
+  const bench0 = process.cpuUsage();
   const w0 = performance.now();
   const r = await pair.a.exec([...NOBODY, "iperf3", "-c", pair.b.ip, "-p", String(PORTS.iperf), "-t", String(seconds), "-O", "1", "-P", String(streams), "-J"], {
     timeoutMs: (seconds + 30) * 1000,
   });
   const wallSec = (performance.now() - w0) / 1000;
   const proxyCpu = cpuDelta(proxyPid, before);
-  return { iperf: parseIperf3Json(r.stdout), proxyCpu, wallSec };
+  return { iperf: parseIperf3Json(r.stdout), proxyCpu, wallSec, benchCpuSec: benchCpuSince(bench0) };
 }
 
 async function runSockperf(pair: Pair): Promise<ReturnType<typeof parseSockperf>> {
@@ -419,15 +420,24 @@ async function runSockperf(pair: Pair): Promise<ReturnType<typeof parseSockperf>
   return parseSockperf(r.stdout + r.stderr);
 }
 
-async function runWrk(pair: Pair, proxyPid: number | undefined, seconds = params.cpsSeconds): Promise<{ wrk: ReturnType<typeof parseWrk>; proxyCpu?: ProcCpu }> {
+async function runWrk(pair: Pair, proxyPid: number | undefined, seconds = params.cpsSeconds): Promise<{ wrk: ReturnType<typeof parseWrk>; proxyCpu?: ProcCpu; benchCpuSec: number; wallSec: number }> {
   const before = cpuNow(proxyPid);
+  const bench0 = process.cpuUsage();
+  const w0 = performance.now();
   const r = await pair.a.exec(
     [...NOBODY, "wrk", "-t1", `-c${params.wrkConnections}`, `-d${seconds}s`, "--timeout", "5s", "-H", "Connection: close", `http://${pair.b.ip}:${PORTS.http}/`],
     { timeoutMs: (seconds + 30) * 1000 },
   );
   const proxyCpu = cpuDelta(proxyPid, before);
+  const wallSec = (performance.now() - w0) / 1000;
   if (r.code !== 0) throw new Error(`wrk exited ${r.code}: ${r.stderr.slice(-500)}`);
-  return { wrk: parseWrk(r.stdout), proxyCpu };
+  return { wrk: parseWrk(r.stdout), proxyCpu, benchCpuSec: benchCpuSince(bench0), wallSec };
+}
+
+/** CPU seconds (user + system) this process used since `start` (a process.cpuUsage() value). */
+function benchCpuSince(start: NodeJS.CpuUsage): number {
+  const d = process.cpuUsage(start);
+  return (d.user + d.system) / 1e6;
 }
 
 // ---------------------------------------------------------------------------------------------

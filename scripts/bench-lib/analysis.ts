@@ -2,7 +2,7 @@
 // notes say what the data says about missed targets — computed, never hand-written per run).
 import { percentile } from "./stats.ts";
 import { cpuPerGB, derive, fmt, gbps, relayMedian } from "./report.ts";
-import type { BenchResults, RelayAbRun } from "./results.ts";
+import { PATHS, type BenchResults, type RelayAbRun } from "./results.ts";
 import { dsoShares, perfSyscallShares, straceCalls } from "./parse.ts";
 
 export { dsoShares, straceCalls };
@@ -46,6 +46,14 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
   if (Number.isFinite(loadMax) && loadMax >= 1) {
     notes.push(
       `**Noise.** The 1-minute load average reached ${fmt(loadMax, 2)} during this run (${r.load?.start.split(" ")[0] ?? "?"} at the start, ${r.load?.end.split(" ")[0] ?? "?"} at the end) on ${cpus} CPUs; the bench itself keeps one or two busy, anything above that is other work competing for the CPUs. Single runs scatter (see "All runs", with the load at each run's start); the medians of interleaved runs are the fair comparison, and absolute values are pessimistic.`,
+    );
+  }
+  const benchShare = [...PATHS.flatMap((p) => [...r.throughput["1"][p], ...r.throughput["4"][p]]), ...PATHS.flatMap((p) => r.cps[p])]
+    .filter((x) => x.benchCpuSec !== undefined && x.wallSec)
+    .map((x) => x.benchCpuSec! / x.wallSec!);
+  if (benchShare.length) {
+    notes.push(
+      `**The bench's own CPU.** While iperf3 and wrk ran, the bench process (which starts them and captures the output of the proxy, the agent and the servers) used at most ${fmt(Math.max(...benchShare) * 100, 1)}% of one CPU (median ${fmt(percentile(benchShare, 50) * 100, 1)}%).`,
     );
   }
 
@@ -160,7 +168,7 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
           ? "nshub's user share is its per-connection JavaScript (addresses, record, metrics, access log, the hand-over to the relay thread) and the relay thread's own loop; the upstream connect itself (setns into the pod, socket, mark, bind, connect) runs on the data-plane thread and is most of its samples in a JS profile, because the SYN's way to B is processed inside the connect call. "
           : "nshub's user share is Bun's socket handling plus the relay, record and access log per connection. ") +
         cpsProfileSentence(r) +
-        `On this ${cpus}-CPU machine wrk, the HTTP server and the proxy share the CPUs, so the rate follows the total CPU per connection. The proxy's data-plane threads (\`proxy.workers\`, default 2: each thread binds every pod's listeners with SO_REUSEPORT) let it use the second CPU: in two pairs of \`--quick\` runs on this machine (2026-11-24, 3 repetitions each) 2 threads reached 0.47–0.49× HAProxy's rate against 0.39–0.40× with 1. The rest of the gap is the CPU per connection above.`,
+        `On this ${cpus}-CPU machine wrk, the HTTP server and the proxy share the CPUs, so the rate follows the total CPU per connection. The proxy's data-plane threads (\`proxy.workers\`, default 2: each thread binds every pod's listeners with SO_REUSEPORT) let it use the second CPU; with the userspace relay 2 threads reached 0.47–0.49× HAProxy's rate against 0.39–0.40× with 1 (paired \`--quick\` runs, 2026-11-24), with the splice relay 1 and 2 threads gave the same rate within the noise (dev runs the same day). The rest of the gap is the CPU per connection above, mostly its JavaScript: nshub's user CPU per connection is ${fmt(cn.user / ch.user, 1)}× HAProxy's, its kernel CPU ${fmt(cn.sys / ch.sys, 2)}×.`,
     );
   }
 

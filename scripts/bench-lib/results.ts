@@ -20,6 +20,8 @@ export interface ThroughputRun {
   proxyCpu?: ProcCpu;
   /** Wall time of the iperf3 client (omitted first second, start-up and teardown included). */
   wallSec?: number;
+  /** CPU seconds the bench's own process used during the run (it should only be waiting). */
+  benchCpuSec?: number;
 }
 
 export interface LatencyRun {
@@ -35,6 +37,9 @@ export interface CpsRun {
   load1?: number;
   wrk: WrkResult;
   proxyCpu?: ProcCpu;
+  /** CPU seconds the bench's own process used during the run; wrk ran `wallSec`. */
+  benchCpuSec?: number;
+  wallSec?: number;
 }
 
 export interface EnrollmentRun {
