@@ -181,7 +181,9 @@ export class HostProbeRules {
    * Adds (or re-labels) the pod's IP with its UID. An IPv6 IP is ignored unless `ipv6` is on.
    * Adds that arrive while another set operation runs are written together by one
    * `ipset restore` when it is done, in arrival order: when many pods start at once, each would
-   * otherwise wait for one `ipset` process per pod ahead of it, one at a time.
+   * otherwise wait for one `ipset` process per pod ahead of it, one at a time. An add may so
+   * be written before a removal queued after its batch started; removals only delete entries
+   * of their own UID, and the agent's per-pod lock orders one pod's add and delete.
    */
   async addPod(ip: string, uid: string): Promise<void> {
     const { fc, text } = this.check(ip, uid, "ipset add");
