@@ -883,6 +883,7 @@ async function main(): Promise<number> {
         pair: pairs.nshub,
         proxy,
         config,
+        relay: results.proxyRelay,
         seconds: quick ? 3 : 6,
         nobody: NOBODY,
         iperfPort: PORTS.iperf,

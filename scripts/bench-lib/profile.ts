@@ -9,14 +9,17 @@
 //   * `strace -c -f` during a second iperf3 run, a sockperf run and a wrk run: which syscalls,
 //     how many per byte, per round trip, per new connection.
 // B. The proxy is then restarted from source under Bun's sampling profiler (`bun --cpu-prof-md
-//    src/main.ts proxy`), so that JS frames have their real names and lines, and the same three
-//    loads run again; the profile is written when the proxy exits. (Not strace'd: the sampling
-//    profiler itself signals the JS thread about a thousand times a second.)
+//    src/main.ts proxy`), so that JS frames have their real names and lines, and the loads run
+//    again; the profile is written when the proxy exits. It samples the main thread (one of the
+//    data-plane threads). With the splice relay no JavaScript runs per byte, so only wrk runs
+//    then: an idle thread's samples would land on whatever JS ran last (a timer) and drown the
+//    per-connection work. (Not strace'd: the sampling profiler itself signals the JS thread
+//    about a thousand times a second.)
 import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { run, type NetSim, type Pod, type SimProcess } from "../../src/sim/netsim.ts";
 import { parseIperf3Json, parseSockperf, parseWrk, straceCalls } from "./parse.ts";
-import type { ProfileResult } from "./results.ts";
+import type { ProfileResult, RelayKind } from "./results.ts";
 import { cpuSeconds } from "./sys.ts";
 
 const REPO = resolve(import.meta.dir, "../..");
@@ -27,6 +30,8 @@ export interface ProfileOptions {
   /** The running (measured) proxy; it is stopped first. */
   proxy: SimProcess;
   config: string;
+  /** The measured proxy's relay (proxy.relay). */
+  relay: RelayKind | undefined;
   seconds: number;
   nobody: string[];
   iperfPort: number;
@@ -61,7 +66,7 @@ export async function profileProxy(o: ProfileOptions): Promise<ProfileResult> {
     o.pair.a.spawn([...o.nobody, "iperf3", "-c", o.pair.b.ip, "-p", String(o.iperfPort), "-t", String(secs), "-P", "1", "-J"]);
   const sockperf = (extra: string[] = []) =>
     o.pair.a.exec([...o.nobody, "sockperf", "ping-pong", "--tcp", "-i", o.pair.b.ip, "-p", String(o.sockperfPort), "-t", "3", "-m", "64", "--full-rtt", ...extra], { timeoutMs: 60_000 });
-  const wrk = () => o.pair.a.exec([...o.nobody, "wrk", "-t1", "-c16", "-d3s", "-H", "Connection: close", `http://${o.pair.b.ip}:${o.httpPort}/`], { timeoutMs: 60_000 });
+  const wrk = (secs = 3) => o.pair.a.exec([...o.nobody, "wrk", "-t1", "-c16", `-d${secs}s`, "-H", "Connection: close", `http://${o.pair.b.ip}:${o.httpPort}/`], { timeoutMs: 60_000 });
 
   // ---- A. the measured proxy (dist/nshub): perf, CPU split, syscalls ----------------------------
   const pid = o.proxy.pid;
@@ -166,10 +171,15 @@ export async function profileProxy(o: ProfileOptions): Promise<ProfileResult> {
   await o.pair.a.waitForTcpPort(15001, { timeoutMs: 30_000 });
   await o.pair.b.waitForTcpPort(15006, { timeoutMs: 30_000 });
   await Bun.sleep(500);
-  const c = iperf(o.seconds);
-  await c.exited;
-  await sockperf();
-  await wrk();
+  const perByteJs = o.relay !== "splice";
+  if (perByteJs) {
+    const c = iperf(o.seconds);
+    await c.exited;
+    await sockperf();
+    await wrk();
+  } else {
+    await wrk(o.seconds);
+  }
   await proxy.stop(20_000);
   let hot: string | undefined;
   const mds = readdirSync(dir).filter((f) => f.endsWith(".md"));
@@ -178,7 +188,10 @@ export async function profileProxy(o: ProfileOptions): Promise<ProfileResult> {
   if (hot) {
     notes.push(
       [
-        `Bun's sampling profiler (\`bun --cpu-prof-md\`; JS functions and the native functions they call, by self time; the proxy ran from source for this — same code as dist/nshub — through \`iperf3 -P 1\` for ${o.seconds} s, \`sockperf ping-pong\` for 3 s and \`wrk\` with \`Connection: close\` for 3 s):`,
+        `Bun's sampling profiler (\`bun --cpu-prof-md\`; JS functions and the native functions they call, by self time; the proxy ran from source for this — same code as dist/nshub — and the profile covers its main thread, one of the data-plane threads) ` +
+          (perByteJs
+            ? `through \`iperf3 -P 1\` for ${o.seconds} s, \`sockperf ping-pong\` for 3 s and \`wrk\` with \`Connection: close\` for 3 s:`
+            : `through \`wrk\` with \`Connection: close\` for ${o.seconds} s only: with the splice relay no JavaScript runs per byte, and an idle thread's samples would be charged to whatever JS ran last (a timer):`),
         "",
         hot,
       ].join("\n"),

@@ -3,7 +3,7 @@
 // serves pods (the main thread and each data-plane Worker), started on first use.
 import { closeFd, closeReset, eventFd, signalEventFd } from "../sys/index.ts";
 import { ERRNO_NAMES } from "../sys/errno.ts";
-import { CMD_INTS, Cmd, End, HEAD, MAX_SLOTS, RING_BASE, RING_ENTRIES, RING_INTS, SLEEPING, TAIL, type SpliceEvents } from "./splice-shared.ts";
+import { CMD_INTS, Cmd, End, HEAD, MAX_SLOTS, RING_BASE, RING_ENTRIES, RING_INTS, SLEEPING, SleepState, TAIL, type SpliceEvents } from "./splice-shared.ts";
 
 export { End } from "./splice-shared.ts";
 
@@ -182,7 +182,9 @@ export class SpliceEngine {
     ring[at + 4] = d;
     this.#tail = (this.#tail + 1) | 0;
     Atomics.store(ring, TAIL, this.#tail);
-    if (Atomics.load(ring, SLEEPING) === 1) signalEventFd(this.#wakeFd);
+    // One wake-up per sleep: under load the owner queues many commands before the relay
+    // thread gets to run, and each eventfd write is a scheduler wake-up.
+    if (Atomics.compareExchange(ring, SLEEPING, SleepState.Asleep, SleepState.WakeSent) === SleepState.Asleep) signalEventFd(this.#wakeFd);
   }
 
   #events(m: SpliceEvents): void {

@@ -7,11 +7,20 @@
 /**
  * Ring header: head (next entry the relay thread reads), tail (next entry the owner writes),
  * and whether the relay thread is (about to be) asleep in epoll_wait: only then does the owner
- * pay for an eventfd write to wake it.
+ * pay for an eventfd write to wake it, and only once per sleep (see SleepState).
  */
 export const HEAD = 0;
 export const TAIL = 1;
 export const SLEEPING = 2;
+/** Values of the SLEEPING word. */
+export const enum SleepState {
+  Awake = 0,
+  /** Set by the relay thread before epoll_wait. */
+  Asleep = 1,
+  /** Set by the owner that wakes it (compare-and-swap from Asleep), so the next commands of
+   * the same sleep do not write the eventfd again. */
+  WakeSent = 2,
+}
 export const RING_BASE = 4;
 export const CMD_INTS = 5;
 export const RING_ENTRIES = 1 << 16;

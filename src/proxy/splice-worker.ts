@@ -28,7 +28,7 @@ import {
 } from "../sys/splice.ts";
 import { EAGAIN, EINPROGRESS, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, ETIMEDOUT } from "../sys/errors.ts";
 import { closeFd, connectOutcome, drainEventFd, getSockOpt, shutdownFd, SHUT_WR, SOL_SOCKET, SO_ERROR } from "../sys/index.ts";
-import { CMD_INTS, Cmd, End, HEAD, RING_BASE, RING_ENTRIES, SLEEPING, TAIL, type SpliceEvents, type SpliceInit } from "./splice-shared.ts";
+import { CMD_INTS, Cmd, End, HEAD, RING_BASE, RING_ENTRIES, SLEEPING, SleepState, TAIL, type SpliceEvents, type SpliceInit } from "./splice-shared.ts";
 
 declare const self: Worker;
 
@@ -122,10 +122,10 @@ class RelayLoop {
       // Announce the sleep first, then look at the ring: a command the owner queued before it
       // saw the flag is found here (and then epoll_wait must not block); one queued after
       // comes with an eventfd wake-up.
-      Atomics.store(ring, SLEEPING, 1);
+      Atomics.store(ring, SLEEPING, SleepState.Asleep);
       const pending = Atomics.load(ring, TAIL) !== Atomics.load(ring, HEAD);
       const n = epollWait(this.#ep, evs, 256, pending ? 0 : this.#timeout());
-      Atomics.store(ring, SLEEPING, 0);
+      Atomics.store(ring, SLEEPING, SleepState.Awake);
       if (n < 0 && n !== -EINTR) throw new Error(`epoll_wait failed: errno ${-n}`);
       for (let i = 0; i < n; i++) this.#event(evs[2 * i]!, evs[2 * i + 1]!);
       this.#commands();
