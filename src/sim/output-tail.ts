@@ -5,6 +5,8 @@
 // a third of a CPU, taken from the processes it measures.)
 export class OutputTail {
   #chunks: string[] = [];
+  /** Index of the oldest kept chunk; the ones before it are dropped (compacted now and then). */
+  #first = 0;
   #length = 0;
   #joined: string | undefined = "";
 
@@ -15,8 +17,12 @@ export class OutputTail {
     this.#chunks.push(s);
     this.#length += s.length;
     this.#joined = undefined;
-    while (this.#chunks.length > 1 && this.#length - this.#chunks[0]!.length >= this.cap) {
-      this.#length -= this.#chunks.shift()!.length;
+    while (this.#chunks.length - this.#first > 1 && this.#length - this.#chunks[this.#first]!.length >= this.cap) {
+      this.#length -= this.#chunks[this.#first++]!.length;
+    }
+    if (this.#first > 1024 && this.#first * 2 > this.#chunks.length) {
+      this.#chunks = this.#chunks.slice(this.#first);
+      this.#first = 0;
     }
   }
 
@@ -28,9 +34,10 @@ export class OutputTail {
   /** The text, at most `cap` characters: the newest ones. */
   text(): string {
     if (this.#joined === undefined) {
-      const all = this.#chunks.join("");
+      const all = (this.#first ? this.#chunks.slice(this.#first) : this.#chunks).join("");
       this.#joined = all.length > this.cap ? all.slice(all.length - this.cap) : all;
       this.#chunks = this.#joined ? [this.#joined] : [];
+      this.#first = 0;
       this.#length = this.#joined.length;
     }
     return this.#joined;

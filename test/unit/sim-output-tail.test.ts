@@ -33,7 +33,11 @@ describe("OutputTail (a spawned process's captured output)", () => {
 
   test("memory stays bounded: old chunks are dropped as new ones arrive", () => {
     const t = new OutputTail(64);
-    for (let i = 0; i < 100_000; i++) t.append("0123456789abcdef");
+    for (let i = 0; i < 100_000; i++) {
+      t.append("0123456789abcdef");
+      // Reads in between (as waitForOutput does) must not change what is kept.
+      if (i % 10_007 === 0) expect(t.text()).toBe("0123456789abcdef".repeat(Math.min(4, i + 1)));
+    }
     // The cap plus at most one chunk, however much went through.
     expect(t.held).toBeLessThan(64 + 16);
     expect(t.text()).toBe("0123456789abcdef".repeat(4));
