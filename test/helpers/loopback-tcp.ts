@@ -135,3 +135,25 @@ export function blockWriter(sock: any, total: number): { done: Promise<void>; wr
   })();
   return { done, written: () => off, sha256: () => hash.digest("hex") };
 }
+
+/**
+ * A server that accepts one connection but does not read it until `resume()`: the backpressure
+ * tests' upstream. It then counts and hashes what arrives and shuts its side at the client's EOF.
+ */
+export function pausedSink(): Server & { resume(): void; received(): number; sha256(): string } {
+  const hash = createHash("sha256");
+  let got = 0;
+  let sock: any;
+  const s = server({
+    open: (x) => {
+      sock = x;
+      x.pause();
+    },
+    data: (_x, d) => {
+      got += d.byteLength;
+      hash.update(d);
+    },
+    end: (x) => x.shutdown(),
+  });
+  return { ...s, resume: () => sock.resume(), received: () => got, sha256: () => hash.digest("hex") };
+}

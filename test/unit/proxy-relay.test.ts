@@ -4,12 +4,11 @@
 // connect failure, early data) come from test/helpers/relay-scenarios.ts; here also
 // backpressure with bounded queues and the socket options.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createHash } from "node:crypto";
 import * as sys from "../../src/sys/index.ts";
 import { ConnectionTable, type CloseHow, type ConnectionRecord } from "../../src/proxy/records.ts";
 import { clientHandlers, Relay, type RelaySocket } from "../../src/proxy/relay.ts";
 import { setKeepalive } from "../../src/proxy/handlers.ts";
-import { blockWriter, client, server, waitFor } from "../helpers/loopback-tcp.ts";
+import { blockWriter, client, pausedSink, server, waitFor } from "../helpers/loopback-tcp.ts";
 import { relayScenarios } from "../helpers/relay-scenarios.ts";
 
 const MAX_Q = 64 * 1024;
@@ -73,20 +72,7 @@ describe("relay", () => {
   });
 
   test("backpressure: a server that stops reading pauses the client; queues stay bounded; nothing is lost", async () => {
-    const hash = createHash("sha256");
-    let got = 0;
-    let upSock: any;
-    const up = server({
-      open: (s) => {
-        upSock = s;
-        s.pause(); // do not read at all for now
-      },
-      data: (_s, d) => {
-        got += d.byteLength;
-        hash.update(d);
-      },
-      end: (s) => s.shutdown(),
-    });
+    const up = pausedSink();
     const p = relayProxy(up.port);
     const c = await client(p.port);
     const total = 64 * 1024 * 1024;
@@ -102,12 +88,12 @@ describe("relay", () => {
     expect(writer.written()).toBeLessThan(total);
     expect(p.relays[0]!.client.paused).toBe(true);
     expect(p.relays[0]!.upstream.queued).toBeLessThanOrEqual(MAX_Q + 1024 * 1024);
-    upSock.resume();
+    up.resume();
     await writer.done;
     await c.closed;
     clearInterval(sampler);
-    expect(got).toBe(total);
-    expect(hash.digest("hex")).toBe(writer.sha256());
+    expect(up.received()).toBe(total);
+    expect(up.sha256()).toBe(writer.sha256());
     expect(maxQueued).toBeLessThanOrEqual(MAX_Q + 1024 * 1024);
     p.stop();
     up.stop();
