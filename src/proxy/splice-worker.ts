@@ -26,8 +26,8 @@ import {
   makePipe,
   spliceRaw,
 } from "../sys/splice.ts";
-import { EAGAIN, EINPROGRESS, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, ETIMEDOUT } from "../sys/errors.ts";
-import { closeFd, connectOutcome, drainEventFd, getSockOpt, shutdownFd, SHUT_WR, SOL_SOCKET, SO_ERROR } from "../sys/index.ts";
+import { EAGAIN, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, ETIMEDOUT } from "../sys/errors.ts";
+import { closeFd, drainEventFd, getSockOpt, shutdownFd, SHUT_WR, SOL_SOCKET, SO_ERROR } from "../sys/index.ts";
 import { CMD_INTS, Cmd, End, HEAD, RING_BASE, RING_ENTRIES, SLEEPING, SleepState, TAIL, type SpliceEvents, type SpliceInit } from "./splice-shared.ts";
 
 declare const self: Worker;
@@ -160,9 +160,9 @@ class RelayLoop {
     }
     if (c.connecting) {
       if (kind === K_CLIENT) return; // client bytes wait in its socket until the upstream is up
-      const r = connectOutcome(c.upstream);
-      if (r === -EINPROGRESS) return;
-      if (r < 0) return this.#end(c, End.ConnectFailed, -r);
+      // The connect is over once the upstream reports writable or hung up; a failure came with
+      // EPOLLERR and its SO_ERROR, handled above. (No poll/getsockopt to ask again.)
+      if (!(events & (EPOLLOUT | EPOLLHUP | EPOLLERR))) return;
       c.connecting = false;
       this.#connecting.delete(c);
       this.#established.push(c.slot);
@@ -340,8 +340,7 @@ class RelayLoop {
   #relay(slot: number, client: number, upstream: number, timeoutMs: number): void {
     const dir = (src: number, dst: number): Dir => ({ src, dst, pipe: null, inPipe: 0, srcEof: false, shut: false, bytes: 0 });
     const c: Conn = { slot, client, upstream, connecting: true, deadline: Date.now() + timeoutMs, up: dir(client, upstream), down: dir(upstream, client), over: false };
-    this.#counters[2 * slot] = 0;
-    this.#counters[2 * slot + 1] = 0;
+    // The slot's byte counters were zeroed by the owner before it queued this command.
     this.#conns.set(slot, c);
     this.#connecting.add(c);
     try {
