@@ -3,7 +3,7 @@
 // factory for its own listener + relay, then adds the tests only it needs.
 import { expect, test } from "bun:test";
 import { createHash } from "node:crypto";
-import type { CloseHow, ConnectionRecord } from "../../src/proxy/records.ts";
+import { ConnectionTable, type CloseHow, type ConnectionRecord } from "../../src/proxy/records.ts";
 import { client, server, waitFor, writeAll } from "./loopback-tcp.ts";
 
 export interface RelayHarness {
@@ -14,6 +14,23 @@ export interface RelayHarness {
 }
 
 export type MakeRelay = (upstreamPort: number, opts?: { connectDelayMs?: number }) => RelayHarness;
+
+/**
+ * What each test proxy keeps: a connection table, the records it closed (with how), and
+ * `open()` for an accepted connection's record (outbound, to 127.0.0.1:`upstreamPort`).
+ */
+export function testTable(upstreamPort: number): { table: ConnectionTable; closed: RelayHarness["closed"]; open(): ConnectionRecord } {
+  const table = new ConnectionTable();
+  const closed: RelayHarness["closed"] = [];
+  table.addObserver({ onConnectionClose: (rec, how) => closed.push({ rec, how }) });
+  const pod = { uid: "u1", name: "p", namespace: "ns", serviceAccount: "sa" };
+  const upstream = { ip: "127.0.0.1", port: upstreamPort };
+  return {
+    table,
+    closed,
+    open: () => table.open({ pod, direction: "outbound", source: { ip: "127.0.0.1", port: 0 }, originalDst: upstream, upstream }),
+  };
+}
 
 export function relayScenarios(make: MakeRelay, hooks: { whileConnecting?: (h: RelayHarness) => void } = {}): void {
   test("relays both ways, passes FINs as shutdown, counts bytes, ends 'done'", async () => {

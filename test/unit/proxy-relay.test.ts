@@ -9,7 +9,7 @@ import { ConnectionTable, type CloseHow, type ConnectionRecord } from "../../src
 import { clientHandlers, Relay, type RelaySocket } from "../../src/proxy/relay.ts";
 import { setKeepalive } from "../../src/proxy/handlers.ts";
 import { blockWriter, client, pausedSink, server, waitFor } from "../helpers/loopback-tcp.ts";
-import { relayScenarios } from "../helpers/relay-scenarios.ts";
+import { relayScenarios, testTable } from "../helpers/relay-scenarios.ts";
 
 const MAX_Q = 64 * 1024;
 
@@ -23,23 +23,14 @@ interface Proxy {
 
 /** The relay listener: every accepted socket is relayed to 127.0.0.1:`upstreamPort`. */
 function relayProxy(upstreamPort: number, opts: { connectDelayMs?: number } = {}): Proxy {
-  const table = new ConnectionTable();
+  const { table, closed, open } = testTable(upstreamPort);
   const relays: Relay[] = [];
-  const closed: Proxy["closed"] = [];
-  table.addObserver({ onConnectionClose: (rec, how) => closed.push({ rec, how }) });
-  const pod = { uid: "u1", name: "p", namespace: "ns", serviceAccount: "sa" };
   const l = Bun.listen({
     hostname: "127.0.0.1",
     port: 0,
     allowHalfOpen: true,
     socket: clientHandlers((sock: RelaySocket) => {
-      const rec = table.open({
-        pod,
-        direction: "outbound",
-        source: { ip: "127.0.0.1", port: 0 },
-        originalDst: { ip: "127.0.0.1", port: upstreamPort },
-        upstream: { ip: "127.0.0.1", port: upstreamPort },
-      });
+      const rec = open();
       const relay = new Relay(rec, sock, table, { maxQueuedBytes: MAX_Q });
       relays.push(relay);
       const go = () =>

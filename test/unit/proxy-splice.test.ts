@@ -13,7 +13,7 @@ import { setKeepalive } from "../../src/proxy/handlers.ts";
 import { SpliceRelay } from "../../src/proxy/splice-relay.ts";
 import { End, setSpliceFailureHandler, SpliceEngine, spliceEngine, stopSpliceEngine } from "../../src/proxy/splice-engine.ts";
 import { blockWriter, client, pausedSink, server, waitFor } from "../helpers/loopback-tcp.ts";
-import { relayScenarios } from "../helpers/relay-scenarios.ts";
+import { relayScenarios, testTable } from "../helpers/relay-scenarios.ts";
 
 const PIPE = 64 * 1024;
 
@@ -29,12 +29,9 @@ interface Proxy {
 
 /** A splice listener: every accepted socket is relayed to 127.0.0.1:`upstreamPort`. */
 function spliceProxy(upstreamPort: number, opts: { connectDelayMs?: number; connectTimeoutMs?: number } = {}): Proxy {
-  const table = new ConnectionTable();
+  const { table, closed, open } = testTable(upstreamPort);
   const relays: SpliceRelay[] = [];
   const fds: Array<[number, number]> = [];
-  const closed: Proxy["closed"] = [];
-  table.addObserver({ onConnectionClose: (rec, how) => closed.push({ rec, how }) });
-  const pod = { uid: "u1", name: "p", namespace: "ns", serviceAccount: "sa" };
   const engine = spliceEngine({ pipeSize: PIPE });
   const listener: PodListener = openSpliceListener({
     kind: "outbound",
@@ -46,13 +43,7 @@ function spliceProxy(upstreamPort: number, opts: { connectDelayMs?: number; conn
     netns: "test",
     engine,
     accept: (fd) => {
-      const rec = table.open({
-        pod,
-        direction: "outbound",
-        source: { ip: "127.0.0.1", port: 0 },
-        originalDst: { ip: "127.0.0.1", port: upstreamPort },
-        upstream: { ip: "127.0.0.1", port: upstreamPort },
-      });
+      const rec = open();
       const relay = new SpliceRelay(rec, fd, table, engine);
       relays.push(relay);
       const go = () => {
