@@ -99,6 +99,9 @@ export class ProxyWorkloadManager implements WorkloadManager {
       throw new ProxyStartError("proxy is draining");
     }
     const running = this.#pods.get(uid);
+    // The replaced pod's listeners close on their relay thread; waited for at the end only, so
+    // this method's changes to the pod maps stay synchronous (messages are not awaited in order).
+    let replaced: Promise<void> | undefined;
     if (running) {
       if (running.netns.key === netns.key) {
         netns.close();
@@ -106,7 +109,7 @@ export class ProxyWorkloadManager implements WorkloadManager {
         return;
       }
       this.#log.info("pod's netns changed; replacing its proxy", { uid, old: running.netns.key, new: netns.key });
-      this.#removeRunning(uid, running);
+      replaced = this.#removeRunning(uid, running);
     }
     const pending = this.#pending.get(uid);
     if (pending) {
@@ -120,6 +123,7 @@ export class ProxyWorkloadManager implements WorkloadManager {
     }
     try {
       this.#start(uid, info, netns);
+      await replaced;
     } catch (e) {
       const error = (e as Error).message;
       const p: PendingPod = {
@@ -146,13 +150,15 @@ export class ProxyWorkloadManager implements WorkloadManager {
 
   async del(uid: string): Promise<void> {
     const running = this.#pods.get(uid);
-    if (running) this.#removeRunning(uid, running);
+    const closed = running ? this.#removeRunning(uid, running) : undefined;
     const pending = this.#pending.get(uid);
     if (pending) this.#dropPending(pending);
     if (running || pending) {
       this.#log.info("pod removed", { uid, pod: running ? podName(running.ref) : podName(pending?.info) });
       this.#notify();
     }
+    // The ack then means the pod's listeners are closed, not only asked to close.
+    await closed;
   }
 
   uids(): Iterable<string> {
@@ -335,17 +341,22 @@ export class ProxyWorkloadManager implements WorkloadManager {
     p.netns.close();
   }
 
-  #removeRunning(uid: string, pod: PodProxy): void {
+  /** Resolves once the pod's listeners are closed. */
+  #removeRunning(uid: string, pod: PodProxy): Promise<void> {
     this.#pods.delete(uid);
-    this.#stopped(pod, "deleted");
+    return this.#stopped(pod, "deleted");
   }
 
-  /** Closes a running pod's proxy (already out of #pods) and reports it stopped. */
-  #stopped(pod: PodProxy, how: "deleted" | "drained"): void {
-    if (pod.closed) return;
+  /**
+   * Closes a running pod's proxy (already out of #pods) and reports it stopped; the promise
+   * resolves once its listeners are closed.
+   */
+  #stopped(pod: PodProxy, how: "deleted" | "drained"): Promise<void> {
+    if (pod.closed) return Promise.resolve();
     for (const ip of podIps(pod)) if (this.#byIp.get(ip) === pod) this.#byIp.delete(ip);
-    pod.close(how);
+    const closed = pod.close(how);
     this.#emit(() => this.#events.podStopped?.(pod));
+    return closed;
   }
 
   #emit(f: () => void): void {

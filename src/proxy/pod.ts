@@ -57,6 +57,7 @@ export class PodProxy {
   readonly listeners: PodListener[] = [];
   readonly relays = new Set<PodRelay>();
   #closed = false;
+  #listenersClosed: Promise<void> | undefined;
 
   private constructor(
     readonly ref: PodRef,
@@ -129,13 +130,17 @@ export class PodProxy {
     for (const r of [...this.relays]) r.abort(how);
   }
 
-  /** Listeners and connections closed at once, netns released. Idempotent. */
-  close(how: CloseHow = "deleted"): void {
-    if (this.#closed) return;
+  /**
+   * Listeners and connections closed at once, netns released. The promise resolves once the
+   * listeners are closed (splice listeners close on their relay thread). Idempotent.
+   */
+  close(how: CloseHow = "deleted"): Promise<void> {
+    if (this.#closed) return this.#listenersClosed ?? Promise.resolve();
     this.#closed = true;
-    void this.stopAccepting();
+    this.#listenersClosed = this.stopAccepting();
     this.closeConnections(how);
     this.netns.close();
+    return this.#listenersClosed;
   }
 }
 
