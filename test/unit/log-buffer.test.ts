@@ -1,0 +1,53 @@
+// The daemons' stderr log is written in batches (src/log/logger.ts): these run a real child
+// process and read its real stderr, to check that batching never loses or delays a line for
+// long.
+import { describe, expect, test } from "bun:test";
+
+const LOGGER = new URL("../../src/log/logger.ts", import.meta.url).pathname;
+
+async function runChild(body: string): Promise<{ code: number; stderr: string }> {
+  const script = `import { createLogger } from ${JSON.stringify(LOGGER)};\nconst log = createLogger("t");\n${body}`;
+  const p = Bun.spawn([process.execPath, "-e", script], { stdout: "pipe", stderr: "pipe", env: { ...process.env, NSHUB_LOG_FORMAT: "json", NSHUB_LOG_LEVEL: "info" } });
+  const [stderr, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
+  return { code, stderr };
+}
+
+const messages = (stderr: string) =>
+  stderr
+    .split("\n")
+    .filter((l) => l.startsWith("{"))
+    .map((l) => (JSON.parse(l) as { msg: string }).msg);
+
+describe("batched stderr log", () => {
+  test("a line is written within a short delay while the process keeps running", async () => {
+    // The marker goes straight to stderr 300 ms later: the batched line must already be out.
+    const r = await runChild(`log.info("first");\nawait Bun.sleep(300);\nprocess.stderr.write("MARKER\\n");\nawait Bun.sleep(50);`);
+    expect(r.code).toBe(0);
+    const first = r.stderr.indexOf('"msg":"first"');
+    expect(first).toBeGreaterThanOrEqual(0);
+    expect(first).toBeLessThan(r.stderr.indexOf("MARKER"));
+  });
+
+  test("lines still buffered at process.exit() are written, in order", async () => {
+    const r = await runChild(`for (let i = 0; i < 50; i++) log.info("line " + i);\nprocess.exit(3);`);
+    expect(r.code).toBe(3);
+    expect(messages(r.stderr)).toEqual(Array.from({ length: 50 }, (_, i) => `line ${i}`));
+  });
+
+  test("a line logged just before the process ends by itself is written", async () => {
+    const r = await runChild(`log.info("last words");`);
+    expect(r.code).toBe(0);
+    expect(messages(r.stderr)).toEqual(["last words"]);
+  });
+
+  test("more than 64 KiB at once is written without waiting, in order", async () => {
+    // 200 lines of ~1 KiB pass the 64 KiB threshold several times within one turn.
+    const r = await runChild(`const pad = "x".repeat(1000);\nfor (let i = 0; i < 200; i++) log.info("big " + i, { pad });\nprocess.stderr.write("MARKER\\n");\nawait Bun.sleep(100);`);
+    expect(r.code).toBe(0);
+    const msgs = messages(r.stderr);
+    expect(msgs).toEqual(Array.from({ length: 200 }, (_, i) => `big ${i}`));
+    // Everything up to the last 64 KiB boundary went out before the marker, synchronously.
+    const beforeMarker = messages(r.stderr.slice(0, r.stderr.indexOf("MARKER")));
+    expect(beforeMarker.length).toBeGreaterThanOrEqual(128);
+  });
+});
