@@ -9,9 +9,11 @@ import { createProxyMetrics } from "../admin/metrics.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
 import { setSpliceFailureHandler, stopSpliceEngine } from "./splice-engine.ts";
 import { plainRecord, type ConnectionsAnswer, type FromShard, type Question, type ToShard } from "./shard-protocol.ts";
+import { nameThisThread, THREAD_NAMES } from "../util/thread-name.ts";
 
 declare const self: Worker;
 
+nameThisThread(THREAD_NAMES.dataPlane);
 let manager: ProxyWorkloadManager | undefined;
 let registry: Registry | undefined;
 let log = createLogger("proxy/thread");

@@ -29,9 +29,11 @@ import {
 import { EAGAIN, EINTR, EMFILE, ENFILE, ENOBUFS, ENOMEM, ETIMEDOUT } from "../sys/errors.ts";
 import { closeFd, drainEventFd, getSockOpt, shutdownFd, SHUT_WR, SOL_SOCKET, SO_ERROR } from "../sys/index.ts";
 import { CMD_INTS, Cmd, End, HEAD, RING_BASE, RING_ENTRIES, SLEEPING, SleepState, TAIL, type SpliceEvents, type SpliceInit } from "./splice-shared.ts";
+import { nameThisThread, THREAD_NAMES } from "../util/thread-name.ts";
 
 declare const self: Worker;
 
+nameThisThread(THREAD_NAMES.spliceRelay);
 
 /** Cookie kinds (low 2 bits of the epoll cookie; the rest is a listener tag or a slot). */
 const K_WAKE = 0;

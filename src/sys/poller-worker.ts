@@ -2,9 +2,12 @@
 // reports each ready fd once to the main thread. It never reads or writes the fds itself.
 import { lib } from "./lib.ts";
 import { drainEventFd } from "./fds.ts";
+import { nameThisThread, THREAD_NAMES } from "../util/thread-name.ts";
 import { BASE, HIGH_WATER, SLOT_INTS, STOP, type PollEvent, type PollerInit } from "./poller-shared.ts";
 
 declare const self: Worker;
+
+nameThisThread(THREAD_NAMES.fdPoller);
 
 self.onmessage = (ev: MessageEvent<PollerInit>) => {
   run(new Int32Array(ev.data.sab), ev.data.wakeFd);
