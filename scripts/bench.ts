@@ -23,7 +23,7 @@ import { parseCniTimingLog, parseIperf3Json, parseSockperf, parseWrk } from "./b
 import { checkTargets, derive, fmt, renderReport } from "./bench-lib/report.ts";
 import { emptyPerPath, PATHS, PATH_LABEL, RELAYS, type BenchParams, type BenchResults, type EnrollmentRun, type PathCheck, type PathName, type ProcCpu, type RelayAbRun, type RelayKind } from "./bench-lib/results.ts";
 import { rotate } from "./bench-lib/stats.ts";
-import { cpuSeconds, cpuWithChildren, fdCount, machineCpu, machineInfo, sampleRssKiB, threadCount } from "./bench-lib/sys.ts";
+import { cpuSeconds, cpuWithChildren, fdCount, machineCpu, machineInfo, sampleRssKiB, threadCount, threadCpuByName, threadCpuSample } from "./bench-lib/sys.ts";
 import { profileProxy } from "./bench-lib/profile.ts";
 import { analysis } from "./bench-lib/analysis.ts";
 
@@ -65,7 +65,7 @@ async function setupFdLimit(): Promise<void> {
 const ENROLLED_NS = "bench";
 const PLAIN_NS = "plain";
 const PORTS = { iperf: 5201, sockperf: 11111, http: 8080, idle: 9000 };
-/** Length of each path's unmeasured warm-up runs (iperf3, then wrk) before the measured ones. */
+/** Length of each path's unmeasured iperf3 warm-up run before the measured ones. */
 const WARMUP_SECONDS = 2;
 const PROXY_ADMIN = "127.0.0.1:15000";
 const PROXY_READY = "127.0.0.1:15021";
@@ -108,8 +108,8 @@ if (flags.help) {
 }
 const quick = flags.quick!;
 const params: BenchParams = quick
-  ? { reps: 3, tpSeconds: 3, latSeconds: 2, cpsSeconds: 2, wrkConnections: 16, msgSize: 64, enrollSeq: 20, enrollConc: 10, scalePods: 60, idleConns: 2000 }
-  : { reps: 3, tpSeconds: 10, latSeconds: 5, cpsSeconds: 5, wrkConnections: 16, msgSize: 64, enrollSeq: 100, enrollConc: 50, scalePods: 500, idleConns: 10_000 };
+  ? { reps: 3, tpSeconds: 3, latSeconds: 2, cpsSeconds: 2, wrkWarmupSeconds: 2, wrkConnections: 16, msgSize: 64, enrollSeq: 20, enrollConc: 10, scalePods: 60, idleConns: 2000 }
+  : { reps: 3, tpSeconds: 10, latSeconds: 5, cpsSeconds: 5, wrkWarmupSeconds: 10, wrkConnections: 16, msgSize: 64, enrollSeq: 100, enrollConc: 50, scalePods: 500, idleConns: 10_000 };
 if (flags.reps !== undefined) params.reps = Math.max(1, Number(flags.reps));
 const PHASES = ["traffic", "relay", "enroll", "scale", "idle"] as const;
 const phases = new Set((flags.phases ?? PHASES.join(",")).split(",").map((x) => x.trim()));
@@ -420,7 +420,12 @@ async function runSockperf(pair: Pair): Promise<ReturnType<typeof parseSockperf>
   return parseSockperf(r.stdout + r.stderr);
 }
 
-async function runWrk(pair: Pair, proxyPid: number | undefined, seconds = params.cpsSeconds): Promise<{ wrk: ReturnType<typeof parseWrk>; proxyCpu?: ProcCpu; benchCpuSec: number; wallSec: number }> {
+async function runWrk(
+  pair: Pair,
+  proxyPid: number | undefined,
+  seconds = params.cpsSeconds,
+): Promise<{ wrk: ReturnType<typeof parseWrk>; proxyCpu?: ProcCpu; proxyThreads?: Record<string, ProcCpu>; benchCpuSec: number; wallSec: number }> {
+  const threads0 = proxyPid === undefined ? undefined : threadCpuSample(proxyPid);
   const before = cpuNow(proxyPid);
   const bench0 = process.cpuUsage();
   const w0 = performance.now();
@@ -429,9 +434,10 @@ async function runWrk(pair: Pair, proxyPid: number | undefined, seconds = params
     { timeoutMs: (seconds + 30) * 1000 },
   );
   const proxyCpu = cpuDelta(proxyPid, before);
+  const proxyThreads = threads0 && proxyPid !== undefined ? threadCpuByName(threads0, threadCpuSample(proxyPid)) : undefined;
   const wallSec = (performance.now() - w0) / 1000;
   if (r.code !== 0) throw new Error(`wrk exited ${r.code}: ${r.stderr.slice(-500)}`);
-  return { wrk: parseWrk(r.stdout), proxyCpu, benchCpuSec: benchCpuSince(bench0), wallSec };
+  return { wrk: parseWrk(r.stdout), proxyCpu, proxyThreads, benchCpuSec: benchCpuSince(bench0), wallSec };
 }
 
 /** CPU seconds (user + system) this process used since `start` (a process.cpuUsage() value). */
@@ -634,13 +640,13 @@ async function main(): Promise<number> {
     for (const p of PATHS) {
       try {
         await runIperf(pairs[p], 1, proxyPidOf(p), WARMUP_SECONDS);
-        await runWrk(pairs[p], proxyPidOf(p), WARMUP_SECONDS);
+        await runWrk(pairs[p], proxyPidOf(p), params.wrkWarmupSeconds!);
       } catch (e) {
         results.errors.push(`warm-up ${p}: ${(e as Error).message}`);
       }
       await Bun.sleep(1000);
     }
-    log(`warm-up: each path ${WARMUP_SECONDS} s of iperf3 and ${WARMUP_SECONDS} s of wrk, not measured`);
+    log(`warm-up: each path ${WARMUP_SECONDS} s of iperf3 and ${params.wrkWarmupSeconds!} s of wrk, not measured`);
   }
   for (let rep = 1; rep <= (phase("traffic") ? params.reps : 0); rep++) {
     const order = rotate(PATHS, rep - 1);
@@ -704,7 +710,7 @@ async function main(): Promise<number> {
         try {
           await restart(relay);
           const pair = pairs.nshub;
-          await runWrk(pair, proxy.pid, WARMUP_SECONDS); // the restarted proxy's warm-up
+          await runWrk(pair, proxy.pid, params.wrkWarmupSeconds!); // the restarted proxy's warm-up
           await Bun.sleep(1000);
           const l = load1();
           const tp1 = await runIperf(pair, 1, proxy.pid, seconds);

@@ -23,6 +23,36 @@ function cpsProfileSentence(r: BenchResults): string {
   return `perf during a wrk run (see "New connections" in the profile below) puts the proxy's time per connection (${fmt(per, 0)} µs there) inside these syscalls, each with the packet processing the kernel ran inline for it: ${parts.join(", ")}. `;
 }
 
+/** The nshub proxy's threads by role, as they name themselves (src/util/thread-name.ts) or JavaScriptCore names them. */
+const THREAD_ROLES: Array<[string, (name: string) => boolean]> = [
+  ["data-plane threads (the main thread and nshub-dataplane: the per-connection JavaScript and the upstream connect)", (n) => n === "nshub" || n === "nshub-dataplane"],
+  ["splice relay threads (nshub-relay: accept, splice, shutdown, close)", (n) => n === "nshub-relay"],
+  ["JavaScriptCore's JIT compiler", (n) => n === "JITWorker"],
+  ["garbage collection", (n) => n === "HeapHelper" || n.endsWith("ollector Thread") || n === "mi-scavenger"],
+];
+
+/** "By thread, per connection: data-plane … µs user + … µs kernel, …" over the measured nshub wrk runs. */
+export function threadRoleSentence(r: BenchResults): string {
+  const runs = r.cps.nshub.filter((x) => x.proxyThreads && x.wrk.requests > 0);
+  if (runs.length === 0) return "";
+  const roleOf = (name: string) => THREAD_ROLES.findIndex(([, match]) => match(name));
+  const parts: string[] = [];
+  for (let i = -1; i < THREAD_ROLES.length; i++) {
+    const per = (x: (typeof runs)[number], k: "user" | "sys") => {
+      let sec = 0;
+      for (const [name, cpu] of Object.entries(x.proxyThreads!)) if (roleOf(name) === i) sec += cpu[k];
+      return (sec / x.wrk.requests) * 1e6;
+    };
+    const user = percentile(runs.map((x) => per(x, "user")), 50);
+    const sys = percentile(runs.map((x) => per(x, "sys")), 50);
+    if (i === -1 && user + sys < 0.5) continue;
+    parts.push(`${i === -1 ? "other threads" : THREAD_ROLES[i]![0]} ${fmt(user, 0)} µs user + ${fmt(sys, 0)} µs kernel`);
+  }
+  // "other" reads best last.
+  if (parts.length > THREAD_ROLES.length) parts.push(parts.shift()!);
+  return `By thread (per client connection, medians over the measured wrk runs): ${parts.join("; ")}. `;
+}
+
 /** " In this run the userspace relay …": the relay A/B of the same run, when it ran. */
 function relayAbSentence(r: BenchResults): string {
   const tp = (x: RelayAbRun) => gbps(x.tp1);
@@ -165,8 +195,9 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
         `Each client connection costs either proxy two accepts, two upstream connects and two closes; the kernel part is mostly TCP and netfilter work that runs in the proxy's context (the upstream connect's handshake and the closing FINs are processed inline on the virtual wire). ` +
         `The source-preserving inbound leg is not what makes nshub's kernel share higher: measured separately on this machine (2026-11-24, one data-plane thread), connections through only A's outbound relay and through only B's inbound relay (IP_TRANSPARENT bind, connmark, table-100 route) cost the proxy about the same, 300–390 µs of CPU each. ` +
         (r.proxyRelay === "splice"
-          ? "nshub's user share is its per-connection JavaScript (addresses, record, metrics, access log, the hand-over to the relay thread) and the relay thread's own loop; the upstream connect itself (setns into the pod, socket, mark, bind, connect) runs on the data-plane thread and is most of its samples in a JS profile, because the SYN's way to B is processed inside the connect call. "
+          ? "nshub's user share is its per-connection JavaScript (addresses, record, metrics, access log, the hand-over to the relay thread) and the relay thread's own loop; the upstream connect itself (setns into the pod, socket, mark, bind, connect) runs on the data-plane thread and is most of its samples in a JS profile, because the SYN's way to B is processed inside the connect call. The hand-offs between the relay thread and its data-plane thread are not where the time goes: holding the relay thread's event batches for 2 ms, so that the data-plane thread woke far less often, left the proxy's CPU per connection where it was (paired runs in one proxy, 2026-11-25: 546 against 530 µs). "
           : "nshub's user share is Bun's socket handling plus the relay, record and access log per connection. ") +
+        threadRoleSentence(r) +
         cpsProfileSentence(r) +
         `On this ${cpus}-CPU machine wrk, the HTTP server and the proxy share the CPUs, so the rate follows the total CPU per connection. The proxy's data-plane threads (\`proxy.workers\`, default 2: each thread binds every pod's listeners with SO_REUSEPORT) let it use the second CPU; with the userspace relay 2 threads reached 0.47–0.49× HAProxy's rate against 0.39–0.40× with 1 (paired \`--quick\` runs, 2026-11-24), with the splice relay 1 and 2 threads gave the same rate within the noise (dev runs the same day). The rest of the gap is the CPU per connection above, mostly its JavaScript: nshub's user CPU per connection is ${fmt(cn.user / ch.user, 1)}× HAProxy's, its kernel CPU ${fmt(cn.sys / ch.sys, 2)}×.`,
     );

@@ -433,7 +433,7 @@ export function renderReport(r: BenchResults, extras: ReportExtras = { notes: []
     );
   }
   out.push(
-    "**Measures** (clients in A as uid 65534, servers in B; per repetition the order of the three paths rotates; before the first repetition each path gets the same unmeasured warm-up, 2 s of iperf3 and 2 s of wrk, so that nshub's JavaScript is compiled (JIT) before it is measured, and in the relay comparison each restarted proxy gets 2 s of wrk first):",
+    `**Measures** (clients in A as uid 65534, servers in B; per repetition the order of the three paths rotates; before the first repetition each path gets the same unmeasured warm-up, 2 s of iperf3 and ${p.wrkWarmupSeconds ?? 2} s of wrk, so that nshub's JavaScript is compiled (JIT) before it is measured, and in the relay comparison each restarted proxy gets ${p.wrkWarmupSeconds ?? 2} s of wrk first; JavaScriptCore keeps compiling the per-connection code for about the first 10 s of a connection storm, and a long-running proxy is past that):`,
     "",
     `* throughput: \`iperf3 -c <B> -t ${p.tpSeconds} -O 1 -P 1\` and \`-P 4\` (first second omitted), receiver-side Gb/s; the proxy's CPU time (utime+stime of the nshub proxy / haproxy process) during each run gives CPU-seconds per GB relayed, and iperf3's own CPU report (client + server) the cost of the two ends;`,
     `* latency: \`sockperf ping-pong --tcp -m ${p.msgSize} -t ${p.latSeconds} --full-rtt\` on one established connection (one ${p.msgSize}-byte message in flight); round-trip percentiles as sockperf reports them; **added** latency = path − direct of the same repetition, median over repetitions;`,

@@ -37,6 +37,8 @@ export interface CpsRun {
   load1?: number;
   wrk: WrkResult;
   proxyCpu?: ProcCpu;
+  /** The proxy's CPU seconds during the run per thread name (nshub: nshub-dataplane, nshub-relay, JITWorker…). */
+  proxyThreads?: Record<string, ProcCpu>;
   /** CPU seconds the bench's own process used during the run; wrk ran `wallSec`. */
   benchCpuSec?: number;
   wallSec?: number;
@@ -160,6 +162,14 @@ export interface BenchParams {
   tpSeconds: number;
   latSeconds: number;
   cpsSeconds: number;
+  /**
+   * The unmeasured wrk run each path gets first (and each restarted proxy in the relay
+   * comparison). JavaScriptCore keeps compiling the proxy's per-connection code for the first
+   * ~10 s of a connection storm: its compiler thread used 16, then 8, then 0 µs of CPU per
+   * connection in three 5 s wrk runs after a 4 s one (2026-11-25); measured runs should see the
+   * steady state of a long-running proxy. Absent in results from before 2026-11-25 (2 s then).
+   */
+  wrkWarmupSeconds?: number;
   wrkConnections: number;
   msgSize: number;
   enrollSeq: number;

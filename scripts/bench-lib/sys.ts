@@ -16,6 +16,38 @@ export function cpuSeconds(pid: number): { user: number; sys: number } {
   return { user: t.utime / CLK_TCK, sys: t.stime / CLK_TCK };
 }
 
+/** One sample of every thread of `pid`: tid → its name and CPU seconds. */
+export type ThreadCpuSample = Map<string, { name: string; user: number; sys: number }>;
+
+export function threadCpuSample(pid: number): ThreadCpuSample {
+  const out: ThreadCpuSample = new Map();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const name = readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim();
+      const t = parseProcStatTimes(readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8"));
+      out.set(tid, { name, user: t.utime / CLK_TCK, sys: t.stime / CLK_TCK });
+    } catch {
+      // the thread ended while we read it
+    }
+  }
+  return out;
+}
+
+/**
+ * CPU seconds per thread name between two samples (threads of one name summed; a thread that
+ * started in between counts whole, one that ended in between is missing).
+ */
+export function threadCpuByName(before: ThreadCpuSample, after: ThreadCpuSample): Record<string, { user: number; sys: number }> {
+  const out: Record<string, { user: number; sys: number }> = {};
+  for (const [tid, a] of after) {
+    const b = before.get(tid);
+    const o = (out[a.name] ??= { user: 0, sys: 0 });
+    o.user += a.user - (b?.user ?? 0);
+    o.sys += a.sys - (b?.sys ?? 0);
+  }
+  return out;
+}
+
 /** CPU seconds of `pid` itself plus its exited, waited-for children (the tools it spawns). */
 export function cpuWithChildren(pid: number): number {
   const t = parseProcStatTimes(readFileSync(`/proc/${pid}/stat`, "utf8"));

@@ -172,6 +172,45 @@ describe("profile of new connections", () => {
   });
 });
 
+describe("CPU per connection by thread", () => {
+  test("nshub's measured wrk runs, grouped by thread role, medians per client connection, in the connection-rate note", () => {
+    const r = results();
+    r.cps.haproxy = r.cps.haproxy.map((x) => ({ ...x, proxyCpu: { user: 0.2, sys: 1.5 } }));
+    // 8,500 requests per run (1,700/s × 5 s); the three runs differ so the median is visible.
+    r.cps.nshub = r.cps.nshub.map((x, i) => ({
+      ...x,
+      proxyCpu: { user: 1, sys: 3 },
+      proxyThreads: {
+        nshub: { user: 0.17 * (i + 1), sys: 0.34 },
+        "nshub-dataplane": { user: 0.17, sys: 0.34 },
+        "nshub-relay": { user: 0.085, sys: 0.85 },
+        JITWorker: { user: 0.0085 * i, sys: 0 },
+        HeapHelper: { user: 0.017, sys: 0 },
+        "Heap Collector Thread": { user: 0.0085, sys: 0 },
+        "nshub-poller": { user: 0.0085, sys: 0.017 },
+      },
+    }));
+    const note = analysis(r).find((n) => n.startsWith("**Connection rate: CPU per new connection.**"));
+    expect(note).toBeDefined();
+    // data plane: median of (0.34, 0.51, 0.68) s user / 8,500 = 60 µs; kernel 0.68 s / 8,500 = 80 µs.
+    expect(note).toContain("By thread (per client connection, medians over the measured wrk runs): data-plane threads");
+    expect(note).toContain("the upstream connect) 60 µs user + 80 µs kernel");
+    expect(note).toContain("close) 10 µs user + 100 µs kernel");
+    expect(note).toContain("JavaScriptCore's JIT compiler 1 µs user + 0 µs kernel");
+    expect(note).toContain("garbage collection 3 µs user + 0 µs kernel");
+    expect(note).toContain("garbage collection 3 µs user + 0 µs kernel; other threads 1 µs user + 2 µs kernel. ");
+  });
+
+  test("no sentence without per-thread samples (results from before 2026-11-25)", () => {
+    const r = results();
+    r.cps.nshub = r.cps.nshub.map((x) => ({ ...x, proxyCpu: { user: 1, sys: 3 } }));
+    r.cps.haproxy = r.cps.haproxy.map((x) => ({ ...x, proxyCpu: { user: 0.2, sys: 1.5 } }));
+    const note = analysis(r).find((n) => n.startsWith("**Connection rate: CPU per new connection.**"));
+    expect(note).toBeDefined();
+    expect(note).not.toContain("By thread");
+  });
+});
+
 describe("the concurrent-enrollment note", () => {
   test("quotes the batch's measured CPU: machine busy share, agent per pod, proxy, the rest; CPU-bound only when the CPUs were saturated", () => {
     const r = results();
