@@ -26,6 +26,7 @@ const IPV6_FREEBIND: u32 = 78;
 const MSG_NOSIGNAL: u32 = 0x4000;
 const MSG_DONTWAIT: u32 = 0x40;
 const MSG_TRUNC: u32 = 0x20;
+const MSG_PEEK: u32 = 0x2;
 const MSG_CMSG_CLOEXEC: u32 = 0x40000000;
 const EINPROGRESS: i32 = 115;
 const EINVAL: i32 = 22;
@@ -243,6 +244,17 @@ export fn nh_socketpair(sock_type: i32, out: *[2]i32) i32 {
 
 export fn nh_shutdown(fd: i32, how: i32) i32 {
     return ret(linux.shutdown(fd, how));
+}
+
+/// Whether the peer's FIN is next in the receive queue: 1 when it has closed its side and
+/// no byte is left to read, 0 when bytes are queued or nothing arrived yet, else -errno.
+/// Peeks one byte; never blocks, never consumes.
+export fn nh_peer_finished(fd: i32) i32 {
+    var byte: [1]u8 = undefined;
+    const r = ret(linux.recvfrom(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT, null, null));
+    if (r == 0) return 1;
+    if (r > 0 or r == -@as(i32, @intFromEnum(linux.E.AGAIN))) return 0;
+    return r;
 }
 
 const FdCmsg = extern struct {

@@ -11,7 +11,7 @@
 // as shutdown(SHUT_WR) on the other once its queue is flushed (never end(), which closes the
 // socket and loses the reply); both sockets are closed only when both directions are done.
 // A reset or error on one side resets the other (terminate() = RST).
-import { closeFd } from "../sys/index.ts";
+import { closeFd, peerFinished } from "../sys/index.ts";
 import type { ConnectionTable, CloseHow, ConnectionRecord } from "./records.ts";
 
 /** The part of a Bun TCP socket the relay uses (Bun's d.ts lacks `fd`). */
@@ -138,6 +138,17 @@ export class Relay {
 
   onData(from: Side, chunk: Uint8Array): void {
     if (this.#done) return;
+    this.#forward(from, chunk);
+    // Bun reports a FIN one event-loop turn after the bytes before it. Passed on that late, the
+    // FIN lets the far side read a complete response and close first, so its socket (not ours)
+    // ends in TIME_WAIT, in the pod's own port range: under a Connection: close storm the
+    // client's connects then search a nearly full range (the rate fell to a quarter after
+    // ~20 s, 2026-11-25). So look for it right behind the bytes (one peek per read).
+    const fd = from.sock?.fd;
+    if (!this.#done && !from.eof && fd !== undefined && peerFinished(fd)) this.onEnd(from);
+  }
+
+  #forward(from: Side, chunk: Uint8Array): void {
     const to = from === this.client ? this.upstream : this.client;
     if (to.closed || to.shutdownSent) return; // nowhere to go; a close/reset is on its way
     if (to.sock && to.queued === 0) {

@@ -15,6 +15,14 @@ export function shutdownFd(fd: number, how: number): void {
   check(lib.nh_shutdown(fd, how), "shutdown");
 }
 
+/**
+ * Whether a TCP socket's peer has sent FIN and every byte before it has been read: the next
+ * read would return end of input. Peeks without blocking or consuming. False on any error.
+ */
+export function peerFinished(fd: number): boolean {
+  return lib.nh_peer_finished(fd) === 1;
+}
+
 /** Number of open fds of this process (the leak check used by tests and metrics). */
 export function openFdCount(): number {
   // readdir itself holds one fd open while listing; subtract it.

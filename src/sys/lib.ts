@@ -24,6 +24,7 @@ export const lib = dlopen(libPath, {
   nh_accept: { args: [i32], returns: i32 },
   nh_socketpair: { args: [i32, ptr], returns: i32 },
   nh_shutdown: { args: [i32, i32], returns: i32 },
+  nh_peer_finished: { args: [i32], returns: i32 },
   nh_sendmsg: { args: [i32, ptr, u32, i32], returns: i32 },
   nh_recvmsg: { args: [i32, ptr, u32, ptr, ptr], returns: i32 },
   nh_peercred: { args: [i32, ptr], returns: i32 },

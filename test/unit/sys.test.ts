@@ -1,6 +1,6 @@
 // src/sys primitives that need no root: fd passing, netns checks, connect outcomes, poller.
 import { describe, expect, test } from "bun:test";
-import { openSync, closeSync } from "node:fs";
+import { openSync, closeSync, readSync, writeSync } from "node:fs";
 import * as sys from "../../src/sys/index.ts";
 
 const enc = new TextEncoder();
@@ -224,6 +224,43 @@ describe("TCP connect outcome", () => {
     expect(() => sys.originalDst(fd)).toThrow(/getsockopt\(SO_ORIGINAL_DST\) failed: ENOENT/);
     sys.closeFd(fd);
     server.stop(true);
+  });
+});
+
+describe("peerFinished", () => {
+  test("true only once the peer's FIN is next to read, and it consumes nothing", async () => {
+    // A raw server socket (libnshub's listener) so nothing but the test reads from it.
+    const lfd = sys.tcpListen({ address: "127.0.0.1", port: 0, backlog: 4, mark: 0, transparent: false });
+    const port = sys.localAddress(lfd).port;
+    const cfd = await sys.connectTcp({ host: "127.0.0.1", port, timeoutMs: 2000 });
+    let sfd = -1;
+    for (let i = 0; i < 200 && sfd < 0; i++) {
+      sfd = sys.acceptRaw(lfd);
+      if (sfd < 0) await Bun.sleep(5);
+    }
+    expect(sfd).toBeGreaterThanOrEqual(0);
+    try {
+      expect(sys.peerFinished(sfd)).toBe(false); // nothing arrived yet
+      // one byte, then the client's FIN (half-close), on the raw fds
+      const bytes = new Uint8Array([0x78]);
+      expect(writeSync(cfd, bytes)).toBe(1);
+      sys.shutdownFd(cfd, sys.SHUT_WR);
+      await Bun.sleep(50);
+      expect(sys.peerFinished(sfd)).toBe(false); // the byte is still queued before the FIN
+      expect(sys.peerFinished(sfd)).toBe(false); // peeking did not consume it
+      const got = new Uint8Array(16);
+      expect(readSync(sfd, got)).toBe(1);
+      expect(got[0]).toBe(0x78);
+      expect(sys.peerFinished(sfd)).toBe(true); // now the FIN is next
+    } finally {
+      sys.closeFd(sfd);
+      sys.closeFd(cfd);
+      sys.closeFd(lfd);
+    }
+  });
+
+  test("false for a bad fd", () => {
+    expect(sys.peerFinished(-1)).toBe(false);
   });
 });
 
