@@ -15,6 +15,7 @@ import {
   closeReset,
   startTcpConnect,
   SysError,
+  type TcpConnectOptions,
   TCP_NODELAY,
   type SocketAddress,
 } from "../sys/index.ts";
@@ -162,19 +163,20 @@ async function connectUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy[
  * another one when that is taken.
  */
 function startUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy["deps"]["cfg"], transparentSource: string | undefined): number {
-  const base = { netns: pod.netns, host: dst.ip, port: dst.port, mark: cfg.mark };
-  if (transparentSource === undefined) return startTcpConnect(base);
+  const o: TcpConnectOptions = { netns: pod.netns, host: dst.ip, port: dst.port, mark: cfg.mark, transparentSource, transparentSourcePort: undefined };
+  if (transparentSource === undefined) return startTcpConnect(o);
   const span = INBOUND_SOURCE_PORTS.max - INBOUND_SOURCE_PORTS.min + 1;
   for (let i = 0; i < SOURCE_PORT_TRIES; i++) {
-    const transparentSourcePort = INBOUND_SOURCE_PORTS.min + Math.floor(Math.random() * span);
+    o.transparentSourcePort = INBOUND_SOURCE_PORTS.min + Math.floor(Math.random() * span);
     try {
-      return startTcpConnect({ ...base, transparentSource, transparentSourcePort });
+      return startTcpConnect(o);
     } catch (e) {
       // The bind is the first thing that can fail with EADDRINUSE; anything else is the connect's.
       if (!(e instanceof SysError && e.code === "EADDRINUSE")) throw e;
     }
   }
-  return startTcpConnect({ ...base, transparentSource });
+  o.transparentSourcePort = undefined;
+  return startTcpConnect(o);
 }
 
 /**

@@ -2,7 +2,7 @@
 export { SysError } from "./errors.ts";
 export { Netns, NotNetnsError, assertNetworkNamespace, isNetworkNamespace, netnsIdentity, netnsIdentityOfPath, identityKey, homeNetns, withNetns, type NetnsIdentity } from "./netns.ts";
 export * from "./sockopt.ts";
-export { encodeSockaddr, decodeSockaddr, type SocketAddress } from "./sockaddr.ts";
+export { encodeSockaddr, decodeSockaddr, parseIPv4, type SocketAddress } from "./sockaddr.ts";
 export { startTcpConnect, connectOutcome, connectTcp, finishConnect, type TcpConnectOptions } from "./tcp.ts";
 export * from "./unix.ts";
 export { closeFd, shutdownFd, peerFinished, openFdCount, eventFd, signalEventFd, drainEventFd, SHUT_RD, SHUT_WR, SHUT_RDWR } from "./fds.ts";

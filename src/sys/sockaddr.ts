@@ -1,5 +1,5 @@
 // Raw sockaddr_in / sockaddr_in6 encoding, for the Zig calls that take or return addresses.
-import { isIPv4, isIPv6 } from "node:net";
+import { isIPv6 } from "node:net";
 
 export interface SocketAddress {
   ip: string;
@@ -11,29 +11,58 @@ const AF_INET = 2;
 const AF_INET6 = 10;
 
 export function encodeSockaddr(ip: string, port: number): Uint8Array {
-  if (isIPv4(ip)) {
+  // IPv4 first, without regex or DataView: this runs for every upstream connect.
+  const v4 = parseIPv4(ip);
+  if (v4 >= 0) {
     const b = new Uint8Array(16);
-    const v = new DataView(b.buffer);
-    v.setUint16(0, AF_INET, true);
-    v.setUint16(2, port, false);
-    ip.split(".").forEach((p, i) => (b[4 + i] = Number(p)));
+    b[0] = AF_INET; // sa_family, little-endian u16
+    b[2] = port >>> 8; // sin_port, network order
+    b[3] = port & 0xff;
+    b[4] = v4 >>> 24;
+    b[5] = (v4 >>> 16) & 0xff;
+    b[6] = (v4 >>> 8) & 0xff;
+    b[7] = v4 & 0xff;
     return b;
   }
   if (isIPv6(ip)) {
     const b = new Uint8Array(28);
-    const v = new DataView(b.buffer);
-    v.setUint16(0, AF_INET6, true);
-    v.setUint16(2, port, false);
+    b[0] = AF_INET6;
+    b[2] = port >>> 8;
+    b[3] = port & 0xff;
     b.set(ipv6Bytes(ip), 8);
     return b;
   }
   throw new Error(`not an IP address: ${JSON.stringify(ip)}`);
 }
 
+/** A dotted-quad IPv4 address as an unsigned 32-bit number, or -1 (the same strings node's isIPv4 accepts). */
+export function parseIPv4(ip: string): number {
+  let value = 0;
+  let part = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < ip.length; i++) {
+    const c = ip.charCodeAt(i);
+    if (c === 46 /* . */) {
+      if (digits === 0 || dots === 3) return -1;
+      value = value * 256 + part;
+      part = 0;
+      digits = 0;
+      dots++;
+    } else if (c >= 48 && c <= 57) {
+      // no leading zeros ("01"), like isIPv4
+      if (digits > 0 && part === 0) return -1;
+      part = part * 10 + (c - 48);
+      if (++digits > 3 || part > 255) return -1;
+    } else return -1;
+  }
+  if (dots !== 3 || digits === 0) return -1;
+  return value * 256 + part;
+}
+
 export function decodeSockaddr(b: Uint8Array): SocketAddress {
-  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const family = v.getUint16(0, true);
-  const port = v.getUint16(2, false);
+  const family = b[0]! | (b[1]! << 8);
+  const port = (b[2]! << 8) | b[3]!;
   if (family === AF_INET) return { ip: `${b[4]}.${b[5]}.${b[6]}.${b[7]}`, port, family: 4 };
   if (family === AF_INET6) {
     const bytes = b.subarray(8, 24);

@@ -25,14 +25,20 @@ const OPT_NAMES: Record<string, string> = {
 };
 const optName = (level: number, opt: number) => OPT_NAMES[`${level}:${opt}`] ?? `${level}/${opt}`;
 
+// Out-buffers for the calls below, reused: each call copies what it needs out before returning
+// (these run several times per relayed connection, on one JS thread per module instance).
+const intOut = new Int32Array(1);
+const addrOut = new Uint8Array(28);
+
 export function setSockOpt(fd: number, level: number, opt: number, value: number): void {
-  check(lib.nh_setsockopt_int(fd, level, opt, value | 0), `setsockopt(${optName(level, opt)})`);
+  const r = lib.nh_setsockopt_int(fd, level, opt, value | 0);
+  if (r < 0) throw new SysError(`setsockopt(${optName(level, opt)})`, -r);
 }
 
 export function getSockOpt(fd: number, level: number, opt: number): number {
-  const out = new Int32Array(1);
-  check(lib.nh_getsockopt_int(fd, level, opt, out), `getsockopt(${optName(level, opt)})`);
-  return out[0]!;
+  const r = lib.nh_getsockopt_int(fd, level, opt, intOut);
+  if (r < 0) throw new SysError(`getsockopt(${optName(level, opt)})`, -r);
+  return intOut[0]!;
 }
 
 /** SO_MARK as an unsigned 32-bit value. */
@@ -45,22 +51,19 @@ export function getMark(fd: number): number {
  * IPv6 variant). Throws a SysError (ENOENT) when the connection was not redirected.
  */
 export function originalDst(fd: number): SocketAddress {
-  const out = new Uint8Array(28);
-  const r4 = lib.nh_original_dst(fd, 0, out);
-  if (r4 >= 0) return decodeSockaddr(out);
-  const r6 = lib.nh_original_dst(fd, 1, out);
-  if (r6 >= 0) return decodeSockaddr(out);
+  const r4 = lib.nh_original_dst(fd, 0, addrOut);
+  if (r4 >= 0) return decodeSockaddr(addrOut);
+  const r6 = lib.nh_original_dst(fd, 1, addrOut);
+  if (r6 >= 0) return decodeSockaddr(addrOut);
   throw new SysError("getsockopt(SO_ORIGINAL_DST)", -r4);
 }
 
 export function localAddress(fd: number): SocketAddress {
-  const out = new Uint8Array(28);
-  check(lib.nh_sockname(fd, 0, out), "getsockname");
-  return decodeSockaddr(out);
+  check(lib.nh_sockname(fd, 0, addrOut), "getsockname");
+  return decodeSockaddr(addrOut);
 }
 
 export function peerAddress(fd: number): SocketAddress {
-  const out = new Uint8Array(28);
-  check(lib.nh_sockname(fd, 1, out), "getpeername");
-  return decodeSockaddr(out);
+  check(lib.nh_sockname(fd, 1, addrOut), "getpeername");
+  return decodeSockaddr(addrOut);
 }

@@ -1,7 +1,7 @@
 // TCP sockets created inside a pod's netns with the mark set before the first packet leaves,
 // and optionally a transparent bind to a foreign source (inbound source-IP preservation).
 import { lib } from "./lib.ts";
-import { check, EINPROGRESS, ETIMEDOUT, SysError } from "./errors.ts";
+import { EINPROGRESS, ETIMEDOUT, SysError } from "./errors.ts";
 import { closeFd } from "./fds.ts";
 import { homeNetns, type Netns } from "./netns.ts";
 import { fdPoller, POLLOUT } from "./poller.ts";
@@ -36,8 +36,9 @@ export function startTcpConnect(o: TcpConnectOptions): number {
     dst,
     dst.byteLength,
   );
+  if (r >= 0) return r;
   const from = src ? ` from ${o.transparentSource}:${o.transparentSourcePort ?? 0}` : "";
-  return check(r, "connect", o.netns?.label, `to ${o.host}:${o.port}${from}`);
+  throw new SysError("connect", -r, o.netns?.label, `to ${o.host}:${o.port}${from}`);
 }
 
 /** 0 when connected, -EINPROGRESS while pending, else the connect's -errno. Never blocks. */

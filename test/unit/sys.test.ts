@@ -1,6 +1,7 @@
 // src/sys primitives that need no root: fd passing, netns checks, connect outcomes, poller.
 import { describe, expect, test } from "bun:test";
 import { openSync, closeSync, readSync, writeSync } from "node:fs";
+import { isIPv4 } from "node:net";
 import * as sys from "../../src/sys/index.ts";
 
 const enc = new TextEncoder();
@@ -296,5 +297,20 @@ describe("sockaddr encoding", () => {
     expect(sys.decodeSockaddr(sys.encodeSockaddr("::ffff:10.0.0.9", 443))).toEqual({ ip: "10.0.0.9", port: 443, family: 4 });
     expect(sys.decodeSockaddr(sys.encodeSockaddr("::", 1))).toEqual({ ip: "::", port: 1, family: 6 });
     expect(() => sys.encodeSockaddr("localhost", 1)).toThrow(/not an IP address/);
+  });
+
+  test("sockaddr_in bytes as the kernel lays them out (hand-written)", () => {
+    // sa_family AF_INET=2 (host order, little-endian), port 15001=0x3a99 (network order), 10.1.2.3, zero padding
+    expect([...sys.encodeSockaddr("10.1.2.3", 15001)]).toEqual([2, 0, 0x3a, 0x99, 10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0]);
+    expect([...sys.encodeSockaddr("255.255.255.255", 65535)].slice(0, 8)).toEqual([2, 0, 255, 255, 255, 255, 255, 255]);
+    // AF_INET6=10, port 80, 8 bytes of flowinfo+address start at 8
+    expect([...sys.encodeSockaddr("fd00::1", 80)].slice(0, 10)).toEqual([10, 0, 0, 80, 0, 0, 0, 0, 0xfd, 0]);
+  });
+
+  test("the IPv4 parser accepts exactly what node's isIPv4 accepts", () => {
+    const cases = ["0.0.0.0", "10.1.2.3", "255.255.255.255", "1.2.3", "1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1.02.3.4", "1..3.4", ".1.2.3", "1.2.3.", "a.b.c.d", "1.2.3.4 ", " 1.2.3.4", "", "::1", "1.2.3.-4", "1000.1.1.1", "0.0.0.00"];
+    for (const ip of cases) expect([ip, sys.parseIPv4(ip) >= 0]).toEqual([ip, isIPv4(ip)]);
+    expect(sys.parseIPv4("10.1.2.3")).toBe(0x0a010203);
+    expect(sys.parseIPv4("255.255.255.255")).toBe(0xffffffff);
   });
 });
