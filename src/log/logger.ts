@@ -76,14 +76,32 @@ export interface Logger {
 }
 
 export function createLogger(scope: string, base: Fields = {}): Logger {
+  const hasBase = Object.keys(base).length > 0;
   const emit = (level: Level, msg: string, fields?: Fields) => {
     if (ORDER[level] < ORDER[threshold]) return;
-    const all = { ...base, ...fields };
-    for (const [k, v] of Object.entries(all)) if (v instanceof Error) all[k] = v.message;
+    // The access log calls this once per connection: no copy when there is nothing to merge,
+    // and a copy only when an Error has to become its message.
+    let all: Fields = hasBase ? { ...base, ...fields } : (fields ?? {});
+    for (const k in all) {
+      const v = all[k];
+      if (v instanceof Error) {
+        if (all === fields) all = { ...fields };
+        all[k] = v.message;
+      }
+    }
     const time = new Date().toISOString();
     json ??= !process.stderr.isTTY;
-    if (json) sink(JSON.stringify({ time, level, scope, msg, ...all }));
-    else {
+    if (json) {
+      if ("time" in all || "level" in all || "scope" in all || "msg" in all) {
+        // a field overrides one of the line's own keys, in place
+        sink(JSON.stringify({ time, level, scope, msg, ...all }));
+      } else {
+        // {"time":…,"level":…,"scope":…,"msg":…, then the fields} without copying them into a new object
+        const head = `{"time":"${time}","level":"${level}","scope":${JSON.stringify(scope)},"msg":${JSON.stringify(msg)}`;
+        const rest = JSON.stringify(all);
+        sink(rest.length > 2 ? `${head},${rest.slice(1)}` : `${head}}`);
+      }
+    } else {
       const kv = Object.entries(all).map(([k, v]) => `${k}=${typeof v === "string" && !/\s/.test(v) ? v : JSON.stringify(v)}`);
       sink(`${time} ${level.toUpperCase().padEnd(5)} ${scope}: ${msg}${kv.length ? "  " + kv.join(" ") : ""}`);
     }

@@ -2,6 +2,7 @@
 // process and read its real stderr, to check that batching never loses or delays a line for
 // long.
 import { describe, expect, test } from "bun:test";
+import { createLogger, getLogLevel, setLogLevel, setLogSink, type Logger } from "../../src/log/logger.ts";
 
 const LOGGER = new URL("../../src/log/logger.ts", import.meta.url).pathname;
 
@@ -49,5 +50,55 @@ describe("batched stderr log", () => {
     // Everything up to the last 64 KiB boundary went out before the marker, synchronously.
     const beforeMarker = messages(r.stderr.slice(0, r.stderr.indexOf("MARKER")));
     expect(beforeMarker.length).toBeGreaterThanOrEqual(128);
+  });
+});
+
+describe("JSON lines", () => {
+  // In-process, through the sink the CNI plugin and tests use.
+  const capture = async (fn: (log: Logger) => void): Promise<Record<string, unknown>[]> => {
+    const lines: string[] = [];
+    const level = getLogLevel();
+    setLogSink((l) => lines.push(l), "json");
+    setLogLevel("info");
+    try {
+      fn(createLogger("t"));
+    } finally {
+      setLogLevel(level);
+      setLogSink((l) => process.stderr.write(l + "\n"));
+    }
+    return lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+  };
+
+  test("time, level, scope and msg first, then the fields in order; no fields is still one object", async () => {
+    const [a, b] = await capture((log) => {
+      log.info("hello", { b: 2, a: "x", skip: undefined });
+      log.info("bare");
+    });
+    expect(Object.keys(a!)).toEqual(["time", "level", "scope", "msg", "b", "a"]);
+    expect(a).toMatchObject({ level: "info", scope: "t", msg: "hello", b: 2, a: "x" });
+    expect(typeof a!.time === "string" && !Number.isNaN(Date.parse(a!.time as string))).toBe(true);
+    expect(Object.keys(b!)).toEqual(["time", "level", "scope", "msg"]);
+  });
+
+  test("an Error field is logged as its message without touching the caller's object", async () => {
+    const fields = { error: new Error("boom"), n: 1 };
+    const [line] = await capture((log) => log.info("failed", fields));
+    expect(line).toMatchObject({ msg: "failed", error: "boom", n: 1 });
+    expect(fields.error).toBeInstanceOf(Error);
+  });
+
+  test("a field named like one of the line's keys replaces it in place; child fields come first", async () => {
+    const [a, b] = await capture((log) => {
+      log.error("ADD failed", { code: 7, msg: "the real message" });
+      log.child({ pod: "ns/p" }).warn("w", { x: "y" });
+    });
+    expect(Object.keys(a!)).toEqual(["time", "level", "scope", "msg", "code"]);
+    expect(a!.msg).toBe("the real message");
+    expect(Object.keys(b!)).toEqual(["time", "level", "scope", "msg", "pod", "x"]);
+  });
+
+  test("strings are escaped", async () => {
+    const [line] = await capture((log) => log.info('a "quoted"\nmessage', { path: "C:\\x" }));
+    expect(line).toMatchObject({ msg: 'a "quoted"\nmessage', path: "C:\\x" });
   });
 });
