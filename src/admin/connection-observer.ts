@@ -8,7 +8,7 @@ import type { CloseHow, ConnectionObserver, ConnectionRecord, Endpoint } from ".
 import { fmt } from "../proxy/records.ts";
 import { accessLogger, logAccess } from "../log/access.ts";
 import type { Logger } from "../log/logger.ts";
-import { connectionLabels, type ConnectionHandle, type ConnectionMetrics, type LabelWorkload } from "./metrics.ts";
+import { connectionLabels, type ConnectionHandle, type ConnectionMetrics, type LabelWorkload, type TrafficLabels } from "./metrics.ts";
 import type { ConnectionView } from "./view.ts";
 
 /** Compile-time proof that the proxy's live records can be handed to the admin as they are. */
@@ -28,18 +28,31 @@ export interface ConnectionObserverOptions {
 
 const KEY = "metrics";
 
+/** Everything about a workload that goes into a label set (see connectionLabels). */
+function workloadKey(w: LabelWorkload | undefined): string {
+  return w ? `${w.workload ?? ""}\u0000${w.name}\u0000${w.namespace}\u0000${w.serviceAccount ?? ""}\u0000${w.canonicalService ?? ""}\u0000${w.canonicalRevision ?? ""}` : "";
+}
+
 export function createConnectionObserver(opts: ConnectionObserverOptions): ConnectionObserver {
   const log = opts.accessLog === false ? undefined : (opts.accessLog ?? accessLogger());
+  // Label sets per pod (the same PodRef object for all its records), direction and peer: most
+  // connections of a pod repeat one of a few, and building one is 23 labels plus a lookup key.
+  const labelCache = new WeakMap<object, Map<string, TrafficLabels>>();
+  const labelsFor = (rec: ConnectionRecord, peer: LabelWorkload | undefined): TrafficLabels => {
+    let byPeer = labelCache.get(rec.pod);
+    if (!byPeer) labelCache.set(rec.pod, (byPeer = new Map()));
+    const key = `${rec.direction}\u0000${workloadKey(peer)}`;
+    let labels = byPeer.get(key);
+    if (!labels) {
+      labels = opts.metrics.intern(connectionLabels({ direction: rec.direction, pod: rec.pod, peer, trustDomain: opts.trustDomain, cluster: opts.cluster }));
+      byPeer.set(key, labels);
+    }
+    return labels;
+  };
   return {
     onConnectionOpen(rec: ConnectionRecord) {
       const peerAddr: Endpoint = rec.direction === "outbound" ? rec.originalDst : rec.source;
-      const labels = connectionLabels({
-        direction: rec.direction,
-        pod: rec.pod,
-        peer: opts.peerLookup?.(peerAddr.ip),
-        trustDomain: opts.trustDomain,
-        cluster: opts.cluster,
-      });
+      const labels = labelsFor(rec, opts.peerLookup?.(peerAddr.ip));
       // Istio's sent = response (destination → source) = the record's bytesReceived.
       rec.ext[KEY] = opts.metrics.open(labels, { direction: rec.direction, pull: (h) => h.setTotals(rec.bytesReceived, rec.bytesSent) });
       if (log?.enabled("debug")) {

@@ -227,6 +227,7 @@ export class ConnectionMetrics {
   readonly #c: Counters;
   readonly #live = new Set<ConnectionHandle>();
   readonly #interned = new Map<string, TrafficLabels>();
+  readonly #internedSets = new WeakSet<TrafficLabels>();
   /**
    * Counts and bytes not yet in the prom-client counters, per interned label set: a connection's
    * open and close only add here, the counters are updated once per series at scrape (each
@@ -279,14 +280,16 @@ export class ConnectionMetrics {
     return p;
   }
 
-  /** @internal One frozen object per distinct label set (what flush groups by). */
+  /** One frozen object per distinct label set (what flush groups by); an interned set is returned as is. */
   intern(labels: TrafficLabels): TrafficLabels {
+    if (this.#internedSets.has(labels)) return labels;
     let key = "";
     for (const n of TRAFFIC_LABELS) key += labels[n] + "\u0000";
     let v = this.#interned.get(key);
     if (!v) {
       v = Object.freeze({ ...labels });
       this.#interned.set(key, v);
+      this.#internedSets.add(v);
     }
     return v;
   }

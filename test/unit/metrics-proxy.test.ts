@@ -204,6 +204,28 @@ describe("connection observer on the proxy's real ConnectionTable (no sockets)",
     expect(access[1]!["src.workload"]).toBeUndefined();
   });
 
+  test("label sets are reused per pod, direction and peer, and follow a change of the peer", async () => {
+    const { registry } = createRegistry({ process: false });
+    const m = createProxyMetrics(registry);
+    const table = new ConnectionTable();
+    let peerSa = "server-sa";
+    table.addObserver(createConnectionObserver({ metrics: m.connections, accessLog: false, peerLookup: (ip) => (ip === "10.9.0.5" ? { name: "server-0", namespace: "shop", serviceAccount: peerSa } : undefined) }));
+    const pod = { uid: "u1", name: "client", namespace: "default", serviceAccount: "client-sa" };
+    const open = (dst: string) => table.open({ pod, direction: "outbound", source: { ip: "10.9.0.4", port: 40000 }, originalDst: { ip: dst, port: 80 }, upstream: { ip: dst, port: 80 } });
+    const labelsOf = (rec: ReturnType<typeof open>) => (rec.ext.metrics as { labels: Record<string, string> }).labels;
+    const [a, b, other] = [open("10.9.0.5"), open("10.9.0.5"), open("10.9.0.99")];
+    expect(labelsOf(a)).toBe(labelsOf(b)); // the same interned object
+    expect(labelsOf(a).destination_workload).toBe("server-0");
+    expect(labelsOf(other).destination_workload).toBe("unknown");
+    peerSa = "new-sa"; // e.g. the peer pod was replaced
+    const c = open("10.9.0.5");
+    expect(labelsOf(c).destination_principal).toBe("spiffe://cluster.local/ns/shop/sa/new-sa");
+    expect(labelsOf(a).destination_principal).toBe("spiffe://cluster.local/ns/shop/sa/server-sa");
+    for (const r of [a, b, other, c]) table.close(r, "done");
+    expect(await sum(registry, "istio_tcp_connections_closed_total", { destination_workload: "server-0" })).toBe(3);
+    expect(await sum(registry, "istio_tcp_connections_closed_total", { destination_principal: "spiffe://cluster.local/ns/shop/sa/new-sa" })).toBe(1);
+  });
+
   test("access-log fields keep ztunnel's names and order", () => {
     const f = accessFields({
       direction: "outbound",
