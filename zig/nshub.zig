@@ -26,7 +26,8 @@ const IPV6_FREEBIND: u32 = 78;
 const MSG_NOSIGNAL: u32 = 0x4000;
 const MSG_DONTWAIT: u32 = 0x40;
 const MSG_TRUNC: u32 = 0x20;
-const MSG_PEEK: u32 = 0x2;
+const POLLRDHUP: i16 = 0x2000;
+const FIONREAD: u32 = 0x541B;
 const MSG_CMSG_CLOEXEC: u32 = 0x40000000;
 const EINPROGRESS: i32 = 115;
 const EINVAL: i32 = 22;
@@ -247,14 +248,19 @@ export fn nh_shutdown(fd: i32, how: i32) i32 {
 }
 
 /// Whether the peer's FIN is next in the receive queue: 1 when it has closed its side and
-/// no byte is left to read, 0 when bytes are queued or nothing arrived yet, else -errno.
-/// Peeks one byte; never blocks, never consumes.
+/// no byte is left to read, 0 when bytes are queued, nothing arrived yet or the socket has an
+/// error, else -errno. Reads nothing and leaves a pending error (a reset) for the reader:
+/// a recv(MSG_PEEK) would consume it, so this asks poll (POLLRDHUP) and FIONREAD instead.
 export fn nh_peer_finished(fd: i32) i32 {
-    var byte: [1]u8 = undefined;
-    const r = ret(linux.recvfrom(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT, null, null));
-    if (r == 0) return 1;
-    if (r > 0 or r == -@as(i32, @intFromEnum(linux.E.AGAIN))) return 0;
-    return r;
+    var p = [1]linux.pollfd{.{ .fd = fd, .events = linux.POLL.IN | POLLRDHUP, .revents = 0 }};
+    const r = ret(linux.poll(&p, 1, 0));
+    if (r <= 0) return r;
+    if (p[0].revents & (linux.POLL.ERR | linux.POLL.NVAL) != 0) return 0;
+    if (p[0].revents & POLLRDHUP == 0) return 0;
+    var queued: i32 = 0;
+    const q = ret(linux.ioctl(fd, FIONREAD, @intFromPtr(&queued)));
+    if (q < 0) return q;
+    return if (queued == 0) 1 else 0;
 }
 
 const FdCmsg = extern struct {

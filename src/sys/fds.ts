@@ -17,7 +17,8 @@ export function shutdownFd(fd: number, how: number): void {
 
 /**
  * Whether a TCP socket's peer has sent FIN and every byte before it has been read: the next
- * read would return end of input. Peeks without blocking or consuming. False on any error.
+ * read would return end of input. Never blocks, reads nothing, and leaves a pending error
+ * (a reset) for the socket's reader; false then, and on any error.
  */
 export function peerFinished(fd: number): boolean {
   return lib.nh_peer_finished(fd) === 1;

@@ -260,6 +260,32 @@ describe("peerFinished", () => {
     }
   });
 
+  test("a reset is left for the reader: false, and the next read still fails with ECONNRESET", async () => {
+    const lfd = sys.tcpListen({ address: "127.0.0.1", port: 0, backlog: 4, mark: 0, transparent: false });
+    const cfd = await sys.connectTcp({ host: "127.0.0.1", port: sys.localAddress(lfd).port, timeoutMs: 2000 });
+    let sfd = -1;
+    for (let i = 0; i < 200 && sfd < 0; i++) {
+      sfd = sys.acceptRaw(lfd);
+      if (sfd < 0) await Bun.sleep(5);
+    }
+    try {
+      sys.closeReset(cfd); // RST
+      await Bun.sleep(50);
+      expect(sys.peerFinished(sfd)).toBe(false);
+      expect(sys.peerFinished(sfd)).toBe(false);
+      let code = "";
+      try {
+        readSync(sfd, new Uint8Array(16));
+      } catch (e) {
+        code = (e as NodeJS.ErrnoException).code ?? "";
+      }
+      expect(code).toBe("ECONNRESET");
+    } finally {
+      sys.closeFd(sfd);
+      sys.closeFd(lfd);
+    }
+  });
+
   test("false for a bad fd", () => {
     expect(sys.peerFinished(-1)).toBe(false);
   });
