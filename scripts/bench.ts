@@ -424,7 +424,7 @@ async function runWrk(
   pair: Pair,
   proxyPid: number | undefined,
   seconds = params.cpsSeconds,
-): Promise<{ wrk: ReturnType<typeof parseWrk>; proxyCpu?: ProcCpu; proxyThreads?: Record<string, ProcCpu>; benchCpuSec: number; wallSec: number }> {
+): Promise<{ wrk: ReturnType<typeof parseWrk>; proxyCpu?: ProcCpu; proxyThreads?: Record<string, ProcCpu>; timeWaitA?: number; benchCpuSec: number; wallSec: number }> {
   const threads0 = proxyPid === undefined ? undefined : threadCpuSample(proxyPid);
   const before = cpuNow(proxyPid);
   const bench0 = process.cpuUsage();
@@ -437,7 +437,9 @@ async function runWrk(
   const proxyThreads = threads0 && proxyPid !== undefined ? threadCpuByName(threads0, threadCpuSample(proxyPid)) : undefined;
   const wallSec = (performance.now() - w0) / 1000;
   if (r.code !== 0) throw new Error(`wrk exited ${r.code}: ${r.stderr.slice(-500)}`);
-  return { wrk: parseWrk(r.stdout), proxyCpu, proxyThreads, benchCpuSec: benchCpuSince(bench0), wallSec };
+  const tw = await pair.a.exec(["ss", "-Htan", "state", "time-wait"]);
+  const timeWaitA = tw.code === 0 ? tw.stdout.split("\n").filter((l) => l.trim() !== "").length : undefined;
+  return { wrk: parseWrk(r.stdout), proxyCpu, proxyThreads, timeWaitA, benchCpuSec: benchCpuSince(bench0), wallSec };
 }
 
 /** CPU seconds (user + system) this process used since `start` (a process.cpuUsage() value). */

@@ -118,6 +118,20 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
     );
   }
 
+  const uRate = relayMedian(r, "userspace", (x) => x.cps.wrk.requestsPerSecond);
+  const sRate = relayMedian(r, "splice", (x) => x.cps.wrk.requestsPerSecond);
+  if (Number.isFinite(uRate) && Number.isFinite(sRate) && uRate < 0.5 * sRate) {
+    const tw = (k: "splice" | "userspace") => relayMedian(r, k, (x) => x.cps.timeWaitA ?? NaN);
+    const twText = Number.isFinite(tw("userspace")) ? `, with ${fmt(tw("userspace"), 0)} sockets in TIME_WAIT in pod A after its wrk runs (splice: ${fmt(tw("splice"), 0)})` : "";
+    notes.push(
+      `**The userspace relay under a connection storm.** In the relay comparison its connection rate was ${fmt(uRate, 0)} against ${fmt(sRate, 0)} conn/s with splice${twText}. ` +
+        "In-pod, wrk's connects and the proxy's upstream connects from A to B draw on the same port range of pod A, and a socket whose side closed first stays in TIME_WAIT there for 60 s. " +
+        "The userspace relay passes a FIN on a little later than the splice relay (Bun reports it one event-loop turn after the data; since 2026-11-25 a FIN that has already arrived is passed on with the data), so the far side closes first more often and more ports stay in TIME_WAIT. " +
+        "Each restarted proxy gets its wrk warm-up only seconds before the measured run, so the ports it used are still taken; once the range is nearly full every connect searches it: in a profile of such a run (2026-11-25) 86% of the proxy's samples were in connect, in `__inet_hash_connect` and `__inet_check_established`. " +
+        "HAProxy's path shows the same when its runs follow each other closely (dev harness, 2026-11-25); in the main comparison each path's wrk runs are about 100 s apart, longer than TIME_WAIT lasts.",
+    );
+  }
+
   const pr = r.profile;
   if (pr?.byDso) {
     const s = dsoShares(pr.byDso);

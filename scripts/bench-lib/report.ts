@@ -45,6 +45,7 @@ export function relayAbSection(r: BenchResults): string[] {
     ["round trip p99.9 (µs)", (x) => x.latency.p999Us, 1],
     ["connection rate (new connections/s)", (x) => x.cps.wrk.requestsPerSecond, 0],
     ["proxy CPU per new connection (µs)", (x) => (x.cps.proxyCpu ? ((x.cps.proxyCpu.user + x.cps.proxyCpu.sys) / x.cps.wrk.requests) * 1e6 : NaN), 0],
+    ["TCP sockets in TIME_WAIT in pod A after the wrk run", (x) => x.cps.timeWaitA ?? NaN, 0],
   ];
   const n = ab.filter((x) => x.relay === "splice").length;
   return [

@@ -39,6 +39,8 @@ export interface CpsRun {
   proxyCpu?: ProcCpu;
   /** The proxy's CPU seconds during the run per thread name (nshub: nshub-dataplane, nshub-relay, JITWorker…). */
   proxyThreads?: Record<string, ProcCpu>;
+  /** TCP sockets in TIME_WAIT in pod A right after the run (wrk's and, on a proxied path, the proxy's upstream sockets there). */
+  timeWaitA?: number;
   /** CPU seconds the bench's own process used during the run; wrk ran `wallSec`. */
   benchCpuSec?: number;
   wallSec?: number;

@@ -153,6 +153,26 @@ describe("the two relays (phase relay)", () => {
     const without = renderReport(results(), { notes: analysis(results()) });
     expect(without).not.toContain("The two relays");
     expect(without).toContain("with the userspace relay");
+    // no collapse here: no note about it
+    expect(page).not.toContain("The userspace relay under a connection storm");
+  });
+
+  test("a userspace rate below half of splice's gets the TIME_WAIT note, with the counts from pod A", () => {
+    const r = results();
+    r.proxyRelay = "splice";
+    const run = (rep: number, relay: "splice" | "userspace", rps: number, tw: number) => ({
+      rep,
+      relay,
+      seconds: 5,
+      tp1: { rep, iperf: iperf(5), proxyCpu: { user: 0, sys: 2 }, wallSec: 6 },
+      tp4: { rep, iperf: iperf(6), proxyCpu: { user: 0, sys: 2 }, wallSec: 6 },
+      latency: sock(100, 200, 1000),
+      cps: { wrk: wrk(rps), proxyCpu: { user: 0.2, sys: 0.8 }, timeWaitA: tw },
+    });
+    r.relayAB = [run(1, "splice", 2000, 4000), run(1, "userspace", 600, 16000), run(2, "userspace", 2000, 9000), run(2, "splice", 2100, 5000), run(3, "splice", 2200, 4500), run(3, "userspace", 500, 17000)];
+    const page = renderReport(r, { notes: analysis(r) });
+    expect(page).toMatch(/\| TCP sockets in TIME_WAIT in pod A after the wrk run \| 4,500 \| 16,000 \| 0\.28× \|/);
+    expect(page).toContain("**The userspace relay under a connection storm.** In the relay comparison its connection rate was 600 against 2,100 conn/s with splice, with 16,000 sockets in TIME_WAIT in pod A after its wrk runs (splice: 4,500).");
   });
 });
 
