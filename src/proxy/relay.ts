@@ -140,10 +140,11 @@ export class Relay {
     if (this.#done) return;
     this.#forward(from, chunk);
     // Bun reports a FIN one event-loop turn after the bytes before it. Passed on that late, the
-    // FIN lets the far side read a complete response and close first, so its socket (not ours)
-    // ends in TIME_WAIT, in the pod's own port range: under a Connection: close storm the
-    // client's connects then search a nearly full range (the rate fell to a quarter after
-    // ~20 s, 2026-11-25). So look for it right behind the bytes (one peek per read).
+    // FIN often lets the far side read a complete response and close first, so its socket (not
+    // ours) ends in TIME_WAIT, in the pod's own port range: under a Connection: close storm the
+    // connects from that pod then search a nearly full range (wrk through this relay fell to a
+    // tenth of its rate after ~10 s, 2026-11-25; after ~40 s with this check). So look for a
+    // FIN that is already there right behind the bytes (one poll per read).
     const fd = from.sock?.fd;
     if (!this.#done && !from.eof && fd !== undefined && peerFinished(fd)) this.onEnd(from);
   }
