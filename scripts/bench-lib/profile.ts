@@ -165,7 +165,8 @@ export async function profileProxy(o: ProfileOptions): Promise<ProfileResult> {
   await o.proxy.stop(15_000);
   const proxy = o.sim.node.spawn(
     [...o.fdPrefix, process.execPath, "--cpu-prof-md", `--cpu-prof-dir=${dir}`, join(REPO, "src/main.ts"), "proxy", "--config", o.config],
-    { env: { ...process.env, NSHUB_LOG_FORMAT: "text" } },
+    // the measured proxy's log format (its default, JSON lines), so the profile shows the same work
+    { env: (({ NSHUB_LOG_FORMAT: _format, ...env }) => env)(process.env) },
   );
   await proxy.waitForOutput(/proxy ready/, 60_000);
   await o.pair.a.waitForTcpPort(15001, { timeoutMs: 30_000 });
