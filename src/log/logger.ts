@@ -10,7 +10,17 @@ let threshold: Level = (process.env.NSHUB_LOG_LEVEL as Level) in ORDER ? (proces
 // Decided on the first line, not at load: touching process.stderr costs ~14 ms of start-up in
 // the compiled binary, which the CNI plugin (run per pod start) would pay before logging at all.
 let json: boolean | undefined = process.env.NSHUB_LOG_FORMAT ? process.env.NSHUB_LOG_FORMAT === "json" : undefined;
+/** Writes what the stderr sink holds now (set by bufferedStderr). */
+let flushPending: () => void = () => undefined;
 let sink: (line: string) => void = bufferedStderr();
+
+/**
+ * Writes every buffered line now. A Worker thread must call it before it is terminated: the
+ * process's exit handler, which writes them otherwise, does not run for a terminated Worker.
+ */
+export function flushLogs(): void {
+  flushPending();
+}
 
 /**
  * How long a log line may wait for others to share its write(2). Per line, the access log's
@@ -38,6 +48,7 @@ function bufferedStderr(): (line: string) => void {
     process.stderr.write(text);
   };
   process.once("exit", flush);
+  flushPending = flush;
   return (line) => {
     pending.push(line + "\n");
     size += line.length + 1;

@@ -3,7 +3,7 @@
 // connection table, metrics registry and access log. Driven by messages from the main thread.
 import { Registry } from "prom-client";
 import { homeNetns, Netns, stopFdPoller } from "../sys/index.ts";
-import { createLogger, setLogLevel } from "../log/logger.ts";
+import { createLogger, flushLogs, setLogLevel } from "../log/logger.ts";
 import { createConnectionObserver } from "../admin/connection-observer.ts";
 import { createProxyMetrics } from "../admin/metrics.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
@@ -107,6 +107,8 @@ async function answer(q: Question): Promise<unknown> {
     case "stop":
       stopFdPoller();
       await stopSpliceEngine();
+      // The main thread terminates this thread next: write the log lines still buffered.
+      flushLogs();
       return true;
   }
 }
