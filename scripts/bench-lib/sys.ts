@@ -16,12 +16,19 @@ export function cpuSeconds(pid: number): { user: number; sys: number } {
   return { user: t.utime / CLK_TCK, sys: t.stime / CLK_TCK };
 }
 
-/** One sample of every thread of `pid`: tid → its name and CPU seconds. */
+/** One sample of every thread of a process: tid → its name and CPU seconds. */
 export type ThreadCpuSample = Map<string, { name: string; user: number; sys: number }>;
 
+/** Empty when the process is gone. */
 export function threadCpuSample(pid: number): ThreadCpuSample {
   const out: ThreadCpuSample = new Map();
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
     try {
       const name = readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim();
       const t = parseProcStatTimes(readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8"));
