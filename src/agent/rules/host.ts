@@ -128,6 +128,9 @@ export function parseIpsetSave(text: string, set: string): ProbePod[] {
   return out;
 }
 
+/** An `ipset restore` line adding `ip` to `set`, labelled with the pod's UID. */
+const addLine = (set: string, ip: string, uid: string) => `add ${set} ${ip} comment "${uid}"`;
+
 interface PendingAdd {
   fc: FamilyConf;
   text: string;
@@ -206,8 +209,7 @@ export class HostProbeRules {
       }
     };
     if (batch.length === 1) return single(batch[0]!);
-    const lines = batch.map((a) => `add ${a.fc.set} ${a.text} comment "${a.uid}"`);
-    const written = await runTool(["ipset", "-exist", "restore"], { ...this.runOpts(), stdin: lines.join("\n") + "\n" }).then(
+    const written = await this.ipsetRestore(batch.map((a) => addLine(a.fc.set, a.text, a.uid))).then(
       (r) => r.code === 0,
       () => false,
     );
@@ -218,6 +220,11 @@ export class HostProbeRules {
     // ipset restore stops at the first failing line (or did not run): add them one by one, so
     // that each pod gets its own result and error.
     for (const a of batch) await single(a);
+  }
+
+  /** `ipset -exist restore` of these lines (the result; the caller decides what a failure means). */
+  private ipsetRestore(lines: readonly string[]): ReturnType<typeof runTool> {
+    return runTool(["ipset", "-exist", "restore"], { ...this.runOpts(), stdin: lines.join("\n") + "\n" });
   }
 
   /**
@@ -252,11 +259,11 @@ export class HostProbeRules {
           `create ${fc.set} hash:ip family ${fc.ipsetFamily} comment`,
           `create ${fc.tmpSet} hash:ip family ${fc.ipsetFamily} comment`,
           `flush ${fc.tmpSet}`,
-          ...[...byIp].map(([ip, uid]) => `add ${fc.tmpSet} ${ip} comment "${uid}"`),
+          ...[...byIp].map(([ip, uid]) => addLine(fc.tmpSet, ip, uid)),
           `swap ${fc.tmpSet} ${fc.set}`,
           `destroy ${fc.tmpSet}`,
         ];
-        const r = await runTool(["ipset", "-exist", "restore"], { ...this.runOpts(), stdin: lines.join("\n") + "\n" });
+        const r = await this.ipsetRestore(lines);
         if (r.code !== 0) {
           await runTool(["ipset", "destroy", fc.tmpSet], this.runOpts()); // best effort
           throw toolError("ipset restore", ["ipset", "-exist", "restore"], r, this.netnsPath);
