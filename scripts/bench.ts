@@ -313,20 +313,25 @@ async function startProxyTimed(config: string, extraEnv: Record<string, string> 
   return { proxy, readyMs: Number(m[1]) - spawnedAt, spawnedAt };
 }
 
+/** The JSON objects among `text`'s lines (the daemons' and the plugin's logs); other lines are skipped. */
+function* jsonLines(text: string): Generator<Record<string, unknown>> {
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("{")) continue;
+    try {
+      yield JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      // not a JSON line
+    }
+  }
+}
+
 /**
  * The time of the last log line whose message matches `msg` (and scope, when given). The
  * daemons run with their default log format here, JSON lines, as under a container runtime.
  */
 function logTimeMs(text: string, msg: RegExp, scope?: string): number | undefined {
   let last: number | undefined;
-  for (const line of text.split("\n")) {
-    if (!line.startsWith("{")) continue;
-    let l: { time?: unknown; scope?: unknown; msg?: unknown };
-    try {
-      l = JSON.parse(line) as typeof l;
-    } catch {
-      continue;
-    }
+  for (const l of jsonLines(text)) {
     if (typeof l.msg !== "string" || !msg.test(l.msg) || (scope !== undefined && l.scope !== scope)) continue;
     const t = Date.parse(String(l.time));
     if (Number.isFinite(t)) last = t;
@@ -500,14 +505,8 @@ async function enroll(label: string, n: number, concurrency: number, d: Daemons)
   // The plugin's own log: JSON lines {"msg":"ADD done","ms":…,"containerId":"<12 chars>"}.
   const shortIds = new Set(pods.map((p) => p.containerId.slice(0, 12)));
   const inPluginMs: number[] = [];
-  for (const line of readFileSync(d.cniLog, "utf8").split("\n")) {
-    if (!line.includes('"ADD done"')) continue;
-    try {
-      const j = JSON.parse(line) as { ms?: number; containerId?: string };
-      if (j.containerId && shortIds.has(j.containerId) && typeof j.ms === "number") inPluginMs.push(j.ms);
-    } catch {
-      // not a JSON line
-    }
+  for (const j of jsonLines(readFileSync(d.cniLog, "utf8"))) {
+    if (j.msg === "ADD done" && typeof j.containerId === "string" && shortIds.has(j.containerId) && typeof j.ms === "number") inPluginMs.push(j.ms);
   }
   return { run: { pods: n, concurrency, pluginMs, inPluginMs, chainMs, wallMs, failures, cpu }, pods };
 }
