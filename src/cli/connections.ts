@@ -1,6 +1,5 @@
 // `nshub connections [--watch]`: the proxy's live connections — pod, direction, source,
 // original and actual destination, bytes each way, age — from its /config_dump.
-import { parseArgs } from "node:util";
 import type { ConfigDump, DumpConnection } from "../admin/config-dump.ts";
 import {
   DEFAULT_PROXY_ADMIN,
@@ -13,9 +12,9 @@ import {
   parseTimeout,
   renderTable,
   requestJson,
-  runCommand,
   stdio,
 } from "./admin-client.ts";
+import { runOperatorCommand } from "./operator-command.ts";
 
 const HELP = `usage: nshub connections [--watch [--interval <s>] [--count <n>]] [-n <namespace>] [--pod <ns/name>] [--json] [--admin <url>]
 
@@ -110,27 +109,8 @@ function positive(flag: string, v: string | undefined, dflt: number, integer = f
 }
 
 export async function main(args: string[], io: Io = stdio): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      json: { type: "boolean" },
-      watch: { type: "boolean", short: "w" },
-      interval: { type: "string" },
-      count: { type: "string" },
-      namespace: { type: "string", short: "n" },
-      pod: { type: "string" },
-      admin: { type: "string" },
-      timeout: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
-  if (values.help) {
-    io.out(HELP);
-    return 0;
-  }
-  return runCommand(io, "connections", async () => {
+  const cmd = { name: "connections", help: HELP, options: { watch: { type: "boolean", short: "w" }, interval: { type: "string" }, count: { type: "string" }, namespace: { type: "string", short: "n" }, pod: { type: "string" } } } as const;
+  return runOperatorCommand(cmd, args, io, async (values) => {
     const timeoutMs = parseTimeout(values.timeout);
     const intervalMs = positive("--interval", values.interval, 2) * 1000;
     const count = values.count === undefined ? Infinity : positive("--count", values.count, 1, true);

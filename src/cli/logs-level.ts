@@ -1,6 +1,5 @@
 // `nshub logs-level [level]`: read (GET /logging) or set (POST /logging?level=…) the proxy's
 // log level. The proxy validates the level; a bad one is a usage error (exit 2).
-import { parseArgs } from "node:util";
 import { LEVELS } from "../log/logger.ts";
 import {
   DEFAULT_PROXY_ADMIN,
@@ -11,9 +10,9 @@ import {
   parseDaemonUrl,
   parseTimeout,
   requestJson,
-  runCommand,
   stdio,
 } from "./admin-client.ts";
+import { runOperatorCommand } from "./operator-command.ts";
 
 const HELP = `usage: nshub logs-level [<level> | --reset] [--json] [--admin <url>] [--timeout <s>]
 
@@ -31,23 +30,8 @@ interface LevelAnswer {
 }
 
 export async function main(args: string[], io: Io = stdio): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    options: {
-      json: { type: "boolean" },
-      reset: { type: "boolean" },
-      admin: { type: "string" },
-      timeout: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    strict: true,
-    allowPositionals: true,
-  });
-  if (values.help) {
-    io.out(HELP);
-    return 0;
-  }
-  return runCommand(io, "logs-level", async () => {
+  const cmd = { name: "logs-level", help: HELP, options: { reset: { type: "boolean" } }, positionals: true } as const;
+  return runOperatorCommand(cmd, args, io, async (values, positionals) => {
     if (positionals.length > 1) throw new UsageError(`expected at most one level, got ${positionals.length}: ${positionals.join(" ")}`);
     const level = positionals[0];
     if (level !== undefined && values.reset) throw new UsageError("give a level or --reset, not both");

@@ -1,7 +1,6 @@
 // `nshub pods`: the pods the proxy serves — namespace/name, uid, IPs, state, listeners and
 // connection counts — from the proxy's /config_dump. IPs come from the proxy when it knows
 // them, else (best effort) from the agent's /pods.
-import { parseArgs } from "node:util";
 import type { ConfigDump, DumpWorkload } from "../admin/config-dump.ts";
 import {
   DEFAULT_AGENT_ADMIN,
@@ -13,9 +12,9 @@ import {
   parseTimeout,
   renderTable,
   requestJson,
-  runCommand,
   stdio,
 } from "./admin-client.ts";
+import { runOperatorCommand } from "./operator-command.ts";
 
 const HELP = `usage: nshub pods [-n <namespace>] [--json] [--admin <url>] [--agent-admin <url>] [--timeout <s>]
 
@@ -79,24 +78,8 @@ export function renderPods(rows: readonly PodRow[]): string {
 }
 
 export async function main(args: string[], io: Io = stdio): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      json: { type: "boolean" },
-      namespace: { type: "string", short: "n" },
-      admin: { type: "string" },
-      "agent-admin": { type: "string" },
-      timeout: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
-  if (values.help) {
-    io.out(HELP);
-    return 0;
-  }
-  return runCommand(io, "pods", async () => {
+  const cmd = { name: "pods", help: HELP, options: { namespace: { type: "string", short: "n" }, "agent-admin": { type: "string" } } } as const;
+  return runOperatorCommand(cmd, args, io, async (values) => {
     const timeoutMs = parseTimeout(values.timeout);
     const proxy = { kind: "proxy" as const, url: parseDaemonUrl(values.admin ?? DEFAULT_PROXY_ADMIN, "--admin") };
     const agent = { kind: "agent" as const, url: parseDaemonUrl(values["agent-admin"] ?? DEFAULT_AGENT_ADMIN, "--agent-admin") };

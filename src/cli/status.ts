@@ -1,7 +1,6 @@
 // `nshub status`: is each daemon running, is it ready, how many pods (and connections) it has.
 // Reads the agent admin (/readyz, /pods) and the proxy admin (/config_dump) and readiness
 // (/healthz/ready). Exit 0 when both daemons run and are ready, 1 otherwise.
-import { parseArgs } from "node:util";
 import type { ConfigDump } from "../admin/config-dump.ts";
 import {
   DEFAULT_AGENT_ADMIN,
@@ -16,10 +15,10 @@ import {
   renderTable,
   request,
   requestJson,
-  runCommand,
   stdio,
   withPort,
 } from "./admin-client.ts";
+import { runOperatorCommand } from "./operator-command.ts";
 
 const HELP = `usage: nshub status [--json] [--admin <url>] [--readiness <url>] [--agent-admin <url>] [--timeout <s>]
 
@@ -172,24 +171,8 @@ export function renderStatus(s: Status): string {
 }
 
 export async function main(args: string[], io: Io = stdio): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      json: { type: "boolean" },
-      admin: { type: "string" },
-      readiness: { type: "string" },
-      "agent-admin": { type: "string" },
-      timeout: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
-  if (values.help) {
-    io.out(HELP);
-    return 0;
-  }
-  return runCommand(io, "status", async () => {
+  const cmd = { name: "status", help: HELP, options: { readiness: { type: "string" }, "agent-admin": { type: "string" } } } as const;
+  return runOperatorCommand(cmd, args, io, async (values) => {
     const proxyUrl = parseDaemonUrl(values.admin ?? DEFAULT_PROXY_ADMIN, "--admin");
     const readinessUrl = values.readiness
       ? parseDaemonUrl(values.readiness, "--readiness")
