@@ -26,44 +26,16 @@ import {
   requestUid,
   snapshotSentRequest,
 } from "../../src/zds/messages.ts";
+import { lenField, strField, tag, varint, varintField } from "../fixtures/zds-raw.ts";
 
 // ---------------------------------------------------------------------------------------
-// Minimal independent protobuf encoder
+// Minimal independent protobuf encoder (test/fixtures/zds-raw.ts: knows nothing of the
+// generated code or src/zds/messages.ts)
 // ---------------------------------------------------------------------------------------
 
-const VARINT = 0;
-const LEN = 2;
-
-function varint(n: number): number[] {
-  const out: number[] = [];
-  let v = n;
-  while (v > 0x7f) {
-    out.push((v & 0x7f) | 0x80);
-    v = Math.floor(v / 128);
-  }
-  out.push(v);
-  return out;
-}
-
-function tag(field: number, wireType: number): number[] {
-  return varint(field * 8 + wireType);
-}
-
-/** Varint field. */
-function vfield(field: number, value: number): number[] {
-  return [...tag(field, VARINT), ...varint(value)];
-}
-
-/** Length-delimited field holding raw bytes (sub-message or string bytes). */
-function lfield(field: number, body: number[] | Uint8Array): number[] {
-  const b = Array.from(body);
-  return [...tag(field, LEN), ...varint(b.length), ...b];
-}
-
-/** String field (UTF-8). */
-function sfield(field: number, s: string): number[] {
-  return lfield(field, new TextEncoder().encode(s));
-}
+const vfield = varintField;
+const lfield = lenField;
+const sfield = strField;
 
 function bytes(...parts: number[][]): Uint8Array {
   return new Uint8Array(parts.flat());
@@ -116,7 +88,7 @@ test("hand encoder produces textbook bytes", () => {
   expect(hex(bytes(vfield(1, 300)))).toBe("08ac02");
   expect(hex(bytes(sfield(2, "hi")))).toBe("12026869");
   expect(hex(bytes(lfield(3, [])))).toBe("1a00");
-  expect(hex(bytes(tag(5, LEN)))).toBe("2a");
+  expect(hex(bytes(tag(5, 2)))).toBe("2a"); // wire type 2: length-delimited
   expect(hex(bytes(varint(200)))).toBe("c801");
 });
 
