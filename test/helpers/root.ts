@@ -1,4 +1,4 @@
-// Root gating for netns tests (see /work/shared/TESTING.md, "Tiers").
+// Root gating for netns tests (docs/TESTING.md, "Tiers").
 //
 // Tests that build network namespaces need root. Run by hand without root they are skipped with a
 // printed message; under CI (`CI=true`) they must FAIL instead, so that CI can never go green by
@@ -9,7 +9,7 @@ import { describe, test } from "bun:test";
 /** True when this process runs as uid 0. */
 export const isRoot: boolean = process.getuid?.() === 0;
 
-/** True when running under CI (the convention TESTING.md uses: `CI=true`). */
+/** True when running under CI (`CI=true`, see docs/TESTING.md). */
 export const isCI: boolean = process.env.CI === "true";
 
 /** The message a root-only suite fails with under CI. */
