@@ -11,7 +11,7 @@ interface Command {
 
 const commands: Record<string, Command> = {
   agent: { summary: "node agent: enrollment, in-pod rules, pod cache, ZDS server", load: () => import("./agent/main.ts") },
-  proxy: { summary: "node proxy: per-pod listeners inside each pod's netns, relay, admin", load: () => import("./proxy/command.ts") },
+  proxy: { summary: "node proxy: per-pod listeners inside each pod's netns, relay, admin", load: () => import("./proxy/main.ts") },
   cni: { summary: "chained CNI plugin (also runs when invoked as nshub-cni)", load: () => import("./cni/main.ts") },
   install: { summary: "put nshub-cni into the CNI bin dir and chain it into the node's conflist", load: () => import("./cli/install.ts") },
   uninstall: { summary: "undo install: restore the conflist, remove nshub-cni", load: () => import("./cli/install.ts").then((m) => ({ main: m.uninstallMain })) },

@@ -1,5 +1,7 @@
-// GET /config_dump: the proxy's state as JSON, in ztunnel's shape (reference/ztunnel.md §2.3)
-// where ztunnel has one, so `istioctl ztunnel-config`-style tooling and habits carry over:
+// GET /config_dump: the proxy's state as JSON, in ztunnel's shape where ztunnel has one (its
+// ConfigDump in https://github.com/istio/ztunnel/blob/master/src/admin.rs, and "workloadState"
+// from https://github.com/istio/ztunnel/blob/master/src/inpod/admin.rs), so
+// `istioctl ztunnel-config`-style tooling and habits carry over:
 //
 //   {
 //     "workloads":     [ {uid, name, namespace, serviceAccount, workloadIps, protocol, state,
@@ -12,7 +14,7 @@
 //
 // conn = {id, src, originalDst, actualDst, protocol: "TCP", state, bytesSent, bytesReceived,
 // startedAt, ageSeconds}; bytes are counted from the source's (client's) side.
-import type { ConnectionView, EndpointView, ProxyView, VersionInfo, WorkloadState } from "./view.ts";
+import type { ConnectionView, EndpointView, ProxyView, VersionInfo, WorkloadState } from "./views.ts";
 
 export interface DumpListener {
   kind: string;
@@ -83,7 +85,7 @@ function dumpConnection(c: ConnectionView, now: number): DumpConnection {
   };
 }
 
-export function buildConfigDump(view: ProxyView, threadConnections: Iterable<ConnectionView> = [], now = Date.now()): ConfigDump {
+export function buildConfigDump(view: ProxyView, workerConnections: Iterable<ConnectionView> = [], now = Date.now()): ConfigDump {
   const workloads: DumpWorkload[] = [];
   const workloadState: Record<string, DumpWorkloadState> = {};
   const byUid = new Map<string, DumpWorkload>();
@@ -109,7 +111,7 @@ export function buildConfigDump(view: ProxyView, threadConnections: Iterable<Con
       connections: { inbound: [], outbound: [] },
     };
   }
-  const conns = [...view.connections(), ...threadConnections].sort((a, b) => a.startedAt - b.startedAt || a.id - b.id);
+  const conns = [...view.connections(), ...workerConnections].sort((a, b) => a.startedAt - b.startedAt || a.id - b.id);
   for (const c of conns) {
     let st = workloadState[c.pod.uid];
     if (!st) {

@@ -9,7 +9,7 @@ import { fmt } from "../proxy/records.ts";
 import { accessLogger, logAccess } from "../log/access.ts";
 import type { Logger } from "../log/logger.ts";
 import { connectionLabels, type ConnectionHandle, type ConnectionMetrics, type LabelWorkload, type TrafficLabels } from "./metrics.ts";
-import type { ConnectionView } from "./view.ts";
+import type { ConnectionView } from "./views.ts";
 
 /** Compile-time proof that the proxy's live records can be handed to the admin as they are. */
 export function connectionViews(live: Iterable<ConnectionRecord>): Iterable<ConnectionView> {

@@ -1,9 +1,12 @@
-// The proxy's HTTP surface, as ztunnel lays it out (reference/ztunnel.md §2.1–2.5):
+// The admin, metrics and readiness servers, laid out as ztunnel's (its admin server
+// https://github.com/istio/ztunnel/blob/master/src/admin.rs, metrics server
+// https://github.com/istio/ztunnel/blob/master/src/metrics/server.rs and readiness server
+// https://github.com/istio/ztunnel/blob/master/src/readiness/server.rs):
 //   admin      127.0.0.1:15000  GET /, GET /config_dump, GET|POST /logging, POST /quitquitquit
 //   metrics    0.0.0.0:15020    GET /metrics, GET /stats/prometheus
 //   readiness  0.0.0.0:15021    GET /healthz/ready
 // A daemon adds its own routes through AppExtension (the proxy: GET /pods, GET /connections,
-// POST /debug/gc on the admin server; see src/proxy/admin.ts); they are listed by GET / too.
+// POST /debug/gc on the admin server; see src/proxy/admin-routes.ts); they are listed by GET / too.
 // The admin server is on loopback by default: it can stop the proxy and change its log level,
 // so only the node itself may reach it (pods have their own loopback; tested in
 // test/netns/admin-loopback.test.ts and, with the real proxy and enrolled pods,
@@ -14,7 +17,7 @@ import { LEVELS } from "../log/logger.ts";
 import type { Logger } from "../log/logger.ts";
 import { formatHostPort, isLoopback, parseHostPort } from "./address.ts";
 import { buildConfigDump } from "./config-dump.ts";
-import type { ProxyView } from "./view.ts";
+import type { ProxyView } from "./views.ts";
 
 export interface IndexEntry {
   method: string;
@@ -84,7 +87,7 @@ export function createProxyAdminApp(view: ProxyView, extensions: readonly AppExt
     return c.html(indexHtml("nshub proxy admin", endpoints));
   });
 
-  app.get("/config_dump", async () => jsonResponse(buildConfigDump(view, view.threadConnections ? await view.threadConnections() : [])));
+  app.get("/config_dump", async () => jsonResponse(buildConfigDump(view, view.workerConnections ? await view.workerConnections() : [])));
 
   app.get("/logging", () => jsonResponse({ level: view.getLogLevel() }));
   app.post("/logging", (c) => {

@@ -78,8 +78,8 @@ export interface ProxyView {
   workloads(): Iterable<WorkloadView>;
   /** Every live connection of the main thread. */
   connections(): Iterable<ConnectionView>;
-  /** The live connections of the data-plane Worker threads (src/proxy/shards.ts), if any. */
-  threadConnections?(): Promise<Iterable<ConnectionView>>;
+  /** The live connections of the data-plane Worker threads (src/proxy/workers.ts), if any. */
+  workerConnections?(): Promise<Iterable<ConnectionView>>;
   /** The effective configuration (JSON-serialisable; secrets, if any ever exist, removed). */
   config(): unknown;
   version(): VersionInfo;

@@ -1,6 +1,6 @@
 // The proxy's own routes on the admin server (loopback, adminAddress), next to src/admin's
-// GET /, /config_dump, /logging and POST /quitquitquit (see command.ts, which serves them all
-// through src/admin/proxy-admin.ts serveAdmin):
+// GET /, /config_dump, /logging and POST /quitquitquit (see main.ts, which serves them all
+// through src/admin/servers.ts serveAdmin):
 //   GET  /pods                   the manager's pods as JSON (running/pending, listeners, IPs, counts)
 //   GET  /connections[?recent]   live connection records (and the recently closed ones, a bounded
 //                                ring: how they ended, bytes each way) — used by tests and `nshub demo`
@@ -8,13 +8,13 @@
 //                                RSS without garbage in it). Admin server only: it costs a stop-the-
 //                                world pause, so it is never on the metrics or readiness port.
 import type { Hono } from "hono";
-import type { AppExtension } from "../admin/proxy-admin.ts";
+import type { AppExtension } from "../admin/servers.ts";
 import type { ProxyWorkloadManager } from "./manager.ts";
 import { recordJson } from "./records.ts";
-import type { ShardPool } from "./shards.ts";
+import type { WorkerPool } from "./workers.ts";
 
 /** `pool`: the data-plane Worker threads, whose connections are listed with the main thread's. */
-export function proxyAdminRoutes(manager: Pick<ProxyWorkloadManager, "pods" | "table">, pool?: ShardPool): AppExtension {
+export function proxyAdminRoutes(manager: Pick<ProxyWorkloadManager, "pods" | "table">, pool?: WorkerPool): AppExtension {
   return {
     endpoints: [
       { method: "GET", path: "/pods", description: "the proxy's pods (running/pending) with listeners, IPs and connection counts" },
@@ -33,11 +33,11 @@ export function proxyAdminRoutes(manager: Pick<ProxyWorkloadManager, "pods" | "t
       app.get("/connections", async (c) => {
         const t = manager.table;
         const recent = c.req.query("recent") !== undefined;
-        const threads = pool ? await pool.connections(recent) : { live: [], recent: [] };
+        const others = pool ? await pool.connections(recent) : { live: [], recent: [] };
         const byStart = (a: { startedAt: number; id: number }, b: { startedAt: number; id: number }) => a.startedAt - b.startedAt || a.id - b.id;
         return c.json({
-          live: [...t.live(), ...threads.live].sort(byStart).map(recordJson),
-          ...(recent ? { recent: [...t.recent(), ...threads.recent].sort((a, b) => (a.closedAt ?? 0) - (b.closedAt ?? 0) || a.id - b.id).map(recordJson) } : {}),
+          live: [...t.live(), ...others.live].sort(byStart).map(recordJson),
+          ...(recent ? { recent: [...t.recent(), ...others.recent].sort((a, b) => (a.closedAt ?? 0) - (b.closedAt ?? 0) || a.id - b.id).map(recordJson) } : {}),
         });
       });
       app.post("/debug/gc", async (c) => {

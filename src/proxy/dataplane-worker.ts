@@ -1,4 +1,4 @@
-// A data-plane Worker thread (see shards.ts): its own workload manager with every pod the main
+// A data-plane Worker thread (see workers.ts): its own workload manager with every pod the main
 // thread serves, listeners bound with SO_REUSEPORT next to the main thread's, its own relays,
 // connection table, metrics registry and access log. Driven by messages from the main thread.
 import { Registry } from "prom-client";
@@ -8,7 +8,7 @@ import { createConnectionObserver } from "../admin/connection-observer.ts";
 import { createProxyMetrics } from "../admin/metrics.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
 import { setSpliceFailureHandler, stopSpliceEngine } from "./splice-engine.ts";
-import { plainRecord, type ConnectionsAnswer, type FromShard, type Question, type ToShard } from "./shard-protocol.ts";
+import { plainRecord, type ConnectionsAnswer, type FromWorker, type Question, type ToWorker } from "./worker-protocol.ts";
 import { nameThisThread, THREAD_NAMES } from "../util/thread-name.ts";
 
 declare const self: Worker;
@@ -18,7 +18,7 @@ let manager: ProxyWorkloadManager | undefined;
 let registry: Registry | undefined;
 let log = createLogger("proxy/thread");
 
-const post = (m: FromShard) => self.postMessage(m);
+const post = (m: FromWorker) => self.postMessage(m);
 
 // This thread's splice relay thread died: fail this thread too (uncaught, outside any handler),
 // so the main thread drains and exits as for any dead data-plane thread.
@@ -28,7 +28,7 @@ setSpliceFailureHandler((error) => {
   });
 });
 
-self.onmessage = (ev: MessageEvent<ToShard>) => {
+self.onmessage = (ev: MessageEvent<ToWorker>) => {
   try {
     handle(ev.data);
   } catch (e) {
@@ -36,7 +36,7 @@ self.onmessage = (ev: MessageEvent<ToShard>) => {
   }
 };
 
-function handle(m: ToShard): void {
+function handle(m: ToWorker): void {
   if (m.t === "init") return init(m);
   if (!manager) throw new Error(`"${m.t}" before init`);
   switch (m.t) {
@@ -73,7 +73,7 @@ function handle(m: ToShard): void {
   }
 }
 
-function init(m: Extract<ToShard, { t: "init" }>): void {
+function init(m: Extract<ToWorker, { t: "init" }>): void {
   // This thread was created while the main thread was home; record home before any setns.
   homeNetns();
   setLogLevel(m.logLevel);

@@ -1,29 +1,33 @@
-// `nshub proxy`: the node proxy daemon. Startup: config, capability check, metrics registry,
-// workload manager with the metrics/access-log observer on its connection table, the admin,
-// metrics and readiness servers (src/admin serveAdmin over the ProxyView of ./view.ts), then the
-// ZDS client, which feeds pods to the workload manager. Shutdown (SIGTERM, SIGINT or POST
-// /quitquitquit): stop reading ZDS, close every pod's listeners (a second proxy sharing the
-// ports takes new connections), let open connections finish until the drain deadline, reset the
-// rest, stop the servers, exit 0. A second signal resets everything at once.
+// `nshub proxy`: the node proxy daemon. Startup order (as src/agent/main.ts):
+//   1. flags and config (flags > env > YAML > defaults): any error → exit 2
+//   2. checks: capabilities (setns, SO_MARK, IP_TRANSPARENT) → exit 1 when one is missing
+//   3. build: metrics registry, workload manager with the metrics/access-log observer on its
+//      connection table, the data-plane workers (`proxy.workers` > 1), the ProxyView (./proxy-view.ts)
+//   4. serve: admin, metrics and readiness servers (src/admin/servers.ts serveAdmin), then the ZDS
+//      client, which feeds pods to the workload manager
+//   5. signals and drain: SIGTERM, SIGINT or POST /quitquitquit stop reading ZDS, close every pod's
+//      listeners (a second proxy sharing the ports takes new connections), let open connections
+//      finish until the drain deadline, reset the rest, stop the servers, exit 0 (1 when a
+//      data-plane or splice relay thread died). A second signal resets everything at once.
 import { parseArgs } from "node:util";
 import type { Hono } from "hono";
 import pkg from "../../package.json" with { type: "json" };
-import { homeNetns, stopFdPoller } from "../sys/index.ts";
-import { setSpliceFailureHandler, stopSpliceEngine } from "./splice-engine.ts";
+import { AggregatorRegistry } from "prom-client";
 import { ConfigError, loadConfig } from "../config/load.ts";
 import { createLogger, getLogLevel, setLogLevel } from "../log/logger.ts";
+import { homeNetns, stopFdPoller } from "../sys/index.ts";
 import { ZdsClient } from "../zds/client.ts";
 import { createConnectionObserver } from "../admin/connection-observer.ts";
 import { createProxyMetrics, createRegistry } from "../admin/metrics.ts";
-import { serveAdmin, type AdminServers, type AppExtension } from "../admin/proxy-admin.ts";
-import { proxyAdminRoutes } from "./admin.ts";
+import { serveAdmin, type AdminServers, type AppExtension } from "../admin/servers.ts";
+import { proxyAdminRoutes } from "./admin-routes.ts";
 import { CapabilityError, checkCapabilities } from "./capabilities.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
-import { ShardPool, ThreadedWorkloadManager } from "./shards.ts";
-import { createProxyView } from "./view.ts";
-import { AggregatorRegistry } from "prom-client";
+import { createProxyView } from "./proxy-view.ts";
+import { setSpliceFailureHandler, stopSpliceEngine } from "./splice-engine.ts";
+import { WorkerPool, WorkerPoolWorkloadManager } from "./workers.ts";
 
-const USAGE = `usage: nshub proxy [options]
+const HELP = `usage: nshub proxy [options]
 
 The node proxy: receives pods from the node agent over ZDS, opens each pod's listeners inside
 the pod's network namespace (outbound 15001, inbound 15006) and relays the pod's traffic.
@@ -96,9 +100,10 @@ export interface ProxyMainHooks {
 const hook = (f: ((app: Hono) => void) | undefined): AppExtension[] => (f ? [{ routes: f }] : []);
 
 export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<number> {
+  // 1. flags and config
   const { values } = parseArgs({ args, options: FLAGS, strict: true, allowPositionals: false });
   if (values.help) {
-    console.log(USAGE);
+    console.log(HELP);
     return 0;
   }
   const proxyOverrides: Record<string, unknown> = {};
@@ -128,7 +133,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   const log = createLogger("proxy");
   const pc = cfg.proxy;
 
-  // The home netns must be recorded before any setns (src/sys contract).
+  // 2. checks. The home netns must be recorded before any setns (src/sys contract).
   homeNetns();
   try {
     log.info("capability check passed", { detail: checkCapabilities(pc.mark) });
@@ -141,8 +146,8 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
     throw e;
   }
 
-  // Metrics: registry (istio_build, process metrics), traffic counters and workload-manager
-  // metrics. Label sets are resolved once per connection by the observer (see src/admin/metrics.ts).
+  // 3. build. Metrics: registry (istio_build, process metrics), traffic counters and workload-manager
+  // metrics. Label sets are resolved once per connection by the observer (see ./metrics.ts).
   const metricsRegistry = createRegistry({ component: "nshub-proxy" });
   const metrics = createProxyMetrics(metricsRegistry.registry);
   const manager = new ProxyWorkloadManager({
@@ -154,11 +159,11 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   metrics.workloads.bindCounts(() => manager.counts());
   manager.table.addObserver(createConnectionObserver({ metrics: metrics.connections, peerLookup: (ip) => manager.peerWorkload(ip) }));
 
-  // Data-plane Worker threads (see shards.ts); the main thread is thread 0.
-  let pool: ShardPool | undefined;
+  // Data-plane workers (see workers.ts); the main thread is thread 0.
+  let pool: WorkerPool | undefined;
   if (pc.workers > 1) {
     try {
-      pool = await ShardPool.start(pc.workers - 1, pc, cfg.logLevel, log);
+      pool = await WorkerPool.start(pc.workers - 1, pc, cfg.logLevel, log);
     } catch (e) {
       metricsRegistry.stop();
       log.error("cannot start the data-plane threads", { error: (e as Error).message });
@@ -166,11 +171,11 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
       return 1;
     }
   }
-  const threads = pool;
+  const workers = pool;
   // The Workers' traffic counters are summed into the main thread's at every scrape.
-  const metricsText = threads
+  const metricsText = workers
     ? async () => {
-        const all = [await metricsRegistry.registry.getMetricsAsJSON(), ...(await threads.metricsJson())];
+        const all = [await metricsRegistry.registry.getMetricsAsJSON(), ...(await workers.metricsJson())];
         return AggregatorRegistry.aggregate(all as object[]).metrics();
       }
     : undefined;
@@ -190,7 +195,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   // giving them a share of new connections): drain and exit non-zero so the supervisor restarts
   // the proxy, and the new one takes over through the SO_REUSEPORT hand-over.
   let threadFailure: string | undefined;
-  threads?.onFailure((thread, error) => {
+  workers?.onFailure((thread, error) => {
     threadFailure ??= `data-plane thread ${thread} failed: ${error}`;
     requestQuit(threadFailure);
   });
@@ -200,17 +205,19 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   });
   const view = createProxyView({
     manager,
-    threads,
+    workers,
     config: { logLevel: cfg.logLevel, proxy: pc },
     version: { version: pkg.version, bun: Bun.version, component: "nshub-proxy" },
     quit: (reason) => requestQuit(reason),
     setLogLevel: (level) => {
       const previous = getLogLevel();
       setLogLevel(level);
-      threads?.setLogLevel(level);
+      workers?.setLogLevel(level);
       if (level !== previous) log.info("log level changed", { from: previous, to: level });
     },
   });
+
+  // 4. serve: the admin, metrics and readiness servers, then ZDS.
   let servers: AdminServers;
   try {
     servers = serveAdmin({ adminAddress: pc.adminAddress, metricsAddress: pc.metricsAddress, readinessAddress: pc.readinessAddress }, view, {
@@ -218,14 +225,14 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
       metricsText,
       log,
       extend: {
-        admin: [proxyAdminRoutes(manager, threads), ...hook(hooks.http?.extendAdmin)],
+        admin: [proxyAdminRoutes(manager, workers), ...hook(hooks.http?.extendAdmin)],
         metrics: hook(hooks.http?.extendMetrics),
         readiness: hook(hooks.http?.extendReadiness),
       },
     });
   } catch (e) {
     metricsRegistry.stop();
-    await threads?.stop();
+    await workers?.stop();
     log.error((e as Error).message);
     console.error(`nshub proxy: ${(e as Error).message}`);
     return 1;
@@ -233,10 +240,11 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   hooks.onServing?.(servers);
 
   const zlog = createLogger("proxy/zds");
-  const zds = new ZdsClient({ path: pc.zdsSocket, manager: threads ? new ThreadedWorkloadManager(manager, threads, createLogger("proxy/pods")) : manager, log: (level, msg, fields) => zlog[level](msg, fields) });
+  const zds = new ZdsClient({ path: pc.zdsSocket, manager: workers ? new WorkerPoolWorkloadManager(manager, workers, createLogger("proxy/pods")) : manager, log: (level, msg, fields) => zlog[level](msg, fields) });
   zds.start();
   log.info("proxy started", { threads: pc.workers, zdsSocket: pc.zdsSocket, admin: servers.adminUrl, metrics: servers.metricsUrl, readiness: servers.readinessUrl, pid: process.pid });
 
+  // 5. signals and drain
   let signals = 0;
   const onSignal = (sig: string) => {
     signals++;
@@ -247,7 +255,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
     // A second signal: do not wait for the drain.
     log.warn("second signal: resetting every connection now", { signal: sig });
     manager.closeAll();
-    threads?.closeAll();
+    workers?.closeAll();
   };
   const onTerm = () => onSignal("SIGTERM");
   const onInt = () => onSignal("SIGINT");
@@ -258,11 +266,11 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   signals = Math.max(signals, 1);
   log.info("shutting down: draining", { reason, deadlineMs: pc.drainDeadlineMs, connections: manager.table.size });
   await zds.stop();
-  const [own, others] = await Promise.all([manager.drain(pc.drainDeadlineMs), threads?.drain(pc.drainDeadlineMs)]);
+  const [own, others] = await Promise.all([manager.drain(pc.drainDeadlineMs), workers?.drain(pc.drainDeadlineMs)]);
   const result = { finished: own.finished + (others?.finished ?? 0), reset: own.reset + (others?.reset ?? 0) };
   log.info("drained; exiting", result);
   await servers.close();
-  await threads?.stop();
+  await workers?.stop();
   await stopSpliceEngine();
   metricsRegistry.stop();
   process.off("SIGTERM", onTerm);

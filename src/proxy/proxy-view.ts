@@ -1,9 +1,9 @@
-// The proxy's side of the admin contract (src/admin/view.ts): a ProxyView over the workload
+// The proxy's side of the admin contract (src/admin/views.ts): a ProxyView over the workload
 // manager and its connection table, for the admin API, the metrics and the CLI.
-import type { ProxyView, VersionInfo, WorkloadView } from "../admin/view.ts";
+import type { ProxyView, VersionInfo, WorkloadView } from "../admin/views.ts";
 import { getLogLevel, setLogLevel } from "../log/logger.ts";
 import type { ProxyWorkloadManager } from "./manager.ts";
-import type { ShardPool } from "./shards.ts";
+import type { WorkerPool } from "./workers.ts";
 
 export interface ProxyViewOptions {
   manager: ProxyWorkloadManager;
@@ -13,7 +13,7 @@ export interface ProxyViewOptions {
   /** Starts the graceful shutdown (same as SIGTERM). */
   quit: (reason: string) => void;
   /** The data-plane Worker threads, when there are any. */
-  threads?: ShardPool;
+  workers?: WorkerPool;
   /** Sets the process's log level (default: src/log/logger.ts setLogLevel); throws on an unknown level. */
   setLogLevel?: (level: string) => void;
 }
@@ -35,7 +35,7 @@ export function createProxyView(o: ProxyViewOptions): ProxyView {
     },
     // The live records satisfy ConnectionView as they are (checked in src/admin/connection-observer.ts).
     connections: () => o.manager.table.live(),
-    ...(o.threads ? { threadConnections: async () => (await o.threads!.connections(false)).live } : {}),
+    ...(o.workers ? { workerConnections: async () => (await o.workers!.connections(false)).live } : {}),
     config: () => o.config,
     version: () => o.version,
     readiness: () => o.manager.readiness(),

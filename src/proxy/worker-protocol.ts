@@ -1,5 +1,5 @@
-// Messages between the main thread and the data-plane Worker threads (src/proxy/shards.ts and
-// shard-worker.ts). Everything here is structured-clone data; fds travel as plain numbers (they
+// Messages between the main thread and the data-plane Worker threads (src/proxy/workers.ts and
+// dataplane-worker.ts). Everything here is structured-clone data; fds travel as plain numbers (they
 // are process-wide) and the receiving thread owns them from then on.
 import type { ProxyConfig } from "../config/schema.ts";
 import type { ConnectionRecord } from "./records.ts";
@@ -8,7 +8,7 @@ import type { WorkloadIdentity } from "../zds/types.ts";
 /** A connection record without its observer slots (`ext` holds live metric handles). */
 export type PlainRecord = Omit<ConnectionRecord, "ext"> & { ext: Record<string, never> };
 
-export type ToShard =
+export type ToWorker =
   | { t: "init"; cfg: ProxyConfig; logLevel: string; index: number; count: number }
   | { t: "add"; uid: string; info: WorkloadIdentity | undefined; fd: number }
   | { t: "del"; uid: string }
@@ -29,7 +29,7 @@ export type Question =
   /** Stop the thread's helpers (fd poller) so the Worker can be terminated. */
   | { q: "stop" };
 
-export type FromShard =
+export type FromWorker =
   | { t: "ready" }
   | { t: "answer"; id: number; data: unknown }
   | { t: "failed"; id: number; error: string };

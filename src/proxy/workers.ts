@@ -1,4 +1,4 @@
-// Data-plane threads. One JavaScript thread relays at most about one CPU's worth of traffic and
+// Data-plane workers (`proxy.workers`). One JavaScript thread relays at most about one CPU's worth of traffic and
 // new connections, so with `proxy.workers` = n the proxy runs n-1 Worker threads next to the main
 // thread. Each thread binds every pod's listeners itself, in the same netns and on the same
 // ports, with SO_REUSEPORT: the kernel spreads new connections over the threads, and each thread
@@ -11,7 +11,7 @@ import type { ProxyConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
 import type { WorkloadIdentity, WorkloadManager } from "../zds/types.ts";
 import type { ProxyWorkloadManager } from "./manager.ts";
-import type { ConnectionsAnswer, FromShard, PlainRecord, Question, ToShard } from "./shard-protocol.ts";
+import type { ConnectionsAnswer, FromWorker, PlainRecord, Question, ToWorker } from "./worker-protocol.ts";
 
 /** How long a question to a Worker may take before it is answered without that Worker. */
 const ASK_TIMEOUT_MS = 5_000;
@@ -22,7 +22,8 @@ interface Pending {
   timer: ReturnType<typeof setTimeout>;
 }
 
-class Shard {
+/** The main thread's handle on one data-plane Worker thread: messages, questions, failure. */
+class DataPlaneWorker {
   readonly #pending = new Map<number, Pending>();
   #nextId = 1;
   #failed: string | undefined;
@@ -51,7 +52,7 @@ class Shard {
     return this.#failed;
   }
 
-  send(m: ToShard): void {
+  send(m: ToWorker): void {
     if (this.#failed === undefined) this.worker.postMessage(m);
   }
 
@@ -64,11 +65,11 @@ class Shard {
         reject(new Error(`thread ${this.index} did not answer "${q.q}" within ${timeoutMs} ms`));
       }, timeoutMs);
       this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
-      this.worker.postMessage({ t: "ask", id, q } satisfies ToShard);
+      this.worker.postMessage({ t: "ask", id, q } satisfies ToWorker);
     });
   }
 
-  settle(m: FromShard): void {
+  settle(m: FromWorker): void {
     if (m.t === "ready") return;
     const p = this.#pending.get(m.id);
     if (!p) return;
@@ -81,17 +82,17 @@ class Shard {
 
 /** Where the Worker's code is (an extra entrypoint of the compiled binary, like the fd poller's). */
 function workerUrl(): string {
-  if (import.meta.url.startsWith("file:///$bunfs/")) return "/$bunfs/root/proxy/shard-worker.js";
-  return new URL("./shard-worker.ts", import.meta.url).href;
+  if (import.meta.url.startsWith("file:///$bunfs/")) return "/$bunfs/root/proxy/dataplane-worker.js";
+  return new URL("./dataplane-worker.ts", import.meta.url).href;
 }
 
-export class ShardPool {
+export class WorkerPool {
   #onFailure: ((thread: number, error: string) => void) | undefined;
   /** Threads that failed before a failure handler was set (reported when it is). */
   #failedEarly: Array<[number, string]> = [];
 
   private constructor(
-    readonly shards: Shard[],
+    readonly workers: DataPlaneWorker[],
     private readonly log: Logger,
   ) {}
 
@@ -99,13 +100,13 @@ export class ShardPool {
    * Starts `count` Workers (threads 1..count) and waits until each is initialised. `workerUrl`
    * replaces the Worker's code (tests).
    */
-  static async start(count: number, cfg: ProxyConfig, logLevel: string, log: Logger, opts: { workerUrl?: string } = {}): Promise<ShardPool> {
-    const pool = new ShardPool([], log);
+  static async start(count: number, cfg: ProxyConfig, logLevel: string, log: Logger, opts: { workerUrl?: string } = {}): Promise<WorkerPool> {
+    const pool = new WorkerPool([], log);
     const ready: Promise<void>[] = [];
     for (let i = 1; i <= count; i++) {
       const worker = new Worker(opts.workerUrl ?? workerUrl());
       let startFailed: ((e: Error) => void) | undefined;
-      const shard = new Shard(i, worker, log, (index, error) => {
+      const handle = new DataPlaneWorker(i, worker, log, (index, error) => {
         startFailed?.(new Error(`data-plane thread ${index} failed while starting: ${error}`));
         pool.#failed(index, error);
       });
@@ -116,18 +117,18 @@ export class ShardPool {
             clearTimeout(timer);
             reject(e);
           };
-          worker.onmessage = (ev: MessageEvent<FromShard>) => {
+          worker.onmessage = (ev: MessageEvent<FromWorker>) => {
             if (ev.data.t === "ready") {
               clearTimeout(timer);
               startFailed = undefined;
               resolve();
             }
-            shard.settle(ev.data);
+            handle.settle(ev.data);
           };
         }),
       );
-      worker.postMessage({ t: "init", cfg, logLevel, index: i, count: count + 1 } satisfies ToShard);
-      pool.shards.push(shard);
+      worker.postMessage({ t: "init", cfg, logLevel, index: i, count: count + 1 } satisfies ToWorker);
+      pool.workers.push(handle);
     }
     try {
       await Promise.all(ready);
@@ -141,7 +142,7 @@ export class ShardPool {
   /**
    * Called once per thread that dies (an uncaught error ends a Worker). Its listeners would stay
    * open in the kernel with nobody accepting: SO_REUSEPORT would keep handing it a share of new
-   * connections, so the proxy must not carry on as if nothing happened (command.ts shuts down).
+   * connections, so the proxy must not carry on as if nothing happened (main.ts shuts down).
    */
   onFailure(fn: (thread: number, error: string) => void): void {
     this.#onFailure = fn;
@@ -158,10 +159,10 @@ export class ShardPool {
    * /proc/self/fd while `netns` is still open; the Worker owns and closes it).
    */
   add(uid: string, info: WorkloadIdentity | undefined, dups: readonly Netns[]): void {
-    this.shards.forEach((s, i) => {
+    this.workers.forEach((w, i) => {
       // A dead thread would never close its fd.
-      if (s.failed !== undefined) dups[i]!.close();
-      else s.send({ t: "add", uid, info, fd: dups[i]!.fd });
+      if (w.failed !== undefined) dups[i]!.close();
+      else w.send({ t: "add", uid, info, fd: dups[i]!.fd });
     });
   }
 
@@ -169,7 +170,7 @@ export class ShardPool {
   dupNetns(netns: Netns): Netns[] {
     const out: Netns[] = [];
     try {
-      for (let i = 0; i < this.shards.length; i++) out.push(Netns.open(`/proc/self/fd/${netns.fd}`));
+      for (let i = 0; i < this.workers.length; i++) out.push(Netns.open(`/proc/self/fd/${netns.fd}`));
     } catch (e) {
       for (const d of out) d.close();
       throw e;
@@ -178,24 +179,24 @@ export class ShardPool {
   }
 
   del(uid: string): void {
-    for (const s of this.shards) s.send({ t: "del", uid });
+    for (const w of this.workers) w.send({ t: "del", uid });
   }
 
   resetPending(): void {
-    for (const s of this.shards) s.send({ t: "reset" });
+    for (const w of this.workers) w.send({ t: "reset" });
   }
 
   setLogLevel(level: string): void {
-    for (const s of this.shards) s.send({ t: "level", level });
+    for (const w of this.workers) w.send({ t: "level", level });
   }
 
   closeAll(): void {
-    for (const s of this.shards) s.send({ t: "closeAll" });
+    for (const w of this.workers) w.send({ t: "closeAll" });
   }
 
   /** Every Worker's answer; a Worker that fails or times out is logged and left out. */
   async askAll<T>(q: Question, timeoutMs?: number): Promise<T[]> {
-    const results = await Promise.allSettled(this.shards.map((s) => s.ask<T>(q, timeoutMs)));
+    const results = await Promise.allSettled(this.workers.map((w) => w.ask<T>(q, timeoutMs)));
     const out: T[] = [];
     for (const r of results) {
       if (r.status === "fulfilled") out.push(r.value);
@@ -231,7 +232,7 @@ export class ShardPool {
   /** Stops the Workers' helper threads, then the Workers. */
   async stop(): Promise<void> {
     await this.askAll<boolean>({ q: "stop" }, 2_000);
-    for (const s of this.shards) if (s.failed === undefined) s.worker.terminate();
+    for (const w of this.workers) if (w.failed === undefined) w.worker.terminate();
   }
 }
 
@@ -240,10 +241,10 @@ export class ShardPool {
  * manager decides (its outcome is what the agent is told) and every pod event is mirrored to the
  * Workers.
  */
-export class ThreadedWorkloadManager implements WorkloadManager {
+export class WorkerPoolWorkloadManager implements WorkloadManager {
   constructor(
     readonly main: ProxyWorkloadManager,
-    readonly pool: ShardPool,
+    readonly pool: WorkerPool,
     private readonly log: Logger,
   ) {}
 

@@ -22,7 +22,7 @@ const SERVER = `
 import { Registry } from "prom-client";
 import { proxySchema } from "${SRC}/config/schema.ts";
 import { createProxyMetrics, createRegistry } from "${SRC}/admin/metrics.ts";
-import { serveAdmin } from "${SRC}/admin/proxy-admin.ts";
+import { serveAdmin } from "${SRC}/admin/servers.ts";
 const cfg = proxySchema.parse({});
 const { registry } = createRegistry();
 createProxyMetrics(registry);

@@ -1,4 +1,4 @@
-// The proxy's data-plane Worker threads (`proxy.workers` > 1, src/proxy/shards.ts): every thread
+// The proxy's data-plane Worker threads (`proxy.workers` > 1, src/proxy/workers.ts): every thread
 // binds every pod's listeners with SO_REUSEPORT, the kernel spreads connections over them, and
 // the main thread's admin and metrics cover all threads. Real pods, rules and proxy processes
 // (see test/fixtures/proxy-harness.ts); nothing here asserts a timing.

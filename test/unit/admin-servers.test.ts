@@ -1,4 +1,4 @@
-// The proxy's admin, metrics and readiness apps (src/admin/proxy-admin.ts) over a FAKE
+// The proxy's admin, metrics and readiness apps (src/admin/servers.ts) over a FAKE
 // ProxyView: a stand-in object built here, so every shape and edge case can be set up by hand.
 // The real proxy behind the same apps is tested in test/netns/admin-traffic.test.ts.
 // Every test name says so. The servers are real Bun.serve servers on loopback.
@@ -6,8 +6,8 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { Registry } from "prom-client";
 import { formatHostPort, isLoopback, parseHostPort } from "../../src/admin/address.ts";
 import type { ConfigDump } from "../../src/admin/config-dump.ts";
-import { createMetricsApp, createProxyAdminApp, createReadinessApp, serveAdmin, type AdminServers } from "../../src/admin/proxy-admin.ts";
-import type { ConnectionView, ProxyView, WorkloadView } from "../../src/admin/view.ts";
+import { createMetricsApp, createProxyAdminApp, createReadinessApp, serveAdmin, type AdminServers } from "../../src/admin/servers.ts";
+import type { ConnectionView, ProxyView, WorkloadView } from "../../src/admin/views.ts";
 
 /** A stand-in for the real proxy: plain data plus recorded calls. */
 class FakeProxyView implements ProxyView {

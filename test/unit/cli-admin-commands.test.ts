@@ -7,8 +7,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { resolve } from "node:path";
 import { Hono } from "hono";
-import { createProxyAdminApp, createReadinessApp } from "../../src/admin/proxy-admin.ts";
-import type { ConnectionView, ProxyView, WorkloadView } from "../../src/admin/view.ts";
+import { createProxyAdminApp, createReadinessApp } from "../../src/admin/servers.ts";
+import type { ConnectionView, ProxyView, WorkloadView } from "../../src/admin/views.ts";
 import { formatAge, formatBytes, renderTable, type Io } from "../../src/cli/admin-client.ts";
 import { main as connections } from "../../src/cli/connections.ts";
 import { main as logsLevel } from "../../src/cli/logs-level.ts";

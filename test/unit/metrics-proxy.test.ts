@@ -15,7 +15,7 @@ import {
   createRegistry,
   trafficLabels,
 } from "../../src/admin/metrics.ts";
-import { createMetricsApp } from "../../src/admin/proxy-admin.ts";
+import { createMetricsApp } from "../../src/admin/servers.ts";
 import { accessFields } from "../../src/log/access.ts";
 import { createLogger, setLogSink } from "../../src/log/logger.ts";
 import { ConnectionTable } from "../../src/proxy/records.ts";

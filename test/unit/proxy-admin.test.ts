@@ -1,14 +1,14 @@
-// The proxy's HTTP surface as the daemon assembles it (src/proxy/command.ts): src/admin's admin
-// and readiness apps over the proxy's ProxyView (src/proxy/view.ts), plus the proxy's own admin
-// routes (src/proxy/admin.ts), and the connection records (src/proxy/records.ts) — without
+// The proxy's HTTP surface as the daemon assembles it (src/proxy/main.ts): src/admin's admin
+// and readiness apps over the proxy's ProxyView (src/proxy/proxy-view.ts), plus the proxy's own admin
+// routes (src/proxy/admin-routes.ts), and the connection records (src/proxy/records.ts) — without
 // sockets or namespaces. The manager is a stand-in object with the few members the apps read
 // (named as such).
 import { describe, expect, test } from "bun:test";
-import { createProxyAdminApp, createReadinessApp } from "../../src/admin/proxy-admin.ts";
-import { proxyAdminRoutes } from "../../src/proxy/admin.ts";
+import { createProxyAdminApp, createReadinessApp } from "../../src/admin/servers.ts";
+import { proxyAdminRoutes } from "../../src/proxy/admin-routes.ts";
 import type { ProxyWorkloadManager, Readiness } from "../../src/proxy/manager.ts";
 import { ConnectionTable, type CloseHow } from "../../src/proxy/records.ts";
-import { createProxyView } from "../../src/proxy/view.ts";
+import { createProxyView } from "../../src/proxy/proxy-view.ts";
 
 function standInManager(r: Readiness, table = new ConnectionTable()): ProxyWorkloadManager {
   return { readiness: () => r, table, pods: () => [] } as unknown as ProxyWorkloadManager;
@@ -116,7 +116,7 @@ describe("connection records", () => {
 
 describe("ProxyView over the manager", () => {
   test("pods map to workloads (Up/Pending), live records are the connections, quit is forwarded", async () => {
-    const { createProxyView } = await import("../../src/proxy/view.ts");
+    const { createProxyView } = await import("../../src/proxy/proxy-view.ts");
     const table = new ConnectionTable();
     const rec = table.open({ pod, direction: "outbound", source: ep("10.0.0.2", 1), originalDst: ep("10.0.0.3", 80), upstream: ep("10.0.0.3", 80) });
     const manager = {
