@@ -8,7 +8,8 @@
 //   * nshub's ConnectionHandle.sent(n) (adds to a plain number; flushed at scrape),
 // and what the flush costs per live connection and per scrape.
 import { Counter, Registry } from "prom-client";
-import { connectionLabels, createProxyMetrics, TRAFFIC_LABELS } from "../src/admin/metrics.ts";
+import { createProxyMetrics } from "../src/proxy/metrics.ts";
+import { connectionLabels, TRAFFIC_LABELS } from "../src/proxy/traffic-labels.ts";
 
 function bench(name: string, iterations: number, fn: (i: number) => void): number {
   for (let i = 0; i < Math.min(iterations, 100_000); i++) fn(i); // warm up (JIT)

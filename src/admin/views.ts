@@ -5,7 +5,7 @@
 // The shapes are structural on purpose: the proxy's ConnectionRecord (src/proxy/records.ts)
 // and PodListener already satisfy ConnectionView and ListenerView, so `connections()` can
 // return the connection table's live records as they are (checked at compile time in
-// ./connection-observer.ts).
+// src/proxy/connection-observer.ts).
 
 /** ztunnel's workloadState.state: "Up" once the pod's listeners are open, "Pending" before. */
 export type WorkloadState = "Pending" | "Up";

@@ -1,7 +1,7 @@
 // The agent's admin endpoints (loopback by default, agent.adminAddress):
 //   /healthz  200 while the process runs
 //   /readyz   200 once the pod cache is rebuilt and the servers listen; 503 before
-//   /metrics  Prometheus text (prom-client registry, src/admin/metrics.ts createAgentMetrics):
+//   /metrics  Prometheus text (prom-client registry, ./metrics.ts createAgentMetrics):
 //             nshub_agent_pods{state}, nshub_agent_cni_requests_total{method,result},
 //             nshub_agent_zds_connections, nshub_agent_ready, nshub_agent_state_write_errors_total,
 //             nshub_agent_open_fds, istio_build{component="nshub-agent"} and the process metrics
@@ -12,10 +12,11 @@
 import { Hono } from "hono";
 import type { Server } from "bun";
 import { Gauge, type Registry } from "prom-client";
-import { createAgentMetrics, createRegistry, type AgentMetrics } from "../admin/metrics.ts";
+import { createRegistry } from "../admin/registry.ts";
 import type { ProcessMetricsOptions } from "../admin/process-metrics.ts";
 import { openFdCount } from "../sys/index.ts";
 import type { Agent } from "./agent.ts";
+import { createAgentMetrics, type AgentMetrics } from "./metrics.ts";
 import type { PodStateName } from "./state.ts";
 
 export interface AdminDeps {

@@ -4,9 +4,9 @@
 import { Registry } from "prom-client";
 import { homeNetns, Netns, stopFdPoller } from "../sys/index.ts";
 import { createLogger, flushLogs, setLogLevel } from "../log/logger.ts";
-import { createConnectionObserver } from "../admin/connection-observer.ts";
-import { createProxyMetrics } from "../admin/metrics.ts";
+import { createConnectionObserver } from "./connection-observer.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
+import { createProxyMetrics } from "./metrics.ts";
 import { setSpliceFailureHandler, stopSpliceEngine } from "./splice-engine.ts";
 import { plainRecord, type ConnectionsAnswer, type FromWorker, type Question, type ToWorker } from "./worker-protocol.ts";
 import { nameThisThread, THREAD_NAMES } from "../util/thread-name.ts";

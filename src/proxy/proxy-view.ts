@@ -33,7 +33,7 @@ export function createProxyView(o: ProxyViewOptions): ProxyView {
         ...(p.error !== undefined ? { error: p.error } : {}),
       }));
     },
-    // The live records satisfy ConnectionView as they are (checked in src/admin/connection-observer.ts).
+    // The live records satisfy ConnectionView as they are (checked in ./connection-observer.ts).
     connections: () => o.manager.table.live(),
     ...(o.workers ? { workerConnections: async () => (await o.workers!.connections(false)).live } : {}),
     config: () => o.config,

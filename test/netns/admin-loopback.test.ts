@@ -21,7 +21,8 @@ const SRC = resolve(import.meta.dir, "../../src");
 const SERVER = `
 import { Registry } from "prom-client";
 import { proxySchema } from "${SRC}/config/schema.ts";
-import { createProxyMetrics, createRegistry } from "${SRC}/admin/metrics.ts";
+import { createRegistry } from "${SRC}/admin/registry.ts";
+import { createProxyMetrics } from "${SRC}/proxy/metrics.ts";
 import { serveAdmin } from "${SRC}/admin/servers.ts";
 const cfg = proxySchema.parse({});
 const { registry } = createRegistry();

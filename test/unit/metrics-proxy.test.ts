@@ -1,4 +1,4 @@
-// Proxy metrics (src/admin/metrics.ts): byte counters equal exactly what went through the
+// Proxy metrics (src/proxy/metrics.ts): byte counters equal exactly what went through the
 // connection handles, ztunnel's label set, close/failure accounting, the observer that ties the
 // proxy's real ConnectionTable (src/proxy/records.ts) to metrics and access logs, process
 // metrics checked against /proc, and the whole /metrics output through Prometheus' own
@@ -6,16 +6,12 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
 import type { Registry } from "prom-client";
-import { createConnectionObserver } from "../../src/admin/connection-observer.ts";
-import {
-  TRAFFIC_LABELS,
-  connectionLabels,
-  createAgentMetrics,
-  createProxyMetrics,
-  createRegistry,
-  trafficLabels,
-} from "../../src/admin/metrics.ts";
+import { createRegistry } from "../../src/admin/registry.ts";
 import { createMetricsApp } from "../../src/admin/servers.ts";
+import { createAgentMetrics } from "../../src/agent/metrics.ts";
+import { createConnectionObserver } from "../../src/proxy/connection-observer.ts";
+import { createProxyMetrics } from "../../src/proxy/metrics.ts";
+import { TRAFFIC_LABELS, connectionLabels, trafficLabels } from "../../src/proxy/traffic-labels.ts";
 import { accessFields } from "../../src/log/access.ts";
 import { createLogger, setLogSink } from "../../src/log/logger.ts";
 import { ConnectionTable } from "../../src/proxy/records.ts";

@@ -1,15 +1,16 @@
-// Connects the proxy's connection records (src/proxy/records.ts) to the metrics and the access
-// log: one ConnectionObserver to add to the proxy's ConnectionTable.
+// Connects the proxy's connection records (./records.ts) to the metrics (./metrics.ts) and the
+// access log: one ConnectionObserver to add to the proxy's ConnectionTable.
 //
 // It implements no onBytes: the relay then skips the per-chunk observer call entirely, and the
 // byte counters are brought up to date from the records' own totals (rec.bytesSent /
 // rec.bytesReceived) when Prometheus scrapes and when the connection closes.
-import type { CloseHow, ConnectionObserver, ConnectionRecord, Endpoint } from "../proxy/records.ts";
-import { fmt } from "../proxy/records.ts";
+import type { ConnectionView } from "../admin/views.ts";
 import { accessLogger, logAccess } from "../log/access.ts";
 import type { Logger } from "../log/logger.ts";
-import { connectionLabels, type ConnectionHandle, type ConnectionMetrics, type LabelWorkload, type TrafficLabels } from "./metrics.ts";
-import type { ConnectionView } from "./views.ts";
+import type { ConnectionHandle, ConnectionMetrics } from "./metrics.ts";
+import type { CloseHow, ConnectionObserver, ConnectionRecord, Endpoint } from "./records.ts";
+import { fmt } from "./records.ts";
+import { connectionLabels, type LabelWorkload, type TrafficLabels } from "./traffic-labels.ts";
 
 /** Compile-time proof that the proxy's live records can be handed to the admin as they are. */
 export function connectionViews(live: Iterable<ConnectionRecord>): Iterable<ConnectionView> {

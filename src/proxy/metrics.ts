@@ -1,12 +1,14 @@
-// Prometheus metrics for the proxy (and the agent's helpers), on prom-client. Names and labels
-// follow ztunnel (reference/ztunnel.md §2.5) so Istio's dashboards and queries carry over:
+// The proxy's Prometheus metrics, on prom-client. Names and labels follow ztunnel's
+// (https://github.com/istio/ztunnel/blob/master/src/proxy/metrics.rs for the traffic metrics,
+// https://github.com/istio/ztunnel/blob/master/src/inpod/metrics.rs for the workload manager's)
+// so Istio's dashboards and queries carry over:
 //
 //   istio_tcp_connections_opened_total   {traffic labels}
 //   istio_tcp_connections_closed_total   {traffic labels}  (response_flags set at close)
 //   istio_tcp_sent_bytes_total           {traffic labels}  bytes destination → source ("response")
 //   istio_tcp_received_bytes_total       {traffic labels}  bytes source → destination ("request")
 //   istio_tcp_connections_failed_total   {traffic labels}  connections that never relayed (connect failure, loop, error)
-//   istio_build                          {component, tag}
+//   istio_build                          {component, tag}  (src/admin/registry.ts)
 //   nshub_connection_failures_total      {direction, reason}  every close that was not a clean FIN/FIN
 //   workload_manager_active_proxies / _pending_proxies (gauges), workload_manager_proxies_started_total
 //   / _stopped_total (counters). ztunnel's gauges are named *_proxy_count; Prometheus' linter
@@ -29,141 +31,13 @@
 // A full scrape with 1000 distinct series takes ~40 ms of the (single) event loop: that is
 // prom-client's text rendering, off the per-chunk path but worth watching (ztunnel keeps metrics
 // on their own port for the same reason).
-import { Counter, Gauge, Registry } from "prom-client";
-import pkg from "../../package.json" with { type: "json" };
-import { registerProcessMetrics, type ProcessMetrics, type ProcessMetricsOptions } from "./process-metrics.ts";
-
-// ---------------------------------------------------------------------------------------------
-// registry
-
-export interface MetricsRegistry {
-  readonly registry: Registry;
-  /** Stops background samplers (event-loop lag). */
-  stop(): void;
-}
-
-/**
- * A registry with `istio_build{component,tag}` and the process metrics. Pass `process: false`
- * for a registry without samplers (tests that compare exact output).
- */
-export function createRegistry(opts: { component?: string; process?: boolean | ProcessMetricsOptions } = {}): MetricsRegistry {
-  const registry = new Registry();
-  const build = new Gauge({ name: "istio_build", help: "Istio component build info", labelNames: ["component", "tag"] as const, registers: [registry] });
-  build.set({ component: opts.component ?? "nshub", tag: pkg.version }, 1);
-  let proc: ProcessMetrics | undefined;
-  if (opts.process !== false) proc = registerProcessMetrics(registry, typeof opts.process === "object" ? opts.process : {});
-  return { registry, stop: () => proc?.stop() };
-}
-
-// ---------------------------------------------------------------------------------------------
-// traffic labels (ztunnel's CommonTrafficLabels, without the locality labels, which ztunnel
-// only emits when the locality is known — we never know it)
-
-export const TRAFFIC_LABELS = [
-  "reporter",
-  "source_workload",
-  "source_canonical_service",
-  "source_canonical_revision",
-  "source_workload_namespace",
-  "source_principal",
-  "source_app",
-  "source_version",
-  "source_cluster",
-  "destination_service",
-  "destination_service_namespace",
-  "destination_service_name",
-  "destination_workload",
-  "destination_canonical_service",
-  "destination_canonical_revision",
-  "destination_workload_namespace",
-  "destination_principal",
-  "destination_app",
-  "destination_version",
-  "destination_cluster",
-  "request_protocol",
-  "response_flags",
-  "connection_security_policy",
-] as const;
-
-export type TrafficLabelName = (typeof TRAFFIC_LABELS)[number];
-export type TrafficLabels = Record<TrafficLabelName, string>;
-export type Reporter = "source" | "destination";
-/** `-` none; `CONNECT` upstream connect failed; `DENY` policy (not produced yet). */
-export type ResponseFlags = "-" | "CONNECT" | "DENY";
-
-export const UNKNOWN = "unknown";
-
-/** Fills every label the caller left out: `unknown`, protocol `tcp`, flags `-`, policy `unknown`. */
-export function trafficLabels(partial: Partial<TrafficLabels> & { reporter: Reporter }): TrafficLabels {
-  const out = {} as TrafficLabels;
-  for (const name of TRAFFIC_LABELS) {
-    const v = partial[name];
-    out[name] = v === undefined || v === "" ? UNKNOWN : v;
-  }
-  if (partial.request_protocol === undefined) out.request_protocol = "tcp";
-  if (partial.response_flags === undefined) out.response_flags = "-";
-  return out;
-}
-
-/** A workload as the traffic labels see it. `workload` defaults to the pod name. */
-export interface LabelWorkload {
-  name: string;
-  namespace: string;
-  serviceAccount?: string;
-  /** The owner's name (e.g. the Deployment), when known; ztunnel's workload_name. */
-  workload?: string;
-  /** app.kubernetes.io/name or app label (canonical service), when known. */
-  canonicalService?: string;
-  canonicalRevision?: string;
-}
-
-/**
- * Labels for one connection the proxy relays, the way ztunnel fills them without mTLS: an
- * outbound connection is reported by its source (the enrolled pod), an inbound one by its
- * destination. The enrolled pod's identity is known from ZDS; the peer only when the caller
- * can tell (e.g. another pod on this node). Principals: the local pod's identity is given for
- * the destination side (ztunnel takes it from the workload); source_principal stays `unknown`
- * (ztunnel only takes it from an mTLS peer certificate, and there is no mTLS yet).
- */
-export function connectionLabels(opts: {
-  direction: "inbound" | "outbound";
-  pod: LabelWorkload;
-  peer?: LabelWorkload;
-  trustDomain?: string;
-  cluster?: string;
-}): TrafficLabels {
-  const td = opts.trustDomain ?? "cluster.local";
-  const side = (prefix: "source" | "destination", w: LabelWorkload | undefined): Partial<TrafficLabels> => {
-    if (!w) return {};
-    const canonical = w.canonicalService;
-    const l: Partial<TrafficLabels> = {
-      [`${prefix}_workload`]: w.workload ?? w.name,
-      [`${prefix}_workload_namespace`]: w.namespace,
-      [`${prefix}_canonical_service`]: canonical,
-      [`${prefix}_canonical_revision`]: w.canonicalRevision,
-      [`${prefix}_app`]: canonical,
-      [`${prefix}_version`]: w.canonicalRevision,
-      [`${prefix}_cluster`]: opts.cluster,
-    };
-    if (prefix === "destination" && w.serviceAccount) l.destination_principal = `spiffe://${td}/ns/${w.namespace}/sa/${w.serviceAccount}`;
-    return l;
-  };
-  const [src, dst] = opts.direction === "outbound" ? [opts.pod, opts.peer] : [opts.peer, opts.pod];
-  const reporter: Reporter = opts.direction === "outbound" ? "source" : "destination";
-  return trafficLabels({ ...side("source", src), ...side("destination", dst), reporter });
-}
-
-// ---------------------------------------------------------------------------------------------
-// proxy metrics
+import { Counter, Gauge, type Registry } from "prom-client";
+import { responseFlagsFor, TRAFFIC_LABELS, type TrafficLabelName, type TrafficLabels } from "./traffic-labels.ts";
 
 /** How a connection ended (the proxy's CloseHow). */
 export type CloseReason = "done" | "reset" | "connect_failed" | "refused_loop" | "drained" | "deleted" | "error";
 
 const FAILED_BEFORE_RELAY: ReadonlySet<string> = new Set(["connect_failed", "refused_loop", "error"]);
-
-export function responseFlagsFor(reason: string): ResponseFlags {
-  return reason === "connect_failed" ? "CONNECT" : "-";
-}
 
 export interface ProxyMetrics {
   readonly registry: Registry;
@@ -398,7 +272,8 @@ export class ConnectionHandle {
 }
 
 // ---------------------------------------------------------------------------------------------
-// workload manager (ztunnel registers these under the prefix workload_manager)
+// workload manager (ztunnel registers these under the prefix workload_manager, in
+// https://github.com/istio/ztunnel/blob/master/src/app.rs)
 
 export class WorkloadManagerMetrics {
   readonly active: Gauge;
@@ -450,112 +325,3 @@ export class WorkloadManagerMetrics {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// agent metrics (src/agent/admin.ts binds them to the agent)
-
-export interface AgentMetrics {
-  readonly registry: Registry;
-  /** nshub_agent_pods{state}: pods in the agent's cache by state. */
-  readonly pods: Gauge<"state">;
-  /** nshub_agent_cni_requests_total{method,result}: event API requests (CNI plugin and CLI). */
-  readonly cniRequests: Counter<"method" | "result">;
-  /** nshub_agent_zds_connections: proxies connected over ZDS. */
-  readonly zdsConnections: Gauge;
-  /** nshub_agent_ready: 1 once the pod cache is rebuilt and the agent serves. */
-  readonly ready: Gauge;
-  /** nshub_agent_state_write_errors_total */
-  readonly stateWriteErrors: Counter;
-  /**
-   * Pod counts by state, read at each scrape. `states` are always exported (0 when absent),
-   * so a state that empties shows 0 rather than disappearing.
-   */
-  bindPodCounts(fn: () => Record<string, number>, states?: readonly string[]): void;
-  cniRequest(method: string, result: string): void;
-  /**
-   * Or: the agent keeps the request counts itself and they are read at each scrape (totals by
-   * method and result). Once bound, the counter shows exactly what `fn` returns.
-   */
-  bindCniRequests(fn: () => Iterable<{ method: string; result: string; count: number }>): void;
-  /** State-file write errors so far, read at each scrape. */
-  bindStateWriteErrors(fn: () => number): void;
-  /** Read at each scrape (or call zdsConnections.set yourself). */
-  bindZdsConnections(fn: () => number): void;
-  bindReady(fn: () => boolean): void;
-}
-
-export function createAgentMetrics(registry: Registry): AgentMetrics {
-  const registers = [registry];
-  let podCounts: (() => Record<string, number>) | undefined;
-  let podStates: readonly string[] = [];
-  let zdsCount: (() => number) | undefined;
-  let isReady: (() => boolean) | undefined;
-  let requestCounts: (() => Iterable<{ method: string; result: string; count: number }>) | undefined;
-  let writeErrors: (() => number) | undefined;
-  const pods = new Gauge({
-    name: "nshub_agent_pods",
-    help: "Pods in the agent's cache, by state",
-    labelNames: ["state"] as const,
-    registers,
-    collect() {
-      if (!podCounts) return;
-      this.reset();
-      const counts = podCounts();
-      for (const state of podStates) this.set({ state }, counts[state] ?? 0);
-      for (const [state, n] of Object.entries(counts)) if (!podStates.includes(state)) this.set({ state }, n);
-    },
-  });
-  const cniRequests = new Counter({
-    name: "nshub_agent_cni_requests_total",
-    help: "Event API requests (CNI plugin and CLI), by method and result",
-    labelNames: ["method", "result"] as const,
-    registers,
-    collect() {
-      if (!requestCounts) return;
-      this.reset();
-      for (const r of requestCounts()) this.inc({ method: r.method, result: r.result }, r.count);
-    },
-  });
-  const zdsConnections = new Gauge({
-    name: "nshub_agent_zds_connections",
-    help: "Proxies connected to the ZDS socket",
-    registers,
-    collect() {
-      if (zdsCount) this.set(zdsCount());
-    },
-  });
-  const ready = new Gauge({
-    name: "nshub_agent_ready",
-    help: "1 once the pod cache is rebuilt and the agent serves",
-    registers,
-    collect() {
-      if (isReady) this.set(isReady() ? 1 : 0);
-    },
-  });
-  const stateWriteErrors = new Counter({
-    name: "nshub_agent_state_write_errors_total",
-    help: "Failed writes of the state file",
-    registers,
-    collect() {
-      if (!writeErrors) return;
-      this.reset();
-      this.inc(writeErrors());
-    },
-  });
-  return {
-    registry,
-    pods,
-    cniRequests,
-    zdsConnections,
-    ready,
-    stateWriteErrors,
-    bindPodCounts: (fn, states = []) => {
-      podCounts = fn;
-      podStates = states;
-    },
-    cniRequest: (method, result) => cniRequests.inc({ method, result }),
-    bindCniRequests: (fn) => void (requestCounts = fn),
-    bindStateWriteErrors: (fn) => void (writeErrors = fn),
-    bindZdsConnections: (fn) => void (zdsCount = fn),
-    bindReady: (fn) => void (isReady = fn),
-  };
-}
