@@ -4,7 +4,7 @@
 // each repeated ≥ 3 times, plus enrollment time, proxy resync and memory, and writes
 // docs/BENCHMARKS.md (see scripts/bench-lib/report.ts for the page, docs/BENCHMARKS.md "Method").
 //
-// Network safety (/work/shared/TESTING.md): everything runs inside namespaces this script creates
+// Network safety (docs/TESTING.md): everything runs inside namespaces this script creates
 // (one virtual node without uplink, its pods); every load is bounded; all of it is torn down in
 // `finally` (and on SIGINT/SIGTERM). Nothing here asserts a timing.
 //
@@ -17,7 +17,7 @@ import { applyPodRules, detectIptablesBackend, removePodRules } from "../src/age
 import { randomUUID } from "node:crypto";
 import { createAgentClient } from "../src/agent/client.ts";
 import { PodState } from "../src/gen/nshub/agent/v1/agent_pb.ts";
-import { createSim, run, type NetSim, type Pod, type SimProcess } from "../src/sim/netsim.ts";
+import { createSim, run, type NetSim, type Pod, type SimProcess } from "../src/sim/index.ts";
 import { patchOutboundRedirect, renderHaproxyConfig } from "./bench-lib/haproxy.ts";
 import { parseCniTimingLog, parseIperf3Json, parseSockperf, parseWrk } from "./bench-lib/parse.ts";
 import { checkTargets, derive, fmt, renderReport } from "./bench-lib/report.ts";

@@ -17,7 +17,7 @@
 //    about a thousand times a second.)
 import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { run, type NetSim, type Pod, type SimProcess } from "../../src/sim/netsim.ts";
+import { run, type NetSim, type Pod, type SimProcess } from "../../src/sim/index.ts";
 import { parseIperf3Json, parseSockperf, parseWrk, straceCalls } from "./parse.ts";
 import type { ProfileResult, RelayKind } from "./results.ts";
 import { cpuSeconds } from "./sys.ts";

@@ -397,9 +397,9 @@ export function renderReport(r: BenchResults, extras: ReportExtras = { notes: []
     "",
     "`scripts/bench` (root) installs what is missing (`haproxy iperf3 sockperf wrk` from Debian), builds `dist/nshub` if needed and runs `scripts/bench.ts`. " +
       "`scripts/bench --quick` does the same with short runs and small counts for development (it writes to a temp file unless `--out` is given). " +
-      "All traffic stays inside network namespaces the script creates (one virtual node, no uplink; see /work/shared/TESTING.md), every load is bounded in time or count, and everything is removed at the end (also on failure).",
+      "All traffic stays inside network namespaces the script creates (one virtual node, no uplink; see docs/TESTING.md), every load is bounded in time or count, and everything is removed at the end (also on failure).",
     "",
-    "**Topology.** One virtual node (`src/sim/netsim.ts`): a node netns with a bridge; pods are network namespaces wired by the real CNI plugins (loopback, bridge + host-local) with `nshub-cni` chained last. " +
+    "**Topology.** One virtual node (`src/sim/`): a node netns with a bridge; pods are network namespaces wired by the real CNI plugins (loopback, bridge + host-local) with `nshub-cni` chained last. " +
       "The node runs `dist/nshub agent` and `dist/nshub proxy` (enrollment: namespace `bench`) and, for the comparison, one `haproxy` process. " +
       "Each path has its own, identically wired pod pair A → B on the same bridge (so the paths can be interleaved without re-wiring):",
     "",

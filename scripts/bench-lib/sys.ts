@@ -1,7 +1,7 @@
 // Process and machine facts for the benchmark: RSS and CPU time of a process, fd counts, versions.
 import { readdirSync, readFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
-import { run } from "../../src/sim/netsim.ts";
+import { run } from "../../src/sim/index.ts";
 import { parseProcStatCpu, parseProcStatTimes, parseVmRssKiB } from "./parse.ts";
 
 export const CLK_TCK = 100; // Linux USER_HZ on every architecture Debian ships

@@ -1,7 +1,7 @@
 // What a netns test must leave untouched in the machine's own network namespace (docs/TESTING.md,
 // network safety). Tests snapshot it before and compare after; every suite uses this one list.
 import { readFile } from "node:fs/promises";
-import { run } from "../../src/sim/netsim.ts";
+import { run } from "../../src/sim/index.ts";
 
 async function text(argv: string[]): Promise<string> {
   const r = await run(argv);

@@ -1,2 +1,2 @@
 // The virtual-node harness lives in src/sim (the demo and the benchmarks use it too).
-export * from "../../src/sim/netsim.ts";
+export * from "../../src/sim/index.ts";

@@ -14,10 +14,10 @@ import { writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import type { ConfigDump } from "../../src/admin/config-dump.ts";
-import { parsePrometheus, sumOf, type Sample } from "../../src/cli/demo-observe.ts";
+import { parsePrometheus, sumOf, type Sample } from "../../src/demo/observe.ts";
 import { identityKey, netnsIdentityOfPath } from "../../src/sys/index.ts";
 import { AgentPaths, assertBuilt, eventually, NSHUB, startAgent } from "../fixtures/agent-harness.ts";
-import { createSim, run, type NetSim, type Netns, type Pod, type SimProcess } from "../helpers/netsim.ts";
+import { createSim, run, type NetSim, type Pod, type SimNamespace, type SimProcess } from "../helpers/netsim.ts";
 import { netnsDescribe } from "../helpers/root.ts";
 
 const T = 90_000;
@@ -39,7 +39,7 @@ interface Http {
 }
 
 /** curl inside `ns`; status 0 when there was no HTTP answer. */
-async function curl(ns: Netns, url: string, opts: { method?: string; accept?: string } = {}): Promise<Http> {
+async function curl(ns: SimNamespace, url: string, opts: { method?: string; accept?: string } = {}): Promise<Http> {
   const argv = ["curl", "-sS", "-m", "5", "-X", opts.method ?? "GET", "-o", "-", "-w", "\n%{http_code}"];
   if (opts.accept) argv.push("-H", `accept: ${opts.accept}`);
   const r = await ns.exec([...argv, url]);

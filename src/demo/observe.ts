@@ -5,10 +5,10 @@
 // Connection records come from the proxy's admin API: `/connections?recent` (live and recently
 // closed records) when the proxy has it, else `/config_dump` (live ones) plus the proxy's access
 // log ("connection complete" lines) for the finished ones. Counters come from the metrics
-// endpoint (`istio_tcp_*`).
+// endpoint (`istio_tcp_*`). What demo/web's servers saw comes from their own logs.
 import { readFileSync } from "node:fs";
-import type { Netns } from "../sim/netsim.ts";
-import { renderTable, formatBytes } from "./admin-client.ts";
+import { renderTable, formatBytes } from "../cli/admin-client.ts";
+import type { SimNamespace } from "../sim/namespace.ts";
 
 export interface HttpAnswer {
   status: number;
@@ -18,14 +18,14 @@ export interface HttpAnswer {
 }
 
 /** GET `url` with curl inside `ns`; status 0 when curl could not connect. */
-export async function curlIn(ns: Netns, url: string, timeoutSec = 3): Promise<HttpAnswer> {
+export async function curlIn(ns: SimNamespace, url: string, timeoutSec = 3): Promise<HttpAnswer> {
   const r = await ns.exec(["curl", "-sS", "-m", String(timeoutSec), "-o", "-", "-w", "\n%{http_code}", url], { timeoutMs: (timeoutSec + 5) * 1000 });
   const i = r.stdout.lastIndexOf("\n");
   const status = Number(r.stdout.slice(i + 1)) || 0;
   return { status, body: i >= 0 ? r.stdout.slice(0, i) : r.stdout, curlCode: r.code };
 }
 
-export async function curlJson<T>(ns: Netns, url: string): Promise<T | undefined> {
+export async function curlJson<T>(ns: SimNamespace, url: string): Promise<T | undefined> {
   const a = await curlIn(ns, url);
   if (a.status !== 200) return undefined;
   try {
@@ -150,7 +150,7 @@ interface DumpJson {
 }
 
 /** Reads every connection record the proxy can give (see the file comment). */
-export async function readConnections(node: Netns, adminUrl: string, proxyLog: string): Promise<ConnReport> {
+export async function readConnections(node: SimNamespace, adminUrl: string, proxyLog: string): Promise<ConnReport> {
   const rec = await curlJson<{ live?: RecordJson[]; recent?: RecordJson[] }>(node, `${adminUrl}/connections?recent`);
   if (rec && Array.isArray(rec.live)) {
     const conv = (r: RecordJson, live: boolean): Conn => ({
@@ -169,7 +169,7 @@ export async function readConnections(node: Netns, adminUrl: string, proxyLog: s
   return { conns, source: "the proxy's access log (finished) and GET /config_dump (live)" };
 }
 
-export async function liveFromConfigDump(node: Netns, adminUrl: string): Promise<Conn[]> {
+export async function liveFromConfigDump(node: SimNamespace, adminUrl: string): Promise<Conn[]> {
   const dump = await curlJson<DumpJson>(node, `${adminUrl}/config_dump`);
   const out: Conn[] = [];
   for (const st of Object.values(dump?.workloadState ?? {})) {
@@ -184,14 +184,8 @@ export async function liveFromConfigDump(node: Netns, adminUrl: string): Promise
 
 /** The proxy's "connection complete" lines (JSON log format). Bytes there are from the pod's side. */
 export function accessLogConnections(logFile: string): Conn[] {
-  let text = "";
-  try {
-    text = readFileSync(logFile, "utf8");
-  } catch {
-    return [];
-  }
   const out: Conn[] = [];
-  for (const line of text.split("\n")) {
+  for (const line of readLog(logFile).split("\n")) {
     if (!line.startsWith("{") || !line.includes("connection complete")) continue;
     let j: Record<string, unknown>;
     try {
@@ -231,4 +225,41 @@ export function renderConnections(conns: readonly Conn[], label: (c: Conn) => st
     [{ header: "POD" }, { header: "DIRECTION" }, { header: "SOURCE" }, { header: "ORIGINAL DST" }, { header: "CLIENT→SERVER", align: "right" }, { header: "SERVER→CLIENT", align: "right" }, { header: "STATE" }, { header: "" }],
     conns.map((c) => [c.pod, c.direction, c.src, c.dst, formatBytes(c.bytesUp), formatBytes(c.bytesDown), c.state, label(c)]),
   );
+}
+
+// ---------------------------------------------------------------------------------------------
+// what the servers saw (their logs)
+
+/** Client IPs in the demo HTTP server's log, in order, without repeats. */
+export function httpClientsSeen(log: string): string[] {
+  const out: string[] = [];
+  for (const line of readLog(log).split("\n")) {
+    if (!line.startsWith("{")) continue;
+    try {
+      const j = JSON.parse(line) as { client?: string };
+      if (j.client) {
+        const ip = ipOf(j.client);
+        if (!out.includes(ip)) out.push(ip);
+      }
+    } catch {
+      // not ours
+    }
+  }
+  return out;
+}
+
+/** Peers in socat's `-d -d` log ("accepting connection from AF=2 10.1.2.3:45678 on …"). */
+export function socatPeers(log: string): string[] {
+  const out: string[] = [];
+  for (const m of readLog(log).matchAll(/accepting connection from AF=\d+ \[?([0-9a-fA-F.:]+?)\]?:\d+ /g)) if (!out.includes(m[1]!)) out.push(m[1]!);
+  return out;
+}
+
+/** A log's text; empty when it is not there (a server that never started writes none). */
+function readLog(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return "";
+  }
 }

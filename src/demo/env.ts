@@ -4,11 +4,14 @@
 //
 // Layout: every demo has a work dir /run/nshub-demo/demo-XXXXXX/ holding its config, sockets,
 // agent state, logs and `demo.json` (this module's DemoRecord). Its namespaces come from
-// src/sim/netsim.ts with the prefix "nshd-" (tag nshd-<6 hex>), distinct from the tests' "nsh-".
+// src/sim with the prefix "nshd-" (tag nshd-<6 hex>), distinct from the tests' "nsh-".
 import { existsSync, openSync, closeSync, readFileSync, readdirSync, writeFileSync, renameSync, statSync, constants as fsConstants, accessSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, readdir, rm, rmdir } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
-import { listNetns, MARKER_DIR, NETNS_DIR, run, STD_CNI_DIR, type ExecResult } from "../sim/netsim.ts";
+import { STD_CNI_DIR } from "../sim/cni-runner.ts";
+import { listNetns, NETNS_DIR } from "../sim/namespace.ts";
+import { run, type ExecResult } from "../sim/process.ts";
+import { MARKER_DIR } from "../sim/stale.ts";
 
 /** netsim prefix of every demo namespace (`nshd-<6 hex>-node`, `-p1`, …). */
 export const DEMO_PREFIX = "nshd-";
