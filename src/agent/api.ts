@@ -5,7 +5,7 @@
 // the matching HTTP status), never a crash: unknown paths (unimplemented), other methods than
 // POST, a content type other than application/proto or application/json, an undecodable body
 // (invalid_argument). Bun answers bytes that are not HTTP at all with 400 and closes.
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { chmodSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { create, fromBinary, type DescMessage } from "@bufbuild/protobuf";
 import { Code, ConnectError, createConnectRouter, type ConnectRouter } from "@connectrpc/connect";
@@ -25,6 +25,7 @@ import {
   type Pod,
 } from "../gen/nshub/agent/v1/agent_pb.ts";
 import type { Logger } from "../log/logger.ts";
+import { claimSocketPath, SOCK_STREAM } from "../sys/index.ts";
 import { errText, type Agent, type PodView } from "./agent.ts";
 import type { PodStateName } from "./state.ts";
 
@@ -190,22 +191,14 @@ export interface ApiServerOptions {
 
 /**
  * Serves the API on the unix socket: creates the parent directory, removes a stale socket (but
- * nothing that is not a socket), listens, and sets the socket's mode.
+ * nothing that is not a socket, nor a socket another agent still serves), listens, and sets the
+ * socket's mode.
  */
 export function serveApi(app: Hono, opts: ApiServerOptions, log: Logger): Server<undefined> {
   const path = opts.socketPath;
   mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
-  let existing: ReturnType<typeof lstatSync> | undefined;
-  try {
-    existing = lstatSync(path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
-  }
-  if (existing) {
-    if (!existing.isSocket()) throw new Error(`refusing to remove ${path}: it exists and is not a socket`);
-    unlinkSync(path);
-    log.info("removed stale API socket", { path });
-  }
+  // Throws while another agent still listens here (see claimSocketPath).
+  if (claimSocketPath(path, SOCK_STREAM, "API")) log.info("removed stale API socket", { path });
   const server = Bun.serve({
     unix: path,
     fetch: (req, srv) => {

@@ -10,7 +10,7 @@ import { parseArgs } from "node:util";
 import type { Server } from "bun";
 import { ConfigError, loadConfig } from "../config/load.ts";
 import { createLogger, setLogLevel } from "../log/logger.ts";
-import { homeNetns } from "../sys/index.ts";
+import { assertSocketNotServed, homeNetns, SOCK_SEQPACKET, SOCK_STREAM } from "../sys/index.ts";
 import { ZdsServer } from "../zds/server.ts";
 import { createAdminApp, createAgentRegistry, parseHostPort, serveAdmin, type AdminDeps } from "./admin.ts";
 import { Agent, errText } from "./agent.ts";
@@ -96,6 +96,17 @@ export async function main(args: string[]): Promise<number> {
   // Record home before anything enters a netns: the rules spawn their tools from inside the pod.
   homeNetns();
   if (policy.empty) log.warn("agent.enrollment has no include pattern: no pod is enrolled unless an operator runs nshub enroll");
+
+  // Another agent still serving these sockets (a rollout with surge) keeps them. Refuse before
+  // step 3 touches the host: its rebuild resets the probe set and rewrites the state file.
+  try {
+    assertSocketNotServed(a.zdsSocket, SOCK_SEQPACKET, "ZDS");
+    assertSocketNotServed(a.apiSocket, SOCK_STREAM, "API");
+  } catch (e) {
+    log.error(errText(e));
+    console.error(`nshub agent: ${errText(e)}`);
+    return 1;
+  }
 
   const agent = new Agent({
     policy,

@@ -5,6 +5,7 @@ export * from "./sockopt.ts";
 export { encodeSockaddr, decodeSockaddr, parseIPv4, type SocketAddress } from "./sockaddr.ts";
 export { startTcpConnect, connectOutcome, connectTcp, finishConnect, type TcpConnectOptions } from "./tcp.ts";
 export * from "./unix.ts";
+export { assertSocketNotServed, claimSocketPath, probeSocketPath, SocketInUseError } from "./socket-path.ts";
 export { closeFd, shutdownFd, peerFinished, openFdCount, eventFd, signalEventFd, drainEventFd, SHUT_RD, SHUT_WR, SHUT_RDWR } from "./fds.ts";
 export { fdPoller, stopFdPoller, POLLIN, POLLOUT, POLLERR, POLLHUP, POLLNVAL, type FdPoller } from "./poller.ts";
 export { tcpListen, acceptRaw, closeReset, epollCreate, epollAdd, epollDel, epollWait, makePipe, spliceRaw, EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP, EPOLLET } from "./splice.ts";

@@ -14,6 +14,7 @@ import { chmodSync, chownSync, lstatSync, mkdirSync, unlinkSync } from "node:fs"
 import { dirname } from "node:path";
 import {
   acceptUnix,
+  claimSocketPath,
   closeFd,
   fdPoller,
   listenUnix,
@@ -143,7 +144,7 @@ export class ZdsServer {
 
   /**
    * Creates the socket directory (0755) if missing, removes a stale socket file (refusing to
-   * remove anything that is not a socket), listens, sets the socket's mode (and owner), and
+   * remove anything that is not a socket, or a socket another agent still serves), listens, sets the socket's mode (and owner), and
    * starts accepting. Throws if the socket cannot be set up.
    */
   start(): void {
@@ -151,17 +152,8 @@ export class ZdsServer {
     this.#started = true;
     const dir = dirname(this.path);
     if (mkdirSync(dir, { recursive: true, mode: 0o755 }) !== undefined) chmodSync(dir, 0o755);
-    let existing: ReturnType<typeof lstatSync> | undefined;
-    try {
-      existing = lstatSync(this.path);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
-    }
-    if (existing !== undefined) {
-      if (!existing.isSocket()) throw new Error(`refusing to remove ${this.path}: it exists and is not a socket`);
-      unlinkSync(this.path);
-      this.#log("info", "removed stale ZDS socket", { path: this.path });
-    }
+    // Throws while another agent still listens here: taking its path would split the proxies.
+    if (claimSocketPath(this.path, SOCK_SEQPACKET, "ZDS")) this.#log("info", "removed stale ZDS socket", { path: this.path });
     const fd = listenUnix(this.path, SOCK_SEQPACKET, this.#opts.backlog ?? 64);
     try {
       chmodSync(this.path, this.#opts.socketMode ?? 0o600);
