@@ -1,6 +1,7 @@
 // The ZDS client: the node proxy's end of the agent → proxy hand-off (Istio's ztunnel role).
 //
-// It connects to the agent's SOCK_SEQPACKET socket (retrying with backoff), sends
+// It connects to the agent's SOCK_SEQPACKET socket (retrying with a short backoff, and at once
+// when the socket file reappears), sends
 // ZdsHello{V1}, then answers every request with exactly one ack, in order, after handing the
 // request to the WorkloadManager. Requests are checked with Istio's receive rules
 // (messages.ts); unlike ztunnel, the fd on an AddWorkload must be a network namespace.
@@ -13,6 +14,8 @@
 //   EOF                           → manager.connectionLost(), reconnect
 // Every fd that arrives is either handed to the manager (inside a Netns) or closed.
 // See docs/zds.md, "Server and client behaviour".
+import { watch, type FSWatcher } from "node:fs";
+import { basename, dirname } from "node:path";
 import { connectUnix, Netns } from "../sys/index.ts";
 import { closeAll, errorText, hexPreview, PacketConn, Sleeper, type ConnRecv } from "./conn.ts";
 import {
@@ -30,7 +33,7 @@ import { ProxyStartError, type WorkloadIdentity, type WorkloadManager, type ZdsL
 export interface ZdsBackoff {
   /** First retry delay (default 10 ms). */
   initialMs?: number;
-  /** Cap of the doubling delay (default 15 000 ms). */
+  /** Cap of the doubling delay (default 1000 ms). */
   maxMs?: number;
   /** Each delay is randomised by ± this fraction (default 0.2). */
   jitter?: number;
@@ -81,6 +84,13 @@ export class ZdsClient {
   readonly #sendTimeoutMs: number;
   readonly #sleeper = new Sleeper();
   #delayMs: number;
+  /** Watches the socket's directory: the agent (re)creating the socket ends a backoff at once. */
+  #watcher: FSWatcher | undefined;
+  /** The socket file changed since the last connect attempt (a wake-up may come before the sleep). */
+  #poked = false;
+  /** When the client last had no working connection (start, or the last one ended), and how many connects since. */
+  #downSince: number;
+  #attempts = 0;
   #session: Session | undefined;
   #loop: Promise<void> | undefined;
   #stopped = false;
@@ -91,15 +101,21 @@ export class ZdsClient {
     this.#manager = options.manager;
     this.#log = options.log ?? defaultLog;
     this.#initialMs = options.backoff?.initialMs ?? 10;
-    this.#maxMs = options.backoff?.maxMs ?? 15_000;
+    // ztunnel doubles up to 15 s: after a 4 s agent outage its next try came ~5 s after the
+    // agent was back, and every new pod failed meanwhile. Trying a local socket once a second
+    // costs nothing; the directory watch usually ends the wait sooner still.
+    this.#maxMs = options.backoff?.maxMs ?? 1000;
     this.#jitter = options.backoff?.jitter ?? 0.2;
     this.#sendTimeoutMs = options.sendTimeoutMs ?? 5000;
     this.#delayMs = this.#initialMs;
+    this.#downSince = Date.now();
   }
 
   /** Starts connecting (in the background); the client keeps reconnecting until stop(). */
   start(): void {
     if (this.#loop !== undefined) throw new Error("ZdsClient already started");
+    this.#downSince = Date.now();
+    this.#watch();
     this.#loop = this.#run().catch((e) => {
       this.#log("error", "ZDS client loop failed", { error: errorText(e) });
     });
@@ -113,6 +129,8 @@ export class ZdsClient {
   async stop(): Promise<void> {
     if (this.#stopped) return this.#inManager ? undefined : this.#loop;
     this.#stopped = true;
+    this.#watcher?.close();
+    this.#watcher = undefined;
     this.#sleeper.wake();
     const s = this.#session;
     if (s !== undefined) {
@@ -138,6 +156,8 @@ export class ZdsClient {
   async #run(): Promise<void> {
     while (!this.#stopped) {
       let fd: number;
+      this.#poked = false;
+      this.#attempts++;
       try {
         fd = connectUnix(this.path);
       } catch (e) {
@@ -146,7 +166,8 @@ export class ZdsClient {
           error: errorText(e),
           retryInMs,
         });
-        await this.#sleeper.sleep(retryInMs);
+        this.#watch(); // the directory may exist by now
+        await this.#backoff(retryInMs);
         continue;
       }
       const s: Session = { conn: new PacketConn(fd), named: new Set(), snapshotDone: false, ended: false };
@@ -158,7 +179,37 @@ export class ZdsClient {
         this.#endSession(s, "connection ended");
         if (this.#session === s) this.#session = undefined;
       }
-      if (!this.#stopped) await this.#sleeper.sleep(this.#nextDelay());
+      if (!this.#stopped) await this.#backoff(this.#nextDelay());
+    }
+  }
+
+  /** Sleeps `ms`, less if the socket file changes meanwhile (or changed since the last try). */
+  async #backoff(ms: number): Promise<void> {
+    if (this.#poked) return;
+    await this.#sleeper.sleep(ms);
+  }
+
+  /**
+   * Watches the socket's directory (once it exists) so that the agent creating its socket ends
+   * the backoff. Best effort: without a watch the capped backoff still bounds the wait.
+   */
+  #watch(): void {
+    if (this.#watcher !== undefined || this.#stopped) return;
+    const name = basename(this.path);
+    try {
+      const w = watch(dirname(this.path), { persistent: false }, (_event, file) => {
+        if (file !== name || this.#session !== undefined) return;
+        this.#poked = true;
+        this.#sleeper.wake();
+      });
+      // The directory went away (removed, unmounted): watch again at the next failed connect.
+      w.on("error", () => {
+        w.close();
+        if (this.#watcher === w) this.#watcher = undefined;
+      });
+      this.#watcher = w;
+    } catch {
+      // no directory yet
     }
   }
 
@@ -172,6 +223,8 @@ export class ZdsClient {
   #endSession(s: Session, reason: string): void {
     if (s.ended) return;
     s.ended = true;
+    this.#downSince = Date.now();
+    this.#attempts = 0;
     this.#log("info", "ZDS connection to the node agent ended", { reason });
     try {
       this.#manager.connectionLost();
@@ -192,7 +245,12 @@ export class ZdsClient {
       if (!s.conn.closed) this.#log("warn", "failed to send the hello to the node agent", { error: errorText(e) });
       return;
     }
-    this.#log("info", "connected to the node agent; hello sent", { path: this.path });
+    // How long the proxy was without an agent, for the outage → reconnect figure.
+    this.#log("info", "connected to the node agent; hello sent", {
+      path: this.path,
+      attempts: this.#attempts,
+      downMs: Date.now() - this.#downSince,
+    });
     for (;;) {
       let r: ConnRecv;
       try {
@@ -303,7 +361,12 @@ export class ZdsClient {
         s.snapshotDone = true;
         this.#manager.snapshotDone();
         this.#delayMs = this.#initialMs; // a good connection: the next reconnect starts fast
-        this.#log("info", "snapshot received", { named: s.named.size, removed: stale.length });
+        this.#log("info", "snapshot received", {
+          named: s.named.size,
+          removed: stale.length,
+          // without an agent until now: the outage as the pods saw it (no enrollment possible)
+          downMs: Date.now() - this.#downSince,
+        });
         return;
       }
       case "add":
