@@ -4,7 +4,8 @@
 // Anything that is not a well-formed call gets a Connect error (JSON body {code, message} with
 // the matching HTTP status), never a crash: unknown paths (unimplemented), other methods than
 // POST, a content type other than application/proto or application/json, an undecodable body
-// (invalid_argument). Bun answers bytes that are not HTTP at all with 400 and closes.
+// (invalid_argument). Bun answers bytes that are not HTTP at all with 400 and closes. The agent's
+// own refusals (AgentError) get the code of their kind (CODES).
 import { chmodSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { create, fromBinary, type DescMessage } from "@bufbuild/protobuf";
@@ -26,7 +27,9 @@ import {
 } from "../gen/nshub/agent/v1/agent_pb.ts";
 import type { Logger } from "../log/logger.ts";
 import { claimSocketPath, SOCK_STREAM } from "../sys/index.ts";
-import { errText, type Agent, type PodView } from "./agent.ts";
+import type { Agent } from "./agent.ts";
+import { AgentError, errText, type AgentErrorKind } from "./errors.ts";
+import type { PodView } from "./pod-entry.ts";
 import type { PodStateName } from "./state.ts";
 
 const SERVICE_PREFIX = `/${AgentService.typeName}/`;
@@ -43,22 +46,22 @@ export function stateToProto(s: PodStateName): PodState {
 }
 
 export function podToProto(p: PodView): Pod {
-  return create(PodSchema, {
-    uid: p.uid,
-    namespace: p.namespace,
-    name: p.name,
-    serviceAccount: p.serviceAccount,
-    netnsPath: p.netnsPath,
-    ips: p.ips,
-    containerId: p.containerId,
-    state: stateToProto(p.state),
-    reason: p.reason,
-    netnsDev: BigInt(p.netnsDev),
-    netnsInode: BigInt(p.netnsInode),
-    netnsHeld: p.netnsHeld,
-    override: p.override,
-    updatedAt: p.updatedAt,
-  });
+  return create(PodSchema, { ...p, state: stateToProto(p.state), netnsDev: BigInt(p.netnsDev), netnsInode: BigInt(p.netnsInode) });
+}
+
+/** The Connect code clients get for each kind of AgentError. */
+const CODES: Record<AgentErrorKind, Code> = {
+  invalid: Code.InvalidArgument,
+  precondition: Code.FailedPrecondition,
+  "not-found": Code.NotFound,
+  unavailable: Code.Unavailable,
+  aborted: Code.Aborted,
+  internal: Code.Internal,
+};
+
+/** What a client is told of an error the agent threw: an AgentError's code and message; anything else is unknown. */
+export function toConnectError(e: unknown): ConnectError {
+  return e instanceof AgentError ? new ConnectError(e.message, CODES[e.kind]) : ConnectError.from(e);
 }
 
 /** Registers AgentService on a Connect router, counting requests by result. */
@@ -69,7 +72,7 @@ export function agentRoutes(agent: Agent, log: Logger) {
       agent.count(method, result(r));
       return r;
     } catch (e) {
-      const ce = ConnectError.from(e);
+      const ce = toConnectError(e);
       agent.count(method, `error_${codeToString(ce.code)}`);
       if (ce.code === Code.Internal || ce.code === Code.Unknown) log.error(`${method} failed`, { error: errText(e) });
       else log.info(`${method} refused`, { code: codeToString(ce.code), error: errText(e) });

@@ -1,7 +1,12 @@
-// Client of the agent's event API (proto/nshub/agent/v1/agent.proto) over its unix socket:
-// Connect protocol, binary protobuf, HTTP/1.1, Bun's fetch with `unix`. Used by the CNI plugin
-// and by `nshub enroll` / `unenroll`. None of its callers ever setns(2)es, so Bun's fetch thread
-// stays in the caller's namespace (see reference/bun-runtime.md 2.6).
+// Client of the agent's event API (proto/nshub/agent/v1/agent.proto) over its unix socket: the
+// generated Connect client, binary protobuf, HTTP/1.1, Bun's fetch with `unix`. Used by
+// `nshub enroll` / `unenroll` (src/cli/enroll.ts) and the tests. The CNI plugin has a smaller
+// client of its own for a faster start (src/cni/agent-json.ts), which classifies failures as
+// agentFailure() does here.
+//
+// The socket is a filesystem path, which connect(2) reaches from any network namespace; so it
+// does not matter that Bun's fetch does its I/O on a thread of its own, which does not follow a
+// setns(2) of the calling thread.
 import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { AgentService } from "../gen/nshub/agent/v1/agent_pb.ts";
@@ -11,7 +16,7 @@ export type AgentClient = Client<typeof AgentService>;
 export interface AgentClientOptions {
   /** Path of the agent's API socket. */
   socketPath: string;
-  /** Default deadline of every call (the CNI plugin uses 5 s). */
+  /** Default deadline of every call (nshub enroll: 10 s unless --timeout). */
   timeoutMs?: number;
 }
 

@@ -13,9 +13,10 @@ import { createLogger, setLogLevel } from "../log/logger.ts";
 import { assertSocketNotServed, homeNetns, SOCK_SEQPACKET, SOCK_STREAM } from "../sys/index.ts";
 import { ZdsServer } from "../zds/server.ts";
 import { createAdminApp, createAgentRegistry, parseHostPort, serveAdmin, type AdminDeps } from "./admin.ts";
-import { Agent, errText } from "./agent.ts";
+import { Agent } from "./agent.ts";
 import { createApiApp, serveApi } from "./api.ts";
 import { RulesDataplane } from "./dataplane.ts";
+import { errText } from "./errors.ts";
 import { EnrollmentPolicy } from "./policy.ts";
 import { StateFileError } from "./state.ts";
 

@@ -6,12 +6,13 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { Server } from "bun";
-import { Agent, type ZdsPort } from "../../src/agent/agent.ts";
+import { Agent } from "../../src/agent/agent.ts";
+import type { ZdsPort } from "../../src/agent/enrollment.ts";
 import { createAdminApp } from "../../src/agent/admin.ts";
-import { createApiApp, serveApi } from "../../src/agent/api.ts";
+import { createApiApp, serveApi, toConnectError } from "../../src/agent/api.ts";
 import { parsePodRef } from "../../src/cli/enroll.ts";
 import { createAgentClient, agentFailure, type AgentClient } from "../../src/agent/client.ts";
 import type { Dataplane } from "../../src/agent/dataplane.ts";
@@ -85,7 +86,7 @@ async function refusal(p: Promise<unknown>): Promise<{ code: string; msg: string
   try {
     await p;
   } catch (e) {
-    const ce = ConnectError.from(e);
+    const ce = toConnectError(e);
     return { code: Code[ce.code], msg: ce.rawMessage };
   }
   throw new Error("expected the call to fail");
