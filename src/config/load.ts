@@ -1,18 +1,14 @@
 // Loads the configuration: flags > environment > YAML file > defaults. Errors name the file,
 // the key path and what was wrong, so a bad config never starts a half-configured daemon.
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { parse as parseYaml } from "yaml";
 import { z } from "zod";
+import { ConfigError } from "./errors.ts";
+import { readConfigText } from "./file.ts";
 import { configSchema, type Config } from "./schema.ts";
 
+export { ConfigError };
 export const DEFAULT_CONFIG_FILE = "/etc/nshub/config.yaml";
-
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "ConfigError";
-  }
-}
 
 export interface LoadOptions {
   /** Path of the YAML file; the default file may be absent, an explicit one must exist. */
@@ -52,12 +48,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   const explicit = opts.file !== undefined || env.NSHUB_CONFIG !== undefined;
   let fromFile: unknown = {};
   if (existsSync(file)) {
-    let text: string;
-    try {
-      text = readFileSync(file, "utf8");
-    } catch (e) {
-      throw new ConfigError(`config ${file}: cannot read: ${(e as Error).message}`);
-    }
+    const text = readConfigText(file);
     try {
       fromFile = parseYaml(text) ?? {};
     } catch (e) {
