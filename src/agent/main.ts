@@ -8,7 +8,7 @@
 // and the state file stay, so a restarted agent takes over without disturbing any pod.
 import { parseArgs } from "node:util";
 import type { Server } from "bun";
-import { ConfigError, loadConfig } from "../config/load.ts";
+import { ConfigError, configWarnings, loadConfig } from "../config/load.ts";
 import { createLogger, setLogLevel } from "../log/logger.ts";
 import { assertSocketNotServed, homeNetns, SOCK_SEQPACKET, SOCK_STREAM } from "../sys/index.ts";
 import { ZdsServer } from "../zds/server.ts";
@@ -96,6 +96,7 @@ export async function main(args: string[]): Promise<number> {
   const a = cfg.agent;
   // Record home before anything enters a netns: the rules spawn their tools from inside the pod.
   homeNetns();
+  for (const w of configWarnings(cfg)) log.warn(w);
   if (policy.empty) log.warn("agent.enrollment has no include pattern: no pod is enrolled unless an operator runs nshub enroll");
 
   // Another agent still serving these sockets (a rollout with surge) keeps them. Refuse before

@@ -1,14 +1,26 @@
 // Loads the configuration: flags > environment > YAML file > defaults. Errors name the file,
 // the key path and what was wrong, so a bad config never starts a half-configured daemon.
 import { existsSync } from "node:fs";
-import { parse as parseYaml } from "yaml";
+import { parseDocument } from "yaml";
 import { z } from "zod";
 import { ConfigError } from "./errors.ts";
 import { readConfigText } from "./file.ts";
+import { fileMode, modeWarnings, readModesAsWritten } from "./modes.ts";
 import { configSchema, type Config } from "./schema.ts";
+import { schemaLeaves } from "./shape.ts";
 
 export { ConfigError };
 export const DEFAULT_CONFIG_FILE = "/etc/nshub/config.yaml";
+
+/** Key paths of every file mode in the schema (agent.zdsSocketMode, agent.apiSocketMode). */
+export const MODE_KEYS: readonly string[][] = schemaLeaves(configSchema)
+  .filter((l) => l.schema === fileMode)
+  .map((l) => l.path);
+
+/** What the daemon should log at startup about a valid but risky config (group/other modes). */
+export function configWarnings(cfg: Config): string[] {
+  return modeWarnings(cfg, MODE_KEYS);
+}
 
 export interface LoadOptions {
   /** Path of the YAML file; the default file may be absent, an explicit one must exist. */
@@ -36,7 +48,9 @@ export function envOverrides(env: Record<string, string | undefined>): Record<st
       const v = env[`NSHUB_${snake(top)}_${snake(key)}`];
       if (v === undefined) continue;
       (out[top] ??= {}) as Record<string, unknown>;
-      (out[top] as Record<string, unknown>)[key] = coerce(v);
+      // A mode's text is octal (fileMode reads it): "0600" is not the number 600.
+      const isMode = MODE_KEYS.some((p) => p.length === 2 && p[0] === top && p[1] === key);
+      (out[top] as Record<string, unknown>)[key] = isMode ? v : coerce(v);
     }
   }
   return out;
@@ -49,8 +63,12 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   let fromFile: unknown = {};
   if (existsSync(file)) {
     const text = readConfigText(file);
+    const doc = parseDocument(text);
+    const bad = doc.errors[0];
+    if (bad) throw new ConfigError(`config ${file}: not valid YAML: ${bad.message.split("\n")[0]}`);
+    readModesAsWritten(doc, MODE_KEYS);
     try {
-      fromFile = parseYaml(text) ?? {};
+      fromFile = doc.toJS() ?? {};
     } catch (e) {
       throw new ConfigError(`config ${file}: not valid YAML: ${(e as Error).message.split("\n")[0]}`);
     }

@@ -1,13 +1,11 @@
 // The configuration file's shape, its defaults and its validation, in one place. Every key is
 // documented here and in the README; unknown keys are errors so a typo never passes silently.
 import { z } from "zod";
+import { fileMode } from "./modes.ts";
 
 const hostPort = z
   .string()
   .regex(/^(\[[0-9a-fA-F:.]+\]|[0-9.]+|[A-Za-z0-9.-]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:15000");
-const fileMode = z
-  .union([z.number().int().min(0).max(0o777), z.string().regex(/^0?[0-7]{3}$/, "expected an octal mode like \"0600\"")])
-  .transform((v) => (typeof v === "number" ? v : parseInt(v, 8)));
 const port = z.number().int().min(1).max(65535);
 const level = z.enum(["trace", "debug", "info", "warn", "error"]);
 const globList = z.array(z.string().min(1)).default([]);
