@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { parseAllDocuments } from "yaml";
-import { installFlags } from "../../src/cli/install.ts";
+import { installFlags } from "../../src/cli/install-command.ts";
 import { loadConfig } from "../../src/config/load.ts";
 import { agentSchema, proxySchema, type Config } from "../../src/config/schema.ts";
 import { usage } from "../../src/main.ts";
