@@ -1,5 +1,6 @@
-// `nshub install` / `nshub uninstall` (command line: install-command.ts): put the binary into the CNI bin dir as `nshub-cni` and
-// chain it, last, into the conflist the container runtime uses; undo both. Everything is
+// What `nshub install` / `nshub uninstall` do (their command line: install-command.ts): put
+// the binary into the CNI bin dir as `nshub-cni` and chain it, last, into the conflist the
+// container runtime uses; undo both. Everything is
 // checked before anything is written, every write is atomic, and running either twice is a
 // no-op. See deploy/README.md for how the DaemonSet and the systemd units use these.
 //
