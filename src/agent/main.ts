@@ -159,12 +159,12 @@ export async function main(args: string[]): Promise<number> {
       path: a.zdsSocket,
       socketMode: a.zdsSocketMode,
       allowedUids: a.zdsAllowedUids.length > 0 ? a.zdsAllowedUids : undefined,
-      helloTimeoutMs: 5000,
+      // A proxy sends its hello at once; a connection that does not must not hold a slot long.
+      helloTimeoutMs: 2000,
       // Below the CNI plugin's 5 s deadline, so that a silent proxy yields "pending" (CNI error
       // 11) rather than a plugin timeout.
       ackTimeoutMs: 3000,
       keepaliveIntervalMs: 5000,
-      acceptsPerSecond: 5,
       snapshot: () => agent.snapshot(),
       onSnapshotResult: (uid, error) => agent.onSnapshotResult(uid, error),
       onConnected: (id, peer) => zlog.info("proxy connected", { conn: id, pid: peer.pid, uid: peer.uid }),
