@@ -6,6 +6,7 @@ import { z } from "zod";
 import { ConfigError } from "./errors.ts";
 import { readConfigText } from "./file.ts";
 import { fileMode, modeWarnings, readModesAsWritten } from "./modes.ts";
+import { readEnv } from "./env.ts";
 import { configSchema, type Config } from "./schema.ts";
 import { schemaLeaves } from "./shape.ts";
 
@@ -31,29 +32,11 @@ export interface LoadOptions {
 }
 
 /**
- * Environment variables: NSHUB_<SECTION>_<KEY> in upper snake case (NSHUB_PROXY_ADMIN_ADDRESS,
- * NSHUB_LOG_LEVEL, NSHUB_CONFIG for the file). Only scalar keys are settable this way.
+ * The config keys set by NSHUB_* variables, as a partial config tree (variables that cannot be
+ * read are left out: loadConfig reports them). See ./env.ts.
  */
 export function envOverrides(env: Record<string, string | undefined>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  const shape = configSchema.shape;
-  for (const [top, schema] of Object.entries(shape)) {
-    const inner = unwrapObject(schema);
-    if (!inner) {
-      const v = env[`NSHUB_${snake(top)}`];
-      if (v !== undefined) out[top] = v;
-      continue;
-    }
-    for (const key of Object.keys(inner.shape)) {
-      const v = env[`NSHUB_${snake(top)}_${snake(key)}`];
-      if (v === undefined) continue;
-      (out[top] ??= {}) as Record<string, unknown>;
-      // A mode's text is octal (fileMode reads it): "0600" is not the number 600.
-      const isMode = MODE_KEYS.some((p) => p.length === 2 && p[0] === top && p[1] === key);
-      (out[top] as Record<string, unknown>)[key] = isMode ? v : coerce(v);
-    }
-  }
-  return out;
+  return readEnv(env).values;
 }
 
 export function loadConfig(opts: LoadOptions = {}): Config {
@@ -61,7 +44,8 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   const file = opts.file ?? env.NSHUB_CONFIG ?? DEFAULT_CONFIG_FILE;
   const explicit = opts.file !== undefined || env.NSHUB_CONFIG !== undefined;
   let fromFile: unknown = {};
-  if (existsSync(file)) {
+  const hasFile = existsSync(file);
+  if (hasFile) {
     const text = readConfigText(file);
     const doc = parseDocument(text);
     const bad = doc.errors[0];
@@ -76,10 +60,67 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   } else if (explicit) {
     throw new ConfigError(`config ${file}: no such file`);
   }
-  const merged = deepMerge(deepMerge(fromFile as Record<string, unknown>, envOverrides(env)), opts.overrides ?? {});
+  const fromEnv = readEnv(env);
+  const flags = opts.overrides ?? {};
+  const merged = deepMerge(deepMerge(fromFile as Record<string, unknown>, fromEnv.values), flags);
   const parsed = configSchema.safeParse(merged);
-  if (!parsed.success) throw new ConfigError(`config ${existsSync(file) ? file : "(defaults)"}: ${formatIssues(parsed.error)}`);
-  return parsed.data;
+  if (parsed.success && fromEnv.errors.length === 0) return parsed.data;
+  // Each error is blamed on where its value came from: a flag, a variable, the file.
+  const sources: Sources = { file: hasFile ? `config ${file}` : "defaults", env: fromEnv.sources, flags: leafPaths(flags) };
+  const lines: [string, string][] = fromEnv.errors.map((e) => [e.variable, e.message]);
+  for (const issue of parsed.error?.issues ?? []) lines.push(describeIssue(issue, sources));
+  throw new ConfigError(joinBySource(lines));
+}
+
+interface Sources {
+  /** "config <file>", or "defaults" without a file. */
+  file: string;
+  /** Dotted key path → "NAME=value". */
+  env: Map<string, string>;
+  /** Dotted key paths set by flags. */
+  flags: Set<string>;
+}
+
+/** Where the value at `path` (or the nearest key above it) came from, and the key path itself. */
+function sourceOf(path: readonly PropertyKey[], s: Sources): { source: string; key: string } {
+  for (let n = path.length; n > 0; n--) {
+    const key = path.slice(0, n).join(".");
+    if (s.flags.has(key)) return { source: "command line", key };
+    const v = s.env.get(key);
+    if (v) return { source: v, key };
+  }
+  return { source: s.file, key: path.join(".") };
+}
+
+/** [source, message]: the message names the key unless the source (a variable) already does. */
+function describeIssue(issue: z.core.$ZodIssue, s: Sources): [string, string] {
+  if (issue.code === "unrecognized_keys") {
+    const { source } = sourceOf([...issue.path, issue.keys[0]!], s);
+    const where = issue.path.length ? `${issue.path.join(".")}: ` : "";
+    return [source, `${where}unknown key${issue.keys.length > 1 ? "s" : ""} ${issue.keys.map((k) => JSON.stringify(k)).join(", ")}`];
+  }
+  const { source, key } = sourceOf(issue.path, s);
+  if (!s.env.has(key) || source !== s.env.get(key)) return [source, `${issue.path.join(".") || "(top level)"}: ${issue.message}`];
+  // A list item set by a variable: which item.
+  const rest = issue.path.slice(key.split(".").length);
+  return [source, rest.length && typeof rest[0] === "number" ? `item ${rest[0] + 1}: ${issue.message}` : issue.message];
+}
+
+/** "source: a; b; other source: c", in the order the sources first appear. */
+function joinBySource(lines: readonly [string, string][]): string {
+  const groups = new Map<string, string[]>();
+  for (const [source, msg] of lines) groups.set(source, [...(groups.get(source) ?? []), msg]);
+  return [...groups].map(([source, msgs]) => `${source}: ${msgs.join("; ")}`).join("; ");
+}
+
+function leafPaths(tree: Record<string, unknown>, prefix = ""): Set<string> {
+  const out = new Set<string>();
+  for (const [k, v] of Object.entries(tree)) {
+    const p = prefix ? `${prefix}.${k}` : k;
+    if (isPlain(v)) for (const q of leafPaths(v, p)) out.add(q);
+    else out.add(p);
+  }
+  return out;
 }
 
 export function formatIssues(err: z.ZodError): string {
@@ -90,28 +131,6 @@ export function formatIssues(err: z.ZodError): string {
       return `${path}: ${i.message}`;
     })
     .join("; ");
-}
-
-function unwrapObject(s: z.ZodType): z.ZodObject | undefined {
-  let cur: unknown = s;
-  for (let i = 0; i < 5 && cur; i++) {
-    if (cur instanceof z.ZodObject) return cur;
-    const def = (cur as { def?: { innerType?: unknown; in?: unknown } }).def;
-    cur = def?.innerType ?? def?.in;
-  }
-  return undefined;
-}
-
-function snake(key: string): string {
-  return key.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toUpperCase();
-}
-
-function coerce(v: string): unknown {
-  if (v === "true") return true;
-  if (v === "false") return false;
-  if (/^-?\d+$/.test(v)) return Number(v);
-  if (/^0x[0-9a-f]+$/i.test(v)) return parseInt(v, 16);
-  return v;
 }
 
 function deepMerge(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
