@@ -34,7 +34,7 @@ export interface GateOptions {
   maxWaiting: number;
   backlog: number;
   log: ZdsLog;
-  /** A peer said its ZdsHello: the connection is the caller's from now on. */
+  /** A peer said ZdsHello{V1}: the connection is the caller's from now on. */
   admit: (id: number, conn: PacketConn, peer: PeerCred) => void;
 }
 
@@ -48,6 +48,8 @@ export interface ZdsGateStats {
   helloTimeouts: number;
   /** Garbage, an fd, or EOF instead of a hello. */
   badHellos: number;
+  /** A hello with a version other than V1. */
+  refusedVersions: number;
   admitted: number;
   waiting: number;
 }
@@ -86,7 +88,7 @@ export class ZdsGate {
   /** Connections waiting for their hello, oldest first (Map keeps insertion order). */
   readonly #waiting = new Map<number, Waiting>();
   readonly #tasks = new Set<Promise<void>>();
-  readonly #stats = { accepted: 0, refusedPeers: 0, evicted: 0, helloTimeouts: 0, badHellos: 0, admitted: 0 };
+  readonly #stats = { accepted: 0, refusedPeers: 0, evicted: 0, helloTimeouts: 0, badHellos: 0, refusedVersions: 0, admitted: 0 };
   #listenFd = -1;
   #socketIno: number | undefined;
   #nextId = 0;
@@ -265,8 +267,16 @@ export class ZdsGate {
     const version = hello.msg.version;
     const name = Version[version] ?? String(version);
     if (version !== Version.V1) {
-      // Istio does not enforce the version either; say so and carry on.
-      this.#o.log("warn", "proxy announced an unknown ZDS version; continuing", { conn: w.id, version: name });
+      // Messages of another version could mean something else; a V1 proxy reconnects and is served.
+      this.#stats.refusedVersions++;
+      this.#rate.line("version", "warn", `refusing proxy: its ZdsHello announces version ${name}; this agent speaks only V1`, {
+        conn: w.id,
+        pid: w.peer.pid,
+        version: name,
+        bytes: hexPreview(r.data),
+      });
+      this.#drop(w, `unsupported ZDS version ${name}`);
+      return;
     }
     this.#waiting.delete(w.id);
     this.#stats.admitted++;

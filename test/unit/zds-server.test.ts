@@ -348,6 +348,32 @@ describe("ZDS server: bad peers", () => {
     expect((await log.waitFor(/no ZdsHello from the proxy within 100 ms/)).level).toBe("warn");
   });
 
+  // Istio's agent only logs the version; nshub refuses anything but V1 (docs/zds.md).
+  for (const [bytes, name] of [
+    [[0x08, 0x02], "2"],
+    [[0x08, 0x00], "NOT_USED"],
+    [[0x08, 0x96, 0x01], "150"],
+  ] as const) {
+    test(`a hello announcing version ${name} (${hex(bytes)}): refused with a log line, no snapshot; a V1 proxy is served`, async () => {
+      const { server, log, events } = startServer({ snapshot: () => [{ uid: "pod-b", info: INFO }] });
+      const p = connect(server);
+      p.send(bytes);
+      await p.eof(); // closed without a single request
+      const line = await log.waitFor(/refusing proxy: its ZdsHello announces version/);
+      expect(line.msg).toBe(`refusing proxy: its ZdsHello announces version ${name}; this agent speaks only V1`);
+      expect(line.level).toBe("warn");
+      expect(line.fields?.bytes).toBe(hex(bytes));
+      expect(server.stats()).toMatchObject({ refusedVersions: 1, admitted: 0, waiting: 0 });
+      expect(server.connectionCount()).toBe(0);
+      expect(events).toEqual([]);
+
+      const v1 = connect(server);
+      v1.send([0x08, 0x01]);
+      expect(hex((await v1.packet()).data)).toBe(hex(wire.keep("pod-b")));
+      expect(events).toEqual(["connected 2"]);
+    });
+  }
+
   test("garbage instead of a hello: logged and closed", async () => {
     const { server, log } = startServer();
     const p = connect(server);
