@@ -96,7 +96,7 @@ export async function main(args: string[]): Promise<number> {
   const a = cfg.agent;
   // Record home before anything enters a netns: the rules spawn their tools from inside the pod.
   homeNetns();
-  for (const w of configWarnings(cfg)) log.warn(w);
+  for (const w of configWarnings(cfg, "agent")) log.warn(w);
   if (policy.empty) log.warn("agent.enrollment has no include pattern: no pod is enrolled unless an operator runs nshub enroll");
 
   // Another agent still serving these sockets (a rollout with surge) keeps them. Refuse before

@@ -8,6 +8,7 @@ import { readConfigText } from "./file.ts";
 import { fileMode, modeWarnings, readModesAsWritten } from "./modes.ts";
 import { readEnv } from "./env.ts";
 import { configSchema, type Config } from "./schema.ts";
+import { portWarnings, type CrossIssue } from "./validate.ts";
 import { schemaLeaves } from "./shape.ts";
 
 export { ConfigError };
@@ -18,9 +19,13 @@ export const MODE_KEYS: readonly string[][] = schemaLeaves(configSchema)
   .filter((l) => l.schema === fileMode)
   .map((l) => l.path);
 
-/** What the daemon should log at startup about a valid but risky config (group/other modes). */
-export function configWarnings(cfg: Config): string[] {
-  return modeWarnings(cfg, MODE_KEYS);
+/**
+ * What a daemon should log at startup about its section of a valid but risky config: modes that
+ * grant group/other anything (agent), ports the agent's rules do not redirect to (proxy).
+ */
+export function configWarnings(cfg: Config, section: "agent" | "proxy"): string[] {
+  const all = [...modeWarnings(cfg, MODE_KEYS), ...portWarnings(cfg)];
+  return all.filter((w) => w.startsWith(`${section}.`));
 }
 
 export interface LoadOptions {
@@ -66,7 +71,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   const parsed = configSchema.safeParse(merged);
   if (parsed.success && fromEnv.errors.length === 0) return parsed.data;
   // Each error is blamed on where its value came from: a flag, a variable, the file.
-  const sources: Sources = { file: hasFile ? `config ${file}` : "defaults", env: fromEnv.sources, flags: leafPaths(flags) };
+  const sources: Sources = { file: hasFile ? `config ${file}` : "defaults", inFile: leafPaths(fromFile as Record<string, unknown>), env: fromEnv.sources, flags: leafPaths(flags) };
   const lines: [string, string][] = fromEnv.errors.map((e) => [e.variable, e.message]);
   for (const issue of parsed.error?.issues ?? []) lines.push(describeIssue(issue, sources));
   throw new ConfigError(joinBySource(lines));
@@ -75,6 +80,8 @@ export function loadConfig(opts: LoadOptions = {}): Config {
 interface Sources {
   /** "config <file>", or "defaults" without a file. */
   file: string;
+  /** Dotted key paths the file sets. */
+  inFile: Set<string>;
   /** Dotted key path → "NAME=value". */
   env: Map<string, string>;
   /** Dotted key paths set by flags. */
@@ -94,6 +101,14 @@ function sourceOf(path: readonly PropertyKey[], s: Sources): { source: string; k
 
 /** [source, message]: the message names the key unless the source (a variable) already does. */
 function describeIssue(issue: z.core.$ZodIssue, s: Sources): [string, string] {
+  const cross = issue.code === "custom" ? (issue.params as Partial<CrossIssue> | undefined) : undefined;
+  if (cross?.keys && cross.text) {
+    // Between keys: blamed on the first key that is not a default; the others' sources are
+    // named where they differ from it.
+    const from = cross.keys.map((k) => (s.inFile.has(k.join(".")) || s.env.has(k.join(".")) || s.flags.has(k.join(".")) ? sourceOf(k, s).source : "default"));
+    const source = from.find((f) => f !== "default") ?? s.file;
+    return [source, cross.text(cross.keys.map((k, i) => (from[i] === source ? k.join(".") : `${k.join(".")} (${from[i]})`)))];
+  }
   if (issue.code === "unrecognized_keys") {
     const { source } = sourceOf([...issue.path, issue.keys[0]!], s);
     const where = issue.path.length ? `${issue.path.join(".")}: ` : "";

@@ -2,10 +2,8 @@
 // documented here and in the README; unknown keys are errors so a typo never passes silently.
 import { z } from "zod";
 import { fileMode } from "./modes.ts";
+import { crossFieldIssues, hostPort, ipv4, proxyMark } from "./validate.ts";
 
-const hostPort = z
-  .string()
-  .regex(/^(\[[0-9a-fA-F:.]+\]|[0-9.]+|[A-Za-z0-9.-]+):\d{1,5}$/, "expected host:port, e.g. 127.0.0.1:15000");
 const port = z.number().int().min(1).max(65535);
 const level = z.enum(["trace", "debug", "info", "warn", "error"]);
 const globList = z.array(z.string().min(1)).default([]);
@@ -34,7 +32,7 @@ export const agentSchema = z
     dnsCapture: z.boolean().default(false),
     /** SNAT node-local probes to probeSnatAddress so they bypass the proxy (Istio's host rule). */
     hostProbeSnat: z.boolean().default(true),
-    probeSnatAddress: z.string().default("169.254.7.127"),
+    probeSnatAddress: ipv4.default("169.254.7.127"),
     enrollment: enrollmentSchema,
   })
   .prefault({});
@@ -47,8 +45,8 @@ export const proxySchema = z
     readinessAddress: hostPort.default("0.0.0.0:15021"),
     outboundPort: port.default(15001),
     inboundPort: port.default(15006),
-    /** SO_MARK on every socket the proxy makes in a pod: the in-pod rules let it pass. */
-    mark: z.number().int().min(1).max(0xffffffff).default(0x539),
+    /** SO_MARK on every socket the proxy makes in a pod: the in-pod rules let it pass (0x539 only). */
+    mark: proxyMark.default(0x539),
     connectTimeoutMs: z.number().int().positive().default(10_000),
     /** Most bytes queued per direction of one connection before its reader is paused. */
     maxQueuedBytes: z.number().int().min(16 * 1024).default(256 * 1024),
@@ -83,12 +81,19 @@ export const cniSchema = z
   })
   .prefault({});
 
-export const configSchema = z.strictObject({
-  logLevel: level.default("info"),
-  agent: agentSchema,
-  proxy: proxySchema,
-  cni: cniSchema,
-});
+export const configSchema = z
+  .strictObject({
+    logLevel: level.default("info"),
+    agent: agentSchema,
+    proxy: proxySchema,
+    cni: cniSchema,
+  })
+  // Runs once every key is valid. The issue's params let loadConfig name each key's source.
+  .superRefine((cfg, ctx) => {
+    for (const i of crossFieldIssues(cfg as Config)) {
+      ctx.addIssue({ code: "custom", path: i.keys[0], message: i.text(i.keys.map((k) => k.join("."))), params: { keys: i.keys, text: i.text } });
+    }
+  });
 
 export type Config = z.output<typeof configSchema>;
 export type AgentConfig = Config["agent"];

@@ -13,7 +13,7 @@ import { parseArgs } from "node:util";
 import type { Hono } from "hono";
 import pkg from "../../package.json" with { type: "json" };
 import { AggregatorRegistry } from "prom-client";
-import { ConfigError, loadConfig } from "../config/load.ts";
+import { ConfigError, configWarnings, loadConfig } from "../config/load.ts";
 import { createLogger, getLogLevel, setLogLevel } from "../log/logger.ts";
 import { homeNetns, stopFdPoller } from "../sys/index.ts";
 import { ZdsClient } from "../zds/client.ts";
@@ -132,6 +132,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   }
   setLogLevel(cfg.logLevel);
   const log = createLogger("proxy");
+  for (const w of configWarnings(cfg, "proxy")) log.warn(w);
   const pc = cfg.proxy;
 
   // 2. checks. The home netns must be recorded before any setns (src/sys contract).

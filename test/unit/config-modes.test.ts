@@ -109,18 +109,18 @@ describe("warnings for modes that grant group or others anything", () => {
   });
 
   test("the defaults warn about nothing", () => {
-    expect(configWarnings(loadConfig({ file: "/dev/null", env: {} }))).toEqual([]);
+    expect(configWarnings(loadConfig({ file: "/dev/null", env: {} }), "agent")).toEqual([]);
   });
 
   test("each such mode is named with its key, in octal", () => {
     const c = loadConfig({ file: yamlFile("agent:\n  zdsSocketMode: 0440\n  apiSocketMode: 420\n"), env: {} });
-    expect(configWarnings(c)).toEqual([
+    expect(configWarnings(c, "agent")).toEqual([
       "agent.zdsSocketMode is 0440 (r--r-----): it grants its group r-- on a socket meant for root alone (the default is 0600)",
       "agent.apiSocketMode is 0644 (rw-r--r--): it grants its group r-- and others r-- on a socket meant for root alone (the default is 0600)",
     ]);
-    expect(configWarnings(loadConfig({ file: "/dev/null", env: { NSHUB_AGENT_ZDS_SOCKET_MODE: "0602" } }))).toEqual([
+    expect(configWarnings(loadConfig({ file: "/dev/null", env: { NSHUB_AGENT_ZDS_SOCKET_MODE: "0602" } }), "agent")).toEqual([
       "agent.zdsSocketMode is 0602 (rw-----w-): it grants others -w- on a socket meant for root alone (the default is 0600)",
     ]);
-    expect(configWarnings(loadConfig({ file: "/dev/null", env: { NSHUB_AGENT_ZDS_SOCKET_MODE: "0400" } }))).toEqual([]);
+    expect(configWarnings(loadConfig({ file: "/dev/null", env: { NSHUB_AGENT_ZDS_SOCKET_MODE: "0400" } }), "agent")).toEqual([]);
   });
 });

@@ -31,13 +31,13 @@ describe("config loading", () => {
     const p = file("layers.yaml", "proxy:\n  adminAddress: 127.0.0.1:1000\n  inboundPort: 2000\n  outboundPort: 3000\n");
     const c = loadConfig({
       file: p,
-      env: { NSHUB_PROXY_INBOUND_PORT: "2001", NSHUB_PROXY_OUTBOUND_PORT: "3001", NSHUB_PROXY_MARK: "0x600" },
+      env: { NSHUB_PROXY_INBOUND_PORT: "2001", NSHUB_PROXY_OUTBOUND_PORT: "3001", NSHUB_LOG_LEVEL: "debug" },
       overrides: { proxy: { outboundPort: 3002 } },
     });
     expect(c.proxy.adminAddress).toBe("127.0.0.1:1000");
     expect(c.proxy.inboundPort).toBe(2001);
     expect(c.proxy.outboundPort).toBe(3002);
-    expect(c.proxy.mark).toBe(0x600);
+    expect(c.logLevel).toBe("debug");
   });
 
   test("octal modes may be written as strings", () => {
@@ -54,7 +54,7 @@ describe("config loading", () => {
     expect(err!.message).toContain("agent.zdsSocket: Invalid input: expected string, received number");
     expect(err!.message).toContain('agent: unknown key "frob"');
     expect(err!.message).toContain("proxy.adminAddress: expected host:port");
-    expect(err!.message).toContain("proxy.mark: Too small");
+    expect(err!.message).toContain("proxy.mark: -1 has bits outside the in-pod rules' mark mask 0xfff");
   });
 
   test("invalid YAML and a missing explicit file are clear errors", () => {
