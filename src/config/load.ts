@@ -3,13 +3,13 @@
 import { existsSync } from "node:fs";
 import { parseDocument } from "yaml";
 import { z } from "zod";
+import { readEnv } from "./env.ts";
 import { ConfigError } from "./errors.ts";
 import { readConfigText } from "./file.ts";
 import { fileMode, modeWarnings, readModesAsWritten } from "./modes.ts";
-import { readEnv } from "./env.ts";
 import { configSchema, type Config } from "./schema.ts";
-import { portWarnings, type CrossIssue } from "./validate.ts";
 import { schemaLeaves } from "./shape.ts";
+import { portWarnings, type CrossIssue } from "./validate.ts";
 
 export { ConfigError };
 export const DEFAULT_CONFIG_FILE = "/etc/nshub/config.yaml";
@@ -115,8 +115,8 @@ function describeIssue(issue: z.core.$ZodIssue, s: Sources): [string, string] {
     return [source, `${where}unknown key${issue.keys.length > 1 ? "s" : ""} ${issue.keys.map((k) => JSON.stringify(k)).join(", ")}`];
   }
   const { source, key } = sourceOf(issue.path, s);
-  if (!s.env.has(key) || source !== s.env.get(key)) return [source, `${issue.path.join(".") || "(top level)"}: ${issue.message}`];
-  // A list item set by a variable: which item.
+  if (source !== s.env.get(key)) return [source, `${issue.path.join(".") || "(top level)"}: ${issue.message}`];
+  // Set by a variable, which names the key already; for a list, which item.
   const rest = issue.path.slice(key.split(".").length);
   return [source, rest.length && typeof rest[0] === "number" ? `item ${rest[0] + 1}: ${issue.message}` : issue.message];
 }
