@@ -79,4 +79,17 @@ describe("config file size and content", () => {
     expect(err).toBeInstanceOf(ConfigError);
     expect(err.message).toBe(`config ${dir}: is a directory, not a file`);
   });
+
+  test("deeply nested flow collections are refused before YAML parses them; quoted and commented brackets do not count", () => {
+    const p = join(dir, "nested.yaml");
+    writeFileSync(p, "agent: " + "{".repeat(200_000) + "\n");
+    const err = errorOf(() => loadConfig({ file: p, env: {} }));
+    expect(err).toBeInstanceOf(ConfigError);
+    expect(err.message).toBe(`config ${p}: [ and { nest 200000 deep, over the limit of 64 (is it the right file?)`);
+    const ok = join(dir, "quoted.yaml");
+    writeFileSync(ok, `# [[[[ ${"[".repeat(100)}\nagent:\n  zdsSocket: "/tmp/${"{".repeat(100)}"\n  apiSocket: '/tmp/${"[".repeat(100)}''x'\n  enrollment: { namespaces: { include: [a, "b]"] } }\n`);
+    const cfg = loadConfig({ file: ok, env: {} });
+    expect(cfg.agent.zdsSocket).toBe(`/tmp/${"{".repeat(100)}`);
+    expect(cfg.agent.enrollment.namespaces.include).toEqual(["a", "b]"]);
+  });
 });
