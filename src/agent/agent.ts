@@ -34,6 +34,7 @@ import {
 } from "./pod-entry.ts";
 import type { EnrollmentPolicy } from "./policy.ts";
 import { fdPath, locateNetns, recoverPods, type LocatedNetns, type NetnsContext } from "./recovery.ts";
+import { ServingProxies } from "./serving.ts";
 import { readStateFile, writeStateFile, type PodStateName } from "./state.ts";
 
 export interface AgentOptions {
@@ -55,6 +56,8 @@ export class Agent {
   readonly pods = new Map<string, PodEntry>();
   private readonly locks = new Map<string, Promise<unknown>>();
   private readonly log: Logger;
+  /** Which connected proxies serve which pod: a pod's state follows them (serving.ts). */
+  private readonly serving: ServingProxies;
   private zds: ZdsPort | undefined;
   private forbidden = new Set<string>();
   private retryTimer: ReturnType<typeof setInterval> | undefined;
@@ -70,11 +73,13 @@ export class Agent {
 
   constructor(private readonly opts: AgentOptions) {
     this.log = opts.log;
+    this.serving = new ServingProxies(opts.log);
     const agent = this;
     this.ctx = {
       procRoot: opts.procRoot,
       log: opts.log,
       dataplane: opts.dataplane,
+      serving: this.serving,
       get zds() {
         return agent.zds;
       },
@@ -301,21 +306,18 @@ export class Agent {
     return out;
   }
 
-  /** One snapshot entry answered: an ack enrolls a pending pod; a failure makes it pending. */
-  onSnapshotResult(uid: string, error: string | undefined): void {
+  /** Connection `conn` answered a snapshot entry: an ack serves the pod, a nack un-serves it there only (serving.ts). */
+  onSnapshotResult(uid: string, error: string | undefined, conn: number): void {
     const e = this.pods.get(uid);
-    if (!e || e.state === "not-enrolled") return;
-    if (error === undefined) {
-      if (e.state === "pending") {
-        setState(e, "enrolled", "acked by a proxy in its snapshot");
-        this.log.info(`pod ${e.namespace}/${e.name} enrolled: a proxy acked it in its snapshot`, { uid });
-        this.persist();
-      }
-    } else {
-      setState(e, "pending", `a proxy did not take the pod in its snapshot: ${error}`);
-      this.log.warn(`pod ${e.namespace}/${e.name} pending: ${error}`, { uid });
-      this.persist();
-    }
+    if (e && this.serving.snapshotAnswer(e, conn, error)) this.persist();
+  }
+
+  /** A proxy connected (`up`) or its connection closed: pods it alone served are pending, retried at once. */
+  onProxyConnection(conn: number, up: boolean): void {
+    if (up) return this.serving.connected(conn);
+    if (this.serving.disconnected(conn, this.pods.values()).length === 0) return;
+    this.persist();
+    void this.retryPending();
   }
 
   // ---- internals ----------------------------------------------------------------------------

@@ -1,18 +1,21 @@
 // The steps that move one pod between states, and what each does outside the agent: the pod's
-// in-pod rules and host probe entries (Dataplane) and the proxy (ZdsPort). Each step leaves the
+// in-pod rules and host probe entries (Dataplane) and the proxy (ZdsPort; which connected proxy
+// serves which pod, and its snapshot answers, are serving.ts). Each step leaves the
 // entry in the state it reached; the cache, the state file and the per-pod lock are the
 // Agent's (agent.ts), which calls these with the pod locked.
 import { identityKey, type Netns } from "../sys/index.ts";
-import type { WorkloadIdentity } from "../zds/types.ts";
+import { ZdsRequestError, type WorkloadIdentity } from "../zds/types.ts";
 import type { Logger } from "../log/logger.ts";
 import type { Dataplane } from "./dataplane.ts";
 import { AgentError, errText } from "./errors.ts";
 import { identityOf, setState, type PodEntry } from "./pod-entry.ts";
 import { fdPath, openPodNetns, type LocatedNetns } from "./recovery.ts";
+import type { ServingProxies } from "./serving.ts";
 
 /** The proxy side as the agent uses it (implemented by ZdsServer). */
 export interface ZdsPort {
-  addWorkload(uid: string, info: WorkloadIdentity, netns: Netns): Promise<void>;
+  /** Resolves with the id of the connection that acked (void: a port that does not name them). */
+  addWorkload(uid: string, info: WorkloadIdentity, netns: Netns): Promise<number | void>;
   delWorkload(uid: string): Promise<void>;
   connectionCount(): number;
 }
@@ -25,6 +28,8 @@ export interface EnrollmentContext {
   readonly log: Logger;
   /** Identity keys of the node's own netns: never a pod's. */
   readonly forbidden: ReadonlySet<string>;
+  /** Which connected proxies serve which pod (serving.ts). */
+  readonly serving: ServingProxies;
 }
 
 /** Who asked for the enrollment: a CNI ADD, an operator (nshub enroll: an override), or the policy at start. */
@@ -74,9 +79,14 @@ export async function setUpPod(e: PodEntry, loc: Omit<LocatedNetns, "ips">, via:
   setState(e, "pending", "rules in place; handing the pod to the proxy");
 }
 
-/** Sends the pod to the newest proxy; enrolled on ack, pending otherwise. */
+/**
+ * Sends the pod to the newest proxy; enrolled on ack, pending otherwise. A new hand-over: acks of
+ * earlier ones no longer count. A failure leaves the pod enrolled only when another connection
+ * acked it meanwhile (a snapshot), as a nack from one proxy does not un-serve it (serving.ts).
+ */
 export async function handover(e: PodEntry, ctx: EnrollmentContext): Promise<void> {
   const what = `pod ${e.namespace}/${e.name}`;
+  ctx.serving.reset(e);
   if (!ctx.zds) {
     setState(e, "pending", "no proxy connected (the ZDS server is not running)");
     return;
@@ -85,14 +95,26 @@ export async function handover(e: PodEntry, ctx: EnrollmentContext): Promise<voi
     setState(e, "pending", "the agent holds no netns for the pod");
     return;
   }
+  let failure: string;
   try {
-    await ctx.zds.addWorkload(e.uid, identityOf(e), e.netns);
-    setState(e, "enrolled", "rules in place; a proxy acked the pod");
-    ctx.log.info(`${what} enrolled`, { uid: e.uid, ips: e.ips });
+    const conn = (await ctx.zds.addWorkload(e.uid, identityOf(e), e.netns)) ?? undefined;
+    if (ctx.serving.acked(e, conn)) {
+      setState(e, "enrolled", "rules in place; a proxy acked the pod");
+      ctx.log.info(`${what} enrolled`, { uid: e.uid, ips: e.ips, conn });
+      return;
+    }
+    failure = `the proxy that acked the pod (connection ${conn}) disconnected`;
   } catch (err) {
-    setState(e, "pending", `no proxy acked the pod: ${errText(err)}`);
-    ctx.log.warn(`${what} pending: ${errText(err)}`, { uid: e.uid });
+    failure = errText(err);
+    ctx.serving.nacked(e, err instanceof ZdsRequestError ? err.conn : undefined);
   }
+  const others = ctx.serving.servers(e);
+  if (others.length > 0) {
+    ctx.log.warn(`${what}: ${failure}; it stays enrolled, served by connection ${others.join(", ")}`, { uid: e.uid, servedBy: others });
+    return;
+  }
+  setState(e, "pending", `no proxy acked the pod: ${failure}`);
+  ctx.log.warn(`${what} pending: ${failure}`, { uid: e.uid });
 }
 
 /** Enrolled/pending → not enrolled: rules, host probe entry, proxy (when `tellProxy`). */

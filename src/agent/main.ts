@@ -166,9 +166,16 @@ export async function main(args: string[]): Promise<number> {
       ackTimeoutMs: 3000,
       keepaliveIntervalMs: 5000,
       snapshot: () => agent.snapshot(),
-      onSnapshotResult: (uid, error) => agent.onSnapshotResult(uid, error),
-      onConnected: (id, peer) => zlog.info("proxy connected", { conn: id, pid: peer.pid, uid: peer.uid }),
-      onDisconnected: (id, reason) => zlog.info("proxy disconnected", { conn: id, reason }),
+      // Which connection answered: a pod's state follows the proxies that serve it (serving.ts).
+      onSnapshotResult: (uid, error, id) => agent.onSnapshotResult(uid, error, id),
+      onConnected: (id, peer) => {
+        zlog.info("proxy connected", { conn: id, pid: peer.pid, uid: peer.uid });
+        agent.onProxyConnection(id, true);
+      },
+      onDisconnected: (id, reason) => {
+        zlog.info("proxy disconnected", { conn: id, reason });
+        agent.onProxyConnection(id, false);
+      },
       log: (level, msg, fields) => zlog[level](msg, fields),
     });
     zds.start();

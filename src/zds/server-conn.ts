@@ -37,6 +37,8 @@ type Exchange = { ok: true; error: string } | { ok: false; err: ZdsRequestError 
 export class ServerConn {
   state: "snapshot" | "live" | "closed" = "snapshot";
   readonly queue: Request[] = [];
+  /** Nacks from this proxy (snapshot and live): with several proxies, one may refuse what another serves. */
+  nacks = 0;
   #wake: (() => void) | undefined;
   #closeKind: ZdsRequestErrorKind = "closed";
 
@@ -60,7 +62,7 @@ export class ServerConn {
     this.state = "closed";
     this.#closeKind = kind;
     this.conn.close();
-    this.host.log(level, `ZDS connection closed: ${reason}`, { conn: this.id, pid: this.peer.pid, queued: this.queue.length });
+    this.host.log(level, `ZDS connection closed: ${reason}`, { conn: this.id, pid: this.peer.pid, queued: this.queue.length, nacks: this.nacks });
     const text = kind === "stopped" ? "server stopped" : "connection closed before request sent";
     for (const r of this.queue.splice(0)) r.reject(new ZdsRequestError(kind === "stopped" ? "stopped" : "closed", text));
     this.#wake?.();
@@ -117,6 +119,7 @@ export class ServerConn {
       sent++;
       if (res.error !== "") {
         nacked++;
+        this.nacks++;
         log("warn", `snapshot: proxy nacked ${what}`, { conn: this.id, uid: entry.uid, error: res.error });
         onSnapshotResult(entry.uid, res.error, this.id);
       } else {
@@ -128,7 +131,10 @@ export class ServerConn {
       log("warn", "snapshot aborted at SnapshotSent", { conn: this.id, error: res.err.message });
       return false;
     }
-    if (res.error !== "") log("warn", "proxy nacked SnapshotSent", { conn: this.id, error: res.error });
+    if (res.error !== "") {
+      this.nacks++;
+      log("warn", "proxy nacked SnapshotSent", { conn: this.id, error: res.error });
+    }
     log("info", "snapshot sent", { conn: this.id, pods: sent, nacked });
     return true;
   }
@@ -187,8 +193,9 @@ export class ServerConn {
     if (!res.ok) {
       req.reject(res.err);
     } else if (res.error !== "") {
-      this.host.log("warn", `proxy nacked ${req.what}`, { conn: this.id, uid: req.uid, error: res.error });
-      req.reject(new ZdsRequestError("nack", res.error, { nack: res.error }));
+      this.nacks++;
+      this.host.log("warn", `proxy nacked ${req.what}`, { conn: this.id, uid: req.uid, error: res.error, nacks: this.nacks });
+      req.reject(new ZdsRequestError("nack", res.error, { nack: res.error, conn: this.id }));
     } else {
       this.host.log("debug", `${req.what} acked`, { conn: this.id, uid: req.uid });
       req.resolve();

@@ -3,7 +3,9 @@
 // It listens on an AF_UNIX SOCK_SEQPACKET socket. Each proxy that connects sends a ZdsHello;
 // the server then sends it a snapshot of every pod the agent knows (AddWorkload with the pod's
 // netns fd, or KeepWorkload when the agent has no netns for it), then SnapshotSent, then live
-// requests: AddWorkload to the newest connection only, DelWorkload to every connection.
+// requests: AddWorkload to the newest connection only, DelWorkload to every connection. With
+// several proxies connected (a rollout overlaps the old and the new one), the callbacks name the
+// connection of each answer, so the agent can tell which proxy serves which pod.
 //
 // Three parts: gate.ts (listening, accepting, peer credentials, the hello), server-conn.ts (one
 // proxy's connection: the single loop that reads and writes it) and this file (the proxies
@@ -41,11 +43,11 @@ export interface ZdsServerOptions {
   /** The pods to send to a newly connected proxy. Called once per connection, after its hello. */
   snapshot: () => SnapshotEntry[];
   log?: ZdsLog;
-  /** A proxy connected and sent its hello (its snapshot starts now). */
+  /** A proxy connected and sent its hello (its snapshot starts now; its answers come after this). */
   onConnected?: (connId: number, peer: PeerCred) => void;
-  /** A connection that had sent its hello ended. */
+  /** A connection that had sent its hello ended (after its last answer): it serves nothing any more. */
   onDisconnected?: (connId: number, reason: string) => void;
-  /** One snapshot entry was answered: `error` is the nack text (or why the exchange failed), undefined on success. */
+  /** One snapshot entry was answered by connection `connId`: `error` is the nack text (or why the exchange failed), undefined on success. */
   onSnapshotResult?: (uid: string, error: string | undefined, connId: number) => void;
   /** SnapshotSent was acked (or nacked, which is only logged); live requests flow from now on. */
   onSnapshotDone?: (connId: number) => void;
@@ -57,6 +59,8 @@ export interface ZdsConnectionInfo {
   state: "hello" | "snapshot" | "live";
   peer: PeerCred;
   queued: number;
+  /** Requests this proxy nacked so far (snapshot and live). */
+  nacks: number;
 }
 
 const defaultLog: ZdsLog = (level, msg, fields) => {
@@ -146,8 +150,8 @@ export class ZdsServer {
 
   /** Every open connection, also those still waiting for their hello, in accept order. */
   connections(): ZdsConnectionInfo[] {
-    const waiting = this.#gate.waiting().map((w) => ({ id: w.id, state: "hello" as const, peer: w.peer, queued: 0 }));
-    const connected = this.#conns.map((c) => ({ id: c.id, state: c.state as "snapshot" | "live", peer: c.peer, queued: c.queue.length }));
+    const waiting = this.#gate.waiting().map((w) => ({ id: w.id, state: "hello" as const, peer: w.peer, queued: 0, nacks: 0 }));
+    const connected = this.#conns.map((c) => ({ id: c.id, state: c.state as "snapshot" | "live", peer: c.peer, queued: c.queue.length, nacks: c.nacks }));
     return [...waiting, ...connected].sort((a, b) => a.id - b.id);
   }
 
@@ -160,10 +164,11 @@ export class ZdsServer {
    * Sends AddWorkload{uid, info} with `netns` attached to the newest connected proxy. If that
    * proxy is still receiving its snapshot, the request goes out right after SnapshotSent.
    * `netns` stays owned by the caller, who must keep it open until the promise settles (a netns
-   * closed before its turn is not sent: the promise rejects). Rejects with a ZdsRequestError:
-   * "no proxy connected", the nack text, a timeout, or the connection/server ending.
+   * closed before its turn is not sent: the promise rejects). Resolves with the id of the
+   * connection that acked. Rejects with a ZdsRequestError: "no proxy connected", the nack text
+   * (`conn` names the connection), a timeout, or the connection/server ending.
    */
-  addWorkload(uid: string, info: WorkloadIdentity, netns: Netns): Promise<void> {
+  addWorkload(uid: string, info: WorkloadIdentity, netns: Netns): Promise<number> {
     if (this.#stopped) return Promise.reject(new ZdsRequestError("stopped", "server stopped"));
     const c = this.#conns[this.#conns.length - 1];
     if (c === undefined) return Promise.reject(new ZdsRequestError("no-connection", "no proxy connected"));
@@ -173,7 +178,7 @@ export class ZdsServer {
     } catch (e) {
       return Promise.reject(new ZdsRequestError("io", errorText(e)));
     }
-    return c.enqueue({ what: "AddWorkload", uid, bytes, netns });
+    return c.enqueue({ what: "AddWorkload", uid, bytes, netns }).then(() => c.id);
   }
 
   /**

@@ -78,13 +78,16 @@ export class ZdsRequestError extends Error {
   readonly nack: string | undefined;
   /** For a delWorkload that failed on more than one connection: each connection's error. */
   readonly errors: ZdsRequestError[];
+  /** The connection that nacked (kind "nack"): with several proxies, the others may still serve the pod. */
+  readonly conn: number | undefined;
 
-  constructor(kind: ZdsRequestErrorKind, message: string, options?: { nack?: string; errors?: ZdsRequestError[] }) {
+  constructor(kind: ZdsRequestErrorKind, message: string, options?: { nack?: string; errors?: ZdsRequestError[]; conn?: number }) {
     super(message);
     this.name = "ZdsRequestError";
     this.kind = kind;
     this.nack = options?.nack;
     this.errors = options?.errors ?? [];
+    this.conn = options?.conn;
   }
 
   /** A nack saying the pod's proxy failed to start (the proxy keeps retrying it). */

@@ -173,7 +173,9 @@ describe("ZDS server: wire compatibility with a hand-written ztunnel", () => {
     expect(err.kind).toBe("nack");
     expect(err.message).toBe("failure to start proxy : bind 15001: EADDRINUSE");
     expect(err.isProxyStartFailure).toBe(true);
+    expect(err.conn).toBe(1); // with several proxies, the agent must know which one refused
     expect(server.connectionCount()).toBe(1);
+    expect(server.connections()[0]!.nacks).toBe(1);
   });
 
   test("a snapshot nack is reported per pod and the snapshot goes on", async () => {
@@ -198,6 +200,7 @@ describe("ZDS server: wire compatibility with a hand-written ztunnel", () => {
       ["b", undefined],
     ]);
     expect(log.find(/snapshot: proxy nacked AddWorkload/)?.fields?.uid).toBe("a");
+    expect(server.connections()[0]!.nacks).toBe(1);
   });
 
   test("an Add requested during the snapshot goes out right after SnapshotSent", async () => {
@@ -243,7 +246,7 @@ describe("ZDS server: connections", () => {
     const add = server.addWorkload("p1", INFO, ns);
     expect(hex((await newer.packet()).data)).toBe(hex(wire.add("p1", INFO)));
     newer.send(wire.ack());
-    await add;
+    expect(await add).toBe(2); // resolves with the connection that acked
     expect((await older.recv(100)).kind).toBe("timeout"); // nothing went to the older one
 
     const del = server.delWorkload("p1");
@@ -259,7 +262,7 @@ describe("ZDS server: connections", () => {
     const add2 = server.addWorkload("p2", INFO, ns);
     expect(hex((await older.packet()).data)).toBe(hex(wire.add("p2", INFO)));
     older.send(wire.ack());
-    await add2;
+    expect(await add2).toBe(1);
   });
 
   test("a Del that fails on two connections names both", async () => {
