@@ -197,9 +197,12 @@ async function nodeHttp(path: string, addr = PROXY_ADMIN): Promise<{ status: num
   return { status: Number(r.stdout.slice(i + 1)) || 0, body: r.stdout.slice(0, i) };
 }
 
+/** The proxy's admin socket (writeConfig): POST /debug/gc is only served there. */
+let proxyAdminSocket = "";
+
 /** A full GC in every proxy thread (POST /debug/gc), so RSS samples hold live memory, not garbage. */
 async function proxyGc(): Promise<void> {
-  const r = await sim!.node.exec(["curl", "-s", "-m", "30", "-X", "POST", "-o", "/dev/null", "-w", "%{http_code}", `http://${PROXY_ADMIN}/debug/gc`], { timeoutMs: 35_000 });
+  const r = await sim!.node.exec(["curl", "-s", "-m", "30", "-X", "POST", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", proxyAdminSocket, "http://localhost/debug/gc"], { timeoutMs: 35_000 });
   if (r.stdout.trim() !== "200") throw new Error(`POST /debug/gc on the proxy answered ${r.stdout.trim() || r.stderr.trim()}`);
 }
 
@@ -237,6 +240,7 @@ function writeConfig(dir: string): { config: string; cniLog: string; agentSocket
   const agentSocket = join(dir, "run/agent.sock");
   const cniLog = join(dir, "cni.log");
   const config = join(dir, "config.yaml");
+  proxyAdminSocket = join(dir, "run/proxy-admin.sock");
   writeFileSync(
     config,
     [
@@ -252,6 +256,7 @@ function writeConfig(dir: string): { config: string; cniLog: string; agentSocket
       "proxy:",
       `  zdsSocket: ${join(dir, "run/zds.sock")}`,
       `  adminAddress: ${PROXY_ADMIN}`,
+      `  adminSocket: ${proxyAdminSocket}`,
       "  metricsAddress: 127.0.0.1:15020",
       `  readinessAddress: ${PROXY_READY}`,
       "  drainDeadlineMs: 1000",

@@ -2,13 +2,18 @@
 // https://github.com/istio/ztunnel/blob/master/src/admin.rs, metrics server
 // https://github.com/istio/ztunnel/blob/master/src/metrics/server.rs and readiness server
 // https://github.com/istio/ztunnel/blob/master/src/readiness/server.rs):
-//   admin      127.0.0.1:15000  GET /, GET /config_dump, GET|POST /logging, POST /quitquitquit
+//   admin      127.0.0.1:15000  reads only: GET /, GET /config_dump, GET /logging
+//   admin socket /var/run/nshub/proxy-admin.sock (mode 0600)  the same, plus the writes:
+//                                POST /logging?level=…, POST /quitquitquit
 //   metrics    0.0.0.0:15020    GET /metrics, GET /stats/prometheus
 //   readiness  0.0.0.0:15021    GET /healthz/ready
 // A daemon adds its own routes through AppExtension (the proxy: GET /pods, GET /connections,
 // POST /debug/gc on the admin server; see src/proxy/admin-routes.ts); they are listed by GET / too.
-// The admin server is on loopback by default: it can stop the proxy and change its log level,
-// so only the node itself may reach it (pods have their own loopback; tested in
+// Writes are only on the unix socket: loopback TCP cannot tell one local user from another,
+// and any of them could otherwise stop the proxy (cutting every enrolled pod's traffic). The
+// TCP admin refuses every request that is not a read (isReadRequest) with 403 naming the
+// socket, so a route added later cannot open a write there by mistake. The TCP admin is on
+// loopback by default, so pods cannot reach it (they have their own loopback; tested in
 // test/netns/admin-loopback.test.ts and, with the real proxy and enrolled pods,
 // test/netns/admin-traffic.test.ts).
 import { Hono } from "hono";
@@ -16,6 +21,7 @@ import type { Registry } from "prom-client";
 import { LEVELS } from "../log/logger.ts";
 import type { Logger } from "../log/logger.ts";
 import { formatHostPort, isLoopback, parseHostPort } from "./address.ts";
+import { serveUnixApp } from "./admin-socket.ts";
 import { buildConfigDump } from "./config-dump.ts";
 import type { ProxyView } from "./views.ts";
 
@@ -69,6 +75,42 @@ export function checkLogLevel(level: string): string | undefined {
   return `unknown log level "${level}"; use one of: ${LEVELS.join(", ")}`;
 }
 
+/**
+ * Whether a request only reads, so the read-only TCP admin may answer it: GET and HEAD, and
+ * POST /logging without ?level or ?reset (ztunnel answers that with the level, so ztunnel's
+ * clients may read it that way).
+ */
+export function isReadRequest(req: Request): boolean {
+  if (req.method === "GET" || req.method === "HEAD") return true;
+  if (req.method !== "POST") return false;
+  const u = new URL(req.url);
+  return u.pathname === "/logging" && !u.searchParams.has("level") && !u.searchParams.has("reset");
+}
+
+/** What the read-only admin answers to a write: 403, and where the write is served. */
+function writeRefused(req: Request, socket: string): Response {
+  const u = new URL(req.url);
+  const target = `${u.pathname}${u.search}`;
+  return jsonResponse(
+    {
+      error:
+        `${req.method} ${u.pathname} is refused on this address: it serves the admin API read-only. ` +
+        `Changes (log level, quit, GC) are served only on the proxy's admin socket ${socket}, which only root can use: ` +
+        `nshub logs-level <level>, or curl --unix-socket ${socket} -X ${req.method} 'http://localhost${target}'`,
+      adminSocket: socket,
+    },
+    403,
+  );
+}
+
+export interface AdminAppOptions {
+  /**
+   * Read-only: answer reads only (isReadRequest), and every other request 403 naming this socket,
+   * where the writes are. Unset: every route (the admin socket, and tests of the handlers).
+   */
+  writesOnlyOn?: string;
+}
+
 /** Routes a daemon adds to one of the apps (e.g. the proxy's /pods), with their index entries. */
 export interface AppExtension {
   /** Adds the routes (called before the app's catch-all 404). */
@@ -77,10 +119,16 @@ export interface AppExtension {
   endpoints?: readonly IndexEntry[];
 }
 
-export function createProxyAdminApp(view: ProxyView, extensions: readonly AppExtension[] = []): Hono {
+export function createProxyAdminApp(view: ProxyView, extensions: readonly AppExtension[] = [], opts: AdminAppOptions = {}): Hono {
   const app = new Hono();
   const initialLevel = view.getLogLevel();
-  const endpoints = [...ADMIN_ENDPOINTS, ...extensions.flatMap((e) => e.endpoints ?? [])];
+  const socket = opts.writesOnlyOn;
+  let endpoints = [...ADMIN_ENDPOINTS, ...extensions.flatMap((e) => e.endpoints ?? [])];
+  if (socket !== undefined) {
+    // Registered before every route: nothing but a read gets past it.
+    app.use("*", async (c, next) => (isReadRequest(c.req.raw) ? next() : writeRefused(c.req.raw, socket)));
+    endpoints = endpoints.map((e) => (e.method === "GET" ? e : { ...e, description: `${e.description} (only on the admin socket ${socket}, root only)` }));
+  }
 
   app.get("/", (c) => {
     if (wantsJson(c.req.raw)) return jsonResponse({ endpoints });
@@ -141,16 +189,21 @@ export function createReadinessApp(view: Pick<ProxyView, "readiness">, extension
 }
 
 export interface AdminAddresses {
+  /** Read-only admin (TCP). */
   adminAddress: string;
+  /** The whole admin API, writes included (unix socket, mode 0600). */
+  adminSocket: string;
   metricsAddress: string;
   readinessAddress: string;
 }
 
 export interface AdminServers {
   readonly adminUrl: string;
+  /** The admin socket's path. */
+  readonly adminSocket: string;
   readonly metricsUrl: string;
   readonly readinessUrl: string;
-  /** Stops the three servers at once (open requests are cut). */
+  /** Stops the four servers at once (open requests are cut). */
   stop(): void;
   /**
    * Stops accepting, lets requests in flight (e.g. the answer to POST /quitquitquit) finish for
@@ -182,8 +235,9 @@ export function serveApp(what: string, address: string, app: Hono, idleTimeout =
 }
 
 /**
- * Starts the admin, metrics and readiness servers. Throws (having started nothing) when an
- * address is invalid or taken. Port 0 picks a free port (see the returned URLs).
+ * Starts the read-only admin, the admin socket, the metrics and the readiness servers. Throws
+ * (having started nothing) when an address is invalid or taken, or another process listens on
+ * the admin socket. Port 0 picks a free port (see the returned URLs).
  */
 export function serveAdmin(addrs: AdminAddresses, view: ProxyView, opts: ServeAdminOptions): AdminServers {
   // Validate all three before binding any.
@@ -191,20 +245,22 @@ export function serveAdmin(addrs: AdminAddresses, view: ProxyView, opts: ServeAd
   parseHostPort(addrs.metricsAddress);
   parseHostPort(addrs.readinessAddress);
   if (!isLoopback(admin.hostname)) {
-    opts.log?.warn("the admin API is not on loopback: anyone who can reach it can stop the proxy and change its log level", { adminAddress: addrs.adminAddress });
+    opts.log?.warn("the admin API is not on loopback: anyone who can reach it can read every workload and connection (/config_dump, /pods, /connections)", { adminAddress: addrs.adminAddress });
   }
   const started: BunServer[] = [];
   try {
-    started.push(serveApp("admin API", addrs.adminAddress, createProxyAdminApp(view, opts.extend?.admin)));
+    started.push(serveApp("admin API", addrs.adminAddress, createProxyAdminApp(view, opts.extend?.admin, { writesOnlyOn: addrs.adminSocket })));
+    started.push(serveUnixApp("admin socket", addrs.adminSocket, createProxyAdminApp(view, opts.extend?.admin)));
     started.push(serveApp("metrics endpoint", addrs.metricsAddress, createMetricsApp(opts.registry, opts.extend?.metrics, opts.metricsText)));
     started.push(serveApp("readiness endpoint", addrs.readinessAddress, createReadinessApp(view, opts.extend?.readiness)));
   } catch (e) {
     for (const s of started) s.stop(true);
     throw e;
   }
-  const [a, m, r] = started as [BunServer, BunServer, BunServer];
+  const [a, , m, r] = started as [BunServer, BunServer, BunServer, BunServer];
   return {
     adminUrl: a.url.href,
+    adminSocket: addrs.adminSocket,
     metricsUrl: m.url.href,
     readinessUrl: r.url.href,
     stop() {

@@ -1,9 +1,11 @@
 // Shared pieces of the operator commands (status, pods, connections, logs-level): where the
-// daemons listen, an HTTP client that turns "nothing listens there" into one clear sentence,
-// and aligned tables.
+// daemons listen, an HTTP client (over TCP, or the proxy's admin socket for writes) that turns
+// "nothing listens there" or "not allowed" into one clear sentence, and aligned tables.
 import { formatHostPort } from "../admin/address.ts";
 
 export const DEFAULT_PROXY_ADMIN = "http://127.0.0.1:15000";
+/** The default of proxy.adminSocket (src/config/schema.ts): the proxy's writes are only there. */
+export const DEFAULT_PROXY_ADMIN_SOCKET = "/var/run/nshub/proxy-admin.sock";
 export const DEFAULT_PROXY_READINESS = "http://127.0.0.1:15021";
 export const DEFAULT_AGENT_ADMIN = "http://127.0.0.1:15010";
 export const DEFAULT_TIMEOUT_MS = 3000;
@@ -26,8 +28,10 @@ export type DaemonKind = "proxy" | "agent";
 
 export interface Daemon {
   kind: DaemonKind;
-  /** Base URL, e.g. http://127.0.0.1:15000/ */
+  /** Base URL, e.g. http://127.0.0.1:15000/ (with `socket`: only the path counts). */
   url: URL;
+  /** A unix socket to send the requests through instead (the proxy's admin socket). */
+  socket?: string;
 }
 
 /** Accepts "http://host:port", "host:port", "[::1]:15000" or ":15000" (= 127.0.0.1). */
@@ -74,7 +78,7 @@ export class DaemonUnavailable extends Error {
   constructor(
     readonly daemon: DaemonKind,
     readonly address: string,
-    readonly reason: "not-running" | "timeout" | "http" | "bad-answer" | "unreachable",
+    readonly reason: "not-running" | "timeout" | "http" | "bad-answer" | "unreachable" | "forbidden",
     message: string,
     readonly status?: number,
   ) {
@@ -100,15 +104,19 @@ export interface Answer {
 
 /** One HTTP request to a daemon; every failure becomes a DaemonUnavailable with one sentence. */
 export async function request(d: Daemon, path: string, opts: RequestOptions = {}): Promise<Answer> {
-  const address = hostPortOf(d.url);
+  const address = d.socket ?? hostPortOf(d.url);
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const url = new URL(path, d.url);
+  const url = new URL(path, d.socket ? "http://localhost/" : d.url);
   let res: Response;
   try {
-    res = await fetch(url, { method: opts.method ?? "GET", signal: AbortSignal.timeout(timeoutMs), headers: { accept: "application/json" } });
+    res = await fetch(url, { method: opts.method ?? "GET", signal: AbortSignal.timeout(timeoutMs), headers: { accept: "application/json" }, ...(d.socket ? { unix: d.socket } : {}) });
   } catch (e) {
     const err = e as { name?: string; code?: string; message?: string };
-    if (err.code === "ECONNREFUSED") throw new DaemonUnavailable(d.kind, address, "not-running", notRunningSentence(d.kind, address));
+    // A socket file nobody listens on (the daemon died) is ECONNREFUSED; no file is ENOENT.
+    if (err.code === "ECONNREFUSED" || (d.socket && err.code === "ENOENT")) throw new DaemonUnavailable(d.kind, address, "not-running", notRunningSentence(d.kind, address));
+    if (d.socket && (err.code === "EACCES" || err.code === "EPERM")) {
+      throw new DaemonUnavailable(d.kind, address, "forbidden", `permission denied on the nshub ${d.kind}'s socket ${address}: only root may use it; run as root`);
+    }
     if (err.name === "TimeoutError" || err.name === "AbortError") {
       throw new DaemonUnavailable(d.kind, address, "timeout", `the nshub ${d.kind} at ${address} did not answer within ${fmtSeconds(timeoutMs)}; it may be stuck or overloaded (see its logs)`);
     }

@@ -40,7 +40,10 @@ export const agentSchema = z
 export const proxySchema = z
   .strictObject({
     zdsSocket: z.string().default("/var/run/nshub/zds.sock"),
+    /** Read-only admin views (GET); the writes (log level, quit, GC) are only on adminSocket. */
     adminAddress: hostPort.default("127.0.0.1:15000"),
+    /** The whole admin API, reads and writes: a unix socket, mode 0600 (root only). */
+    adminSocket: z.string().min(1).default("/var/run/nshub/proxy-admin.sock"),
     metricsAddress: hostPort.default("0.0.0.0:15020"),
     readinessAddress: hostPort.default("0.0.0.0:15021"),
     outboundPort: port.default(15001),

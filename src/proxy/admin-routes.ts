@@ -1,12 +1,13 @@
-// The proxy's own routes on the admin server (loopback, adminAddress), next to src/admin's
-// GET /, /config_dump, /logging and POST /quitquitquit (see main.ts, which serves them all
-// through src/admin/servers.ts serveAdmin):
+// The proxy's own routes on the admin servers, next to src/admin's GET /, /config_dump, /logging
+// and POST /quitquitquit (see main.ts, which serves them all through src/admin/servers.ts
+// serveAdmin): the GETs on both (loopback adminAddress and the adminSocket), POST /debug/gc only
+// on the root-only adminSocket (the loopback one refuses every write):
 //   GET  /pods                   the manager's pods as JSON (running/pending, listeners, IPs, counts)
 //   GET  /connections[?recent]   live connection records (and the recently closed ones, a bounded
 //                                ring: how they ended, bytes each way) — used by tests and `nshub demo`
 //   POST /debug/gc               a full garbage collection (every data-plane thread), then memory figures (leak checks compare
-//                                RSS without garbage in it). Admin server only: it costs a stop-the-
-//                                world pause, so it is never on the metrics or readiness port.
+//                                RSS without garbage in it). Admin socket only: it costs a stop-the-
+//                                world pause, so no other local user, pod or scraper may trigger it.
 import type { Hono } from "hono";
 import type { AppExtension } from "../admin/servers.ts";
 import type { ProxyWorkloadManager } from "./manager.ts";

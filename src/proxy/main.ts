@@ -3,8 +3,9 @@
 //   2. checks: capabilities (setns, SO_MARK, IP_TRANSPARENT) → exit 1 when one is missing
 //   3. build: metrics registry, workload manager with the metrics/access-log observer on its
 //      connection table, the data-plane workers (`proxy.workers` > 1), the ProxyView (./proxy-view.ts)
-//   4. serve: admin, metrics and readiness servers (src/admin/servers.ts serveAdmin), then the ZDS
-//      client, which feeds pods to the workload manager
+//   4. serve: admin (read-only on loopback TCP, everything on the root-only admin socket), metrics
+//      and readiness servers (src/admin/servers.ts serveAdmin), then the ZDS client, which feeds
+//      pods to the workload manager
 //   5. signals and drain: SIGTERM, SIGINT or POST /quitquitquit stop reading ZDS, close every pod's
 //      listeners (a second proxy sharing the ports takes new connections), let open connections
 //      finish until the drain deadline, reset the rest, stop the servers, exit 0 (1 when a
@@ -36,8 +37,10 @@ the pod's network namespace (outbound 15001, inbound 15006) and relays the pod's
 options:
   --config <file>               YAML config (default /etc/nshub/config.yaml if present)
   --zds-socket <path>           the agent's ZDS socket (default /var/run/nshub/zds.sock)
-  --admin-address <host:port>   admin API: /, /config_dump, /logging, /quitquitquit, /pods,
+  --admin-address <host:port>   admin API, read-only: GET /, /config_dump, /logging, /pods,
                                 /connections (default 127.0.0.1:15000; keep it on loopback)
+  --admin-socket <path>         admin API with the writes too (POST /logging, /quitquitquit,
+                                /debug/gc), root only (default /var/run/nshub/proxy-admin.sock)
   --metrics-address <h:p>       Prometheus /metrics and /stats/prometheus (default 0.0.0.0:15020)
   --readiness-address <h:p>     GET /healthz/ready (default 0.0.0.0:15021)
   --outbound-port <port>        in-pod outbound capture port (default 15001)
@@ -57,6 +60,7 @@ const FLAGS = {
   config: { type: "string" },
   "zds-socket": { type: "string" },
   "admin-address": { type: "string" },
+  "admin-socket": { type: "string" },
   "metrics-address": { type: "string" },
   "readiness-address": { type: "string" },
   "outbound-port": { type: "string" },
@@ -75,6 +79,7 @@ const FLAGS = {
 const FLAG_KEYS: Record<string, [string, boolean]> = {
   "zds-socket": ["zdsSocket", false],
   "admin-address": ["adminAddress", false],
+  "admin-socket": ["adminSocket", false],
   "metrics-address": ["metricsAddress", false],
   "readiness-address": ["readinessAddress", false],
   "outbound-port": ["outboundPort", true],
@@ -95,7 +100,7 @@ export interface ProxyMainHooks {
     extendReadiness?: (app: Hono) => void;
   };
   /** Called once the servers listen, with their URLs (useful with port 0). */
-  onServing?: (servers: Pick<AdminServers, "adminUrl" | "metricsUrl" | "readinessUrl">) => void;
+  onServing?: (servers: Pick<AdminServers, "adminUrl" | "adminSocket" | "metricsUrl" | "readinessUrl">) => void;
 }
 
 const hook = (f: ((app: Hono) => void) | undefined): AppExtension[] => (f ? [{ routes: f }] : []);
@@ -222,7 +227,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   // 4. serve: the admin, metrics and readiness servers, then ZDS.
   let servers: AdminServers;
   try {
-    servers = serveAdmin({ adminAddress: pc.adminAddress, metricsAddress: pc.metricsAddress, readinessAddress: pc.readinessAddress }, view, {
+    servers = serveAdmin({ adminAddress: pc.adminAddress, adminSocket: pc.adminSocket, metricsAddress: pc.metricsAddress, readinessAddress: pc.readinessAddress }, view, {
       registry: metricsRegistry.registry,
       metricsText,
       log,
@@ -244,7 +249,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   const zlog = createLogger("proxy/zds");
   const zds = new ZdsClient({ path: pc.zdsSocket, manager: workers ? new WorkerPoolWorkloadManager(manager, workers, createLogger("proxy/pods")) : manager, log: (level, msg, fields) => zlog[level](msg, fields) });
   zds.start();
-  log.info("proxy started", { threads: pc.workers, zdsSocket: pc.zdsSocket, admin: servers.adminUrl, metrics: servers.metricsUrl, readiness: servers.readinessUrl, pid: process.pid });
+  log.info("proxy started", { threads: pc.workers, zdsSocket: pc.zdsSocket, admin: servers.adminUrl, adminSocket: servers.adminSocket, metrics: servers.metricsUrl, readiness: servers.readinessUrl, pid: process.pid });
 
   // 5. signals and drain
   let signals = 0;

@@ -18,7 +18,7 @@ import { netnsDescribe } from "../helpers/root.ts";
 const T = 60_000;
 const SRC = resolve(import.meta.dir, "../../src");
 
-const SERVER = `
+const SERVER = (adminSocket: string) => `
 import { Registry } from "prom-client";
 import { proxySchema } from "${SRC}/config/schema.ts";
 import { createRegistry } from "${SRC}/admin/registry.ts";
@@ -32,7 +32,7 @@ const view = {
   workloads: () => [], connections: () => [], config: () => cfg, version: () => ({ version: "test" }),
   readiness: () => ({ ready: true, reason: "ready" }), getLogLevel: () => "info", setLogLevel() {}, quit() { process.exit(0); },
 };
-const s = serveAdmin({ adminAddress: cfg.adminAddress, metricsAddress: cfg.metricsAddress, readinessAddress: cfg.readinessAddress }, view, { registry });
+const s = serveAdmin({ adminAddress: cfg.adminAddress, adminSocket: ${JSON.stringify(adminSocket)}, metricsAddress: cfg.metricsAddress, readinessAddress: cfg.readinessAddress }, view, { registry });
 console.log("serving", s.adminUrl, s.metricsUrl, s.readinessUrl);
 `;
 
@@ -46,7 +46,8 @@ netnsDescribe("admin API reachability from a pod (fake ProxyView stand-in, real 
     sim = await createSim();
     pod = await sim.addPod({ name: "curious" });
     const script = join(dir, "server.ts");
-    writeFileSync(script, SERVER);
+    // Not the default admin socket (/var/run/nshub): a proxy of the host may hold it.
+    writeFileSync(script, SERVER(join(dir, "proxy-admin.sock")));
     server = sim.node.spawn([process.execPath, script], { env: { ...process.env, NSHUB_LOG_FORMAT: "json" } });
     await server.waitForOutput(/^serving /m, 20_000);
   }, T);

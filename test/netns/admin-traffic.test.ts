@@ -1,7 +1,9 @@
 // Issue 6's done criteria on a virtual node with the real daemons: `dist/nshub agent` and
 // `dist/nshub proxy` as separate processes in the node's netns, nshub-cni chained into the CNI
 // config (pods in namespace "mesh" are enrolled, "other" is not), default addresses (proxy admin
-// 127.0.0.1:15000, metrics 0.0.0.0:15020, readiness 0.0.0.0:15021, agent admin 127.0.0.1:15010).
+// 127.0.0.1:15000, metrics 0.0.0.0:15020, readiness 0.0.0.0:15021, agent admin 127.0.0.1:15010);
+// the proxy's admin socket (where its writes are: issue 16, defect 10) is in a test directory,
+// never the default /var/run/nshub/proxy-admin.sock that a proxy of the host may hold.
 //
 // Traffic: mesh/client → mesh/server:7070, one connection that sends exactly N bytes, is held
 // open (both legs checked live in /config_dump and the CLI), then half-closes; the server answers
@@ -10,7 +12,8 @@
 // received and M sent. Everything is read the way an operator would: curl and dist/nshub inside
 // the node's netns. No timing is asserted (waits are bounded polls for eventual state).
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
+import { lstatSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
 import type { ConfigDump } from "../../src/admin/config-dump.ts";
@@ -29,6 +32,8 @@ const M = 654_321;
 const PORT = 7070;
 const ENV = { ...process.env, NO_COLOR: "1", NSHUB_CONFIG: undefined };
 const NOT_RUNNING = "the nshub proxy is not running (nothing listens on 127.0.0.1:15000); start it with: nshub proxy\n";
+const ADMIN_DIR = mkdtempSync(join(tmpdir(), "nshub-admin-traffic-"));
+const ADMIN_SOCKET = join(ADMIN_DIR, "proxy-admin.sock");
 
 interface Http {
   status: number;
@@ -39,9 +44,10 @@ interface Http {
 }
 
 /** curl inside `ns`; status 0 when there was no HTTP answer. */
-async function curl(ns: SimNamespace, url: string, opts: { method?: string; accept?: string } = {}): Promise<Http> {
+async function curl(ns: SimNamespace, url: string, opts: { method?: string; accept?: string; unix?: string } = {}): Promise<Http> {
   const argv = ["curl", "-sS", "-m", "5", "-X", opts.method ?? "GET", "-o", "-", "-w", "\n%{http_code}"];
   if (opts.accept) argv.push("-H", `accept: ${opts.accept}`);
+  if (opts.unix) argv.push("-v", "--unix-socket", opts.unix);
   const r = await ns.exec([...argv, url]);
   const i = r.stdout.lastIndexOf("\n");
   return { status: Number(r.stdout.slice(i + 1)) || 0, body: i >= 0 ? r.stdout.slice(0, i) : r.stdout, code: r.code, stderr: r.stderr };
@@ -71,6 +77,8 @@ netnsDescribe("admin API, metrics, access log and CLI against the real agent and
   /** dist/nshub <args> inside the node (where the daemons' loopback is). */
   const nshub = (...args: string[]) => sim.node.exec([NSHUB, ...args], { env: ENV, timeoutMs: 20_000 });
   const admin = (path: string, opts?: { method?: string; accept?: string }) => curl(sim.node, `http://127.0.0.1:15000${path}`, opts);
+  /** The admin socket: the whole API, the writes included (root only). */
+  const control = (path: string, opts: { method?: string } = {}) => curl(sim.node, `http://localhost${path}`, { method: "POST", ...opts, unix: ADMIN_SOCKET });
   const dump = async () => JSON.parse((await admin("/config_dump")).body) as ConfigDump;
   const scrape = async (path = "/metrics"): Promise<{ text: string; samples: Sample[] }> => {
     const r = await curl(sim.node, `http://127.0.0.1:15020${path}`);
@@ -91,7 +99,7 @@ netnsDescribe("admin API, metrics, access log and CLI against the real agent and
     sim = await createSim({ prefix: "nsha-", plugins: [paths.plugin] });
     agent = await startAgent(sim, paths);
     // The proxy before any enrolled pod: enrollment fails closed while no proxy is connected.
-    proxy = sim.node.spawn([NSHUB, "proxy", "--config", paths.config, "--zds-socket", paths.zdsSocket, "--log-level", "info"], {
+    proxy = sim.node.spawn([NSHUB, "proxy", "--config", paths.config, "--zds-socket", paths.zdsSocket, "--admin-socket", ADMIN_SOCKET, "--log-level", "info"], {
       env: { ...ENV, NSHUB_LOG_FORMAT: "json" },
     });
     await eventually(async () => (await curl(sim.node, "http://127.0.0.1:15021/healthz/ready")).status === 200, "proxy ready", 20_000);
@@ -107,6 +115,7 @@ netnsDescribe("admin API, metrics, access log and CLI against the real agent and
     await agent?.stop(5_000);
     await sim?.destroy();
     paths?.cleanup();
+    rmSync(ADMIN_DIR, { recursive: true, force: true });
     // The CNI runs (stdin configs) leave GC-owned memfds in this process; collect them now so
     // that the next test file's fd counts do not see them vanish mid-test.
     Bun.gc(true);
@@ -139,7 +148,7 @@ netnsDescribe("admin API, metrics, access log and CLI against the real agent and
       expect(d.workloads.some((w) => w.uid === outsider.uid)).toBe(false);
       const cfg = d.config as { logLevel: string; proxy: Record<string, unknown> };
       expect(cfg.logLevel).toBe("info");
-      expect(cfg.proxy).toMatchObject({ zdsSocket: paths.zdsSocket, adminAddress: "127.0.0.1:15000", metricsAddress: "0.0.0.0:15020", readinessAddress: "0.0.0.0:15021", outboundPort: 15001, inboundPort: 15006 });
+      expect(cfg.proxy).toMatchObject({ zdsSocket: paths.zdsSocket, adminAddress: "127.0.0.1:15000", adminSocket: ADMIN_SOCKET, metricsAddress: "0.0.0.0:15020", readinessAddress: "0.0.0.0:15021", outboundPort: 15001, inboundPort: 15006 });
       expect(d.version).toMatchObject({ version: pkg.version, bun: Bun.version });
 
       const { samples } = await scrape();
@@ -367,27 +376,40 @@ netnsDescribe("admin API, metrics, access log and CLI against the real agent and
   );
 
   test(
-    "log level: GET/POST /logging round trip, and nshub logs-level (read, set, --json, a bad level, --reset)",
+    "the admin socket is root's alone (mode 0600, owner 0); log level: GET /logging on TCP, POST only on the socket (TCP: 403), and nshub logs-level (read over TCP, set over the socket)",
     async () => {
+      const st = lstatSync(ADMIN_SOCKET);
+      expect(st.isSocket()).toBe(true);
+      expect(st.mode & 0o777).toBe(0o600);
+      expect(st.uid).toBe(0);
+
       expect(JSON.parse((await admin("/logging")).body)).toEqual({ level: "info" });
-      const set = await admin("/logging?level=debug", { method: "POST" });
+      const refused = await admin("/logging?level=debug", { method: "POST" });
+      expect(refused.status).toBe(403);
+      expect(JSON.parse(refused.body)).toMatchObject({ adminSocket: ADMIN_SOCKET });
+      expect(JSON.parse((await admin("/logging")).body)).toEqual({ level: "info" });
+      const set = await control("/logging?level=debug");
       expect([set.status, JSON.parse(set.body)]).toEqual([200, { level: "debug", previous: "info" }]);
       expect(JSON.parse((await admin("/logging")).body)).toEqual({ level: "debug" });
-      const bad = await admin("/logging?level=loud", { method: "POST" });
+      const bad = await control("/logging?level=loud");
       expect(bad.status).toBe(400);
       expect(JSON.parse(bad.body).error).toContain('unknown log level "loud"');
-      expect((await admin("/logging", { method: "PUT" })).status).toBe(405);
+      expect((await control("/logging", { method: "PUT" })).status).toBe(405);
       expect(logLines().some((l) => l.msg === "log level changed" && l.from === "info" && l.to === "debug")).toBe(true);
 
+      const sock = ["--admin-socket", ADMIN_SOCKET];
       expect(await nshub("logs-level")).toMatchObject({ code: 0, stdout: "debug\n" });
-      expect(await nshub("logs-level", "warn")).toMatchObject({ code: 0, stdout: "log level: debug → warn\n" });
+      expect(await nshub("logs-level", "warn", ...sock)).toMatchObject({ code: 0, stdout: "log level: debug → warn\n" });
       expect(JSON.parse((await nshub("logs-level", "--json")).stdout)).toEqual({ level: "warn" });
-      const wrong = await nshub("logs-level", "loud");
+      const wrong = await nshub("logs-level", "loud", ...sock);
       expect(wrong.code).toBe(2);
       expect(wrong.stderr).toContain('unknown log level "loud"');
       expect(wrong.stderr.trim().split("\n")).toHaveLength(1);
-      expect(await nshub("logs-level", "--reset")).toMatchObject({ code: 0, stdout: "log level: warn → info\n" });
+      expect(await nshub("logs-level", "--reset", ...sock)).toMatchObject({ code: 0, stdout: "log level: warn → info\n" });
       expect(JSON.parse((await admin("/logging")).body)).toEqual({ level: "info" });
+      expect(await nshub("logs-level", "debug", ...sock)).toMatchObject({ code: 0, stdout: "log level: info → debug\n" });
+      expect(JSON.parse((await admin("/logging")).body)).toEqual({ level: "debug" });
+      expect(await nshub("logs-level", "--reset", ...sock)).toMatchObject({ code: 0, stdout: "log level: debug → info\n" });
     },
     T,
   );
@@ -410,17 +432,24 @@ netnsDescribe("admin API, metrics, access log and CLI against the real agent and
   );
 
   test(
-    "POST /quitquitquit stops the proxy (exit 0); then every CLI command says in one sentence that it is not running, exit 1, no stack trace",
+    "POST /quitquitquit on the admin socket stops the proxy (exit 0); then every CLI command says in one sentence that it is not running, exit 1, no stack trace",
     async () => {
-      const q = await admin("/quitquitquit", { method: "POST" });
+      const q = await control("/quitquitquit");
       expect(q.status).toBe(200);
       expect(await proxy.exited).toBe(0);
       expect(logLines().some((l) => l.msg === "shutting down: draining" && l.reason === "POST /quitquitquit")).toBe(true);
 
-      for (const args of [["pods"], ["pods", "--json"], ["connections"], ["connections", "--json"], ["logs-level"], ["logs-level", "debug"]]) {
+      for (const args of [["pods"], ["pods", "--json"], ["connections"], ["connections", "--json"], ["logs-level"]]) {
         const r = await nshub(...args);
         expect({ args, code: r.code, stdout: r.stdout, stderr: r.stderr }).toEqual({ args, code: 1, stdout: "", stderr: NOT_RUNNING });
       }
+      // Setting the level goes to the admin socket, which the proxy removed on its way out.
+      const set = await nshub("logs-level", "debug", "--admin-socket", ADMIN_SOCKET);
+      expect({ code: set.code, stdout: set.stdout, stderr: set.stderr }).toEqual({
+        code: 1,
+        stdout: "",
+        stderr: `the nshub proxy is not running (nothing listens on ${ADMIN_SOCKET}); start it with: nshub proxy\n`,
+      });
       // status: the agent still runs; the proxy's row says it does not, with the sentence.
       const st = await nshub("status");
       expect(st.code).toBe(1);

@@ -102,8 +102,8 @@ netnsDescribe("proxy: lifecycle", () => {
         await env.zds.delWorkload(`churn-${i}`);
       };
       for (let i = 0; i < 100; i++) await cycle(i); // warm-up: JIT, allocator pools
-      // Measured after a full GC in the proxy (admin POST /debug/gc): garbage is not a leak.
-      const mem = async () => JSON.parse((await p.http("POST", p.admin, "/debug/gc")).body) as { rss: number; heapUsed: number };
+      // Measured after a full GC in the proxy (POST /debug/gc on its admin socket): garbage is not a leak.
+      const mem = async () => JSON.parse((await p.control("/debug/gc")).body) as { rss: number; heapUsed: number };
       const m0 = await mem();
       const fd0 = p.fdCount();
       for (let i = 100; i < 300; i++) await cycle(i);
@@ -212,9 +212,15 @@ netnsDescribe("proxy: lifecycle", () => {
     expect(drained.reset + drained.finished).toBe(2);
   }, T);
 
-  test("POST /quitquitquit drains and exits 0", async () => {
+  test("POST /quitquitquit (on the admin socket) drains and exits 0", async () => {
     const p = await readyProxy();
-    const r = await p.http("POST", p.admin, "/quitquitquit");
+    // The loopback admin refuses it (any local user can reach that one) and the proxy stays up.
+    const refused = await p.http("POST", p.admin, "/quitquitquit");
+    expect(refused.status).toBe(403);
+    expect(refused.body).toContain(p.adminSocket);
+    expect((await p.readiness()).status).toBe(200);
+    expect(p.proc.running).toBe(true);
+    const r = await p.control("/quitquitquit");
     expect(r.status).toBe(200);
     expect(await p.proc.exited).toBe(0);
     expect(logLines(p).some((l) => l.msg === "shutting down: draining" && l.reason === "POST /quitquitquit")).toBe(true);

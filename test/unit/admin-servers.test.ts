@@ -2,7 +2,10 @@
 // ProxyView: a stand-in object built here, so every shape and edge case can be set up by hand.
 // The real proxy behind the same apps is tested in test/netns/admin-traffic.test.ts.
 // Every test name says so. The servers are real Bun.serve servers on loopback.
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Registry } from "prom-client";
 import { formatHostPort, isLoopback, parseHostPort } from "../../src/admin/address.ts";
 import type { ConfigDump } from "../../src/admin/config-dump.ts";
@@ -205,15 +208,21 @@ describe("proxy admin app over a fake ProxyView (stand-in)", () => {
   });
 });
 
-describe("serveAdmin: three real servers (fake ProxyView stand-in)", () => {
+describe("serveAdmin: four real servers (fake ProxyView stand-in)", () => {
   let servers: AdminServers | undefined;
+  const dir = mkdtempSync(join(tmpdir(), "nshub-admin-servers-"));
+  let n = 0;
+  /** A fresh admin socket path per server set (the writes' socket: test/unit/admin-socket.test.ts). */
+  const sock = () => join(dir, `admin-${++n}.sock`);
   afterEach(() => {
     servers?.stop();
     servers = undefined;
   });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  test("admin on loopback, metrics and readiness each on their own port; stop() closes all three", async () => {
-    servers = serveAdmin({ adminAddress: "127.0.0.1:0", metricsAddress: "127.0.0.1:0", readinessAddress: "127.0.0.1:0" }, fakeView(), { registry: new Registry() });
+  test("admin on loopback and on its socket, metrics and readiness each on their own port; stop() closes all four", async () => {
+    const socket = sock();
+    servers = serveAdmin({ adminSocket: socket, adminAddress: "127.0.0.1:0", metricsAddress: "127.0.0.1:0", readinessAddress: "127.0.0.1:0" }, fakeView(), { registry: new Registry() });
     const ports = new Set([servers.adminUrl, servers.metricsUrl, servers.readinessUrl].map((u) => new URL(u).port));
     expect(ports.size).toBe(3);
     expect((await fetch(new URL("/config_dump", servers.adminUrl))).status).toBe(200);
@@ -221,16 +230,18 @@ describe("serveAdmin: three real servers (fake ProxyView stand-in)", () => {
     expect(await (await fetch(new URL("/healthz/ready", servers.readinessUrl))).text()).toBe("ready\n");
     // The admin routes are not on the metrics port, and vice versa.
     expect((await fetch(new URL("/config_dump", servers.metricsUrl))).status).toBe(404);
+    expect((await fetch("http://localhost/config_dump", { unix: socket })).status).toBe(200);
     const admin = servers.adminUrl;
     servers.stop();
     servers = undefined;
     await expect(fetch(new URL("/config_dump", admin))).rejects.toMatchObject({ code: "ECONNREFUSED" });
+    expect(existsSync(socket)).toBe(false);
   });
 
   test("extensions add routes to each server and their endpoints to the admin index; close() lets an answer in flight finish", async () => {
     let release: () => void = () => undefined;
     const slow = new Promise<void>((r) => (release = r));
-    servers = serveAdmin({ adminAddress: "127.0.0.1:0", metricsAddress: "127.0.0.1:0", readinessAddress: "127.0.0.1:0" }, fakeView(), {
+    servers = serveAdmin({ adminSocket: sock(), adminAddress: "127.0.0.1:0", metricsAddress: "127.0.0.1:0", readinessAddress: "127.0.0.1:0" }, fakeView(), {
       registry: new Registry(),
       extend: {
         admin: [
@@ -269,7 +280,7 @@ describe("serveAdmin: three real servers (fake ProxyView stand-in)", () => {
   });
 
   test("IPv6 loopback in brackets", async () => {
-    servers = serveAdmin({ adminAddress: "[::1]:0", metricsAddress: "[::1]:0", readinessAddress: "[::1]:0" }, fakeView(), { registry: new Registry() });
+    servers = serveAdmin({ adminSocket: sock(), adminAddress: "[::1]:0", metricsAddress: "[::1]:0", readinessAddress: "[::1]:0" }, fakeView(), { registry: new Registry() });
     expect(new URL(servers.adminUrl).hostname).toBe("[::1]");
     expect((await fetch(new URL("/logging", servers.adminUrl))).status).toBe(200);
   });
@@ -279,20 +290,22 @@ describe("serveAdmin: three real servers (fake ProxyView stand-in)", () => {
     const probe = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
     const adminPort = probe.port;
     probe.stop(true);
+    const socket = sock();
     try {
       expect(() =>
-        serveAdmin({ adminAddress: `127.0.0.1:${adminPort}`, metricsAddress: `127.0.0.1:${blocker.port}`, readinessAddress: "127.0.0.1:0" }, fakeView(), { registry: new Registry() }),
+        serveAdmin({ adminSocket: socket, adminAddress: `127.0.0.1:${adminPort}`, metricsAddress: `127.0.0.1:${blocker.port}`, readinessAddress: "127.0.0.1:0" }, fakeView(), { registry: new Registry() }),
       ).toThrow(`cannot serve the metrics endpoint on 127.0.0.1:${blocker.port}: the address is in use`);
       // The admin server that had started was stopped again: its port is free.
       const again = Bun.serve({ hostname: "127.0.0.1", port: adminPort, fetch: () => new Response("") });
       again.stop(true);
+      expect(existsSync(socket)).toBe(false);
     } finally {
       blocker.stop(true);
     }
   });
 
   test("a bad address is refused before anything binds", () => {
-    expect(() => serveAdmin({ adminAddress: "::1:15000", metricsAddress: "127.0.0.1:0", readinessAddress: "127.0.0.1:0" }, fakeView(), { registry: new Registry() })).toThrow(
+    expect(() => serveAdmin({ adminSocket: sock(), adminAddress: "::1:15000", metricsAddress: "127.0.0.1:0", readinessAddress: "127.0.0.1:0" }, fakeView(), { registry: new Registry() })).toThrow(
       "put IPv6 addresses in brackets",
     );
   });
@@ -300,7 +313,7 @@ describe("serveAdmin: three real servers (fake ProxyView stand-in)", () => {
   test("a non-loopback admin address is logged as a warning", () => {
     const warnings: string[] = [];
     const log = { warn: (m: string) => warnings.push(m) } as unknown as import("../../src/log/logger.ts").Logger;
-    servers = serveAdmin({ adminAddress: "0.0.0.0:0", metricsAddress: "127.0.0.1:0", readinessAddress: "127.0.0.1:0" }, fakeView(), { registry: new Registry(), log });
+    servers = serveAdmin({ adminSocket: sock(), adminAddress: "0.0.0.0:0", metricsAddress: "127.0.0.1:0", readinessAddress: "127.0.0.1:0" }, fakeView(), { registry: new Registry(), log });
     expect(warnings).toHaveLength(1);
     expect(warnings[0]).toContain("not on loopback");
   });

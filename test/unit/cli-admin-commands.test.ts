@@ -128,6 +128,8 @@ let servers: ReturnType<typeof Bun.serve>[] = [];
 let admin = "";
 let readiness = "";
 let agent = "";
+/** Where no admin socket is (a write there must say the proxy is not running). */
+const noSocket = `/nonexistent-${process.pid}/proxy-admin.sock`;
 
 beforeAll(() => {
   const a = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: createProxyAdminApp(view).fetch });
@@ -273,32 +275,6 @@ describe("nshub status against running daemons (fake proxy view and fake agent a
   });
 });
 
-describe("nshub logs-level against a running admin server (fake ProxyView stand-in)", () => {
-  test("read, set (round trip), reset; --json", async () => {
-    let io = capture();
-    expect(await logsLevel(["--admin", admin], io)).toBe(0);
-    expect(io.stdout).toBe("info\n");
-    io = capture();
-    expect(await logsLevel(["debug", "--admin", admin], io)).toBe(0);
-    expect(io.stdout).toBe("log level: info → debug\n");
-    expect(view.level).toBe("debug");
-    io = capture();
-    expect(await logsLevel(["--json", "--admin", admin], io)).toBe(0);
-    expect(JSON.parse(io.stdout)).toEqual({ level: "debug" });
-    io = capture();
-    expect(await logsLevel(["--reset", "--admin", admin], io)).toBe(0);
-    expect(io.stdout).toBe("log level: debug → info\n");
-  });
-
-  test("a bad level: the proxy's message, exit 2, level unchanged", async () => {
-    const io = capture();
-    expect(await logsLevel(["loud", "--admin", admin], io)).toBe(2);
-    expect(io.stderr).toBe('nshub logs-level: unknown log level "loud"; use one of: trace, debug, info, warn, error\n');
-    expect(io.stdout).toBe("");
-    expect(view.level).toBe("info");
-  });
-});
-
 describe("daemon not running: one sentence, how to start it, non-zero exit, no stack trace", () => {
   const sentence = (port: number) => `the nshub proxy is not running (nothing listens on 127.0.0.1:${port}); start it with: nshub proxy\n`;
 
@@ -322,7 +298,8 @@ describe("daemon not running: one sentence, how to start it, non-zero exit, no s
 
   test("through the dispatcher (bun src/main.ts …): exit 1 and exactly the sentence on stderr", async () => {
     const port = closedPort();
-    for (const cmd of [["pods"], ["connections", "--watch"], ["logs-level", "debug"], ["status", "--json"]]) {
+    const setLevel = ["logs-level", "debug", "--admin-socket", noSocket];
+    for (const cmd of [["pods"], ["connections", "--watch"], ["logs-level"], setLevel, ["status", "--json"]]) {
       const p = Bun.spawn([BUN, MAIN, ...cmd, "--admin", `127.0.0.1:${port}`, ...(cmd[0] === "status" ? ["--agent-admin", `127.0.0.1:${port}`, "--readiness", `127.0.0.1:${port}`] : [])], {
         stdout: "pipe",
         stderr: "pipe",
@@ -332,6 +309,7 @@ describe("daemon not running: one sentence, how to start it, non-zero exit, no s
       expect(code).toBe(1);
       expect(err + out).not.toMatch(/\bat .*\.ts:\d+|Error:|^\s+at /m);
       if (cmd[0] === "status") expect(JSON.parse(out).proxy.error).toBe(sentence(port).trimEnd());
+      else if (cmd === setLevel) expect(err).toBe(`the nshub proxy is not running (nothing listens on ${noSocket}); start it with: nshub proxy\n`);
       else {
         expect(err).toBe(sentence(port));
         expect(out).toBe("");

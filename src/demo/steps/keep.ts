@@ -16,6 +16,7 @@ export function keepRunning(demo: DemoRun): void {
     `ip netns exec ${n} ${exe} pods`,
     `ip netns exec ${n} ${exe} connections --watch`,
     `ip netns exec ${n} curl -s 127.0.0.1:15000/config_dump`,
+    `ip netns exec ${n} ${exe} logs-level debug --admin-socket ${displayPath(demo.path("proxy-admin.sock"))}      # writes: the proxy's root-only admin socket`,
     `ip netns exec ${n} curl -s 127.0.0.1:15020/metrics | grep istio_tcp`,
     `ip netns exec ${n} curl -s 127.0.0.1:15010/pods`,
     `ip netns exec ${client.name} curl -s http://${web.ip}:${WEB_HTTP_PORT}/      # from demo/client (captured)`,

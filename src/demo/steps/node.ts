@@ -59,6 +59,7 @@ function configYaml(demo: DemoRun): string {
     "proxy:",
     `  zdsSocket: ${q(demo.path("zds.sock"))}`,
     `  adminAddress: "127.0.0.1:15000"`,
+    `  adminSocket: ${q(demo.path("proxy-admin.sock"))}`,
     `  metricsAddress: "0.0.0.0:15020"`,
     `  readinessAddress: "0.0.0.0:15021"`,
     "  drainDeadlineMs: 1000",
