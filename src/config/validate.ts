@@ -103,12 +103,17 @@ export function crossFieldIssues(cfg: Config): CrossIssue[] {
       if (overlap(a, b)) out.push({ keys: [["proxy", ka], ["proxy", kb]], text: ([x, y]) => `${x} and ${y} must differ (both can take ${p[ka]} and ${p[kb]})` });
     }
   }
-  const files = (["zdsSocket", "apiSocket", "stateFile"] as const).map((k) => [k, resolve(cfg.agent[k])] as const);
+  // The proxy's admin socket sits next to the agent's files: a shared path would make one
+  // daemon refuse to start (the socket is live) or clobber the other's file.
+  const files = [
+    ...(["zdsSocket", "apiSocket", "stateFile"] as const).map((k) => [["agent", k], resolve(cfg.agent[k])] as const),
+    [["proxy", "adminSocket"], resolve(cfg.proxy.adminSocket)] as const,
+  ];
   for (let i = 0; i < files.length; i++) {
     for (let j = i + 1; j < files.length; j++) {
       const [ka, a] = files[i]!;
       const [kb, b] = files[j]!;
-      if (a === b) out.push({ keys: [["agent", ka], ["agent", kb]], text: ([x, y]) => `${x} and ${y} must be different files (both ${a})` });
+      if (a === b) out.push({ keys: [[...ka], [...kb]], text: ([x, y]) => `${x} and ${y} must be different files (both ${a})` });
     }
   }
   return out;

@@ -137,6 +137,7 @@ describe("the agent's files", () => {
 
   test("the state file is neither socket", () => {
     expect(problem("agent:\n  stateFile: /var/run/nshub/agent.sock\n")).toBe("agent.apiSocket (default) and agent.stateFile must be different files (both /var/run/nshub/agent.sock)");
+    expect(problem("proxy:\n  adminSocket: /var/run/nshub/zds.sock\n")).toBe("agent.zdsSocket (default) and proxy.adminSocket must be different files (both /var/run/nshub/zds.sock)");
   });
 });
 
