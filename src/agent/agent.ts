@@ -4,7 +4,8 @@
 // a newly connected proxy. Each change is written to the state file.
 // No transport: the event API (api.ts) and the admin server (admin.ts) call into it, and api.ts
 // turns its AgentErrors (errors.ts) into Connect codes. The steps' effects on the kernel and the
-// proxy are enrollment.ts, finding pods' netns is recovery.ts, a pod's shapes are pod-entry.ts.
+// proxy are enrollment.ts, finding pods' netns is recovery.ts, a pod's shapes are pod-entry.ts,
+// the host's namespaces host-netns.ts.
 //
 // Fail closed: a pod's rules go in before the proxy is told about it. When no proxy acks, the
 // pod stays `pending` with its rules in place (its traffic goes nowhere rather than around the
@@ -14,9 +15,10 @@ import { identityKey } from "../sys/index.ts";
 import type { SnapshotEntry } from "../zds/types.ts";
 import type { Logger } from "../log/logger.ts";
 import type { Dataplane } from "./dataplane.ts";
-import { forbiddenNetns, statIdentity } from "./discovery.ts";
+import { statIdentity } from "./discovery.ts";
 import { disenroll, handover, setUpPod, teardown, type EnrollmentContext, type EnrollVia, type ZdsPort } from "./enrollment.ts";
 import { AgentError, errText } from "./errors.ts";
+import { HostNetns, hostSources, type HostNetnsSources } from "./host-netns.ts";
 import {
   identityOf,
   newEntry,
@@ -45,6 +47,8 @@ export interface AgentOptions {
   log: Logger;
   /** How often pending pods are offered again while a proxy is connected (default 5000). */
   pendingRetryMs?: number;
+  /** Where the host's namespaces are read from (default: hostSources(procRoot); tests give fakes). */
+  hostSources?: HostNetnsSources;
 }
 
 const UID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -59,7 +63,7 @@ export class Agent {
   /** Which connected proxies serve which pod: a pod's state follows them (serving.ts). */
   private readonly serving: ServingProxies;
   private zds: ZdsPort | undefined;
-  private forbidden = new Set<string>();
+  private host: HostNetns | undefined;
   private retryTimer: ReturnType<typeof setInterval> | undefined;
   private retrying = false;
   private stopped = false;
@@ -68,7 +72,7 @@ export class Agent {
   readonly requests = new Map<string, number>();
   stateWriteErrors = 0;
 
-  /** What recovery.ts and enrollment.ts need of the agent (zds and forbidden change: getters). */
+  /** What recovery.ts and enrollment.ts need of the agent (zds and host change: getters). */
   private readonly ctx: NetnsContext & EnrollmentContext;
 
   constructor(private readonly opts: AgentOptions) {
@@ -83,8 +87,10 @@ export class Agent {
       get zds() {
         return agent.zds;
       },
-      get forbidden() {
-        return agent.forbidden;
+      get host() {
+        // Requests wait for the rebuild (assertReady), which identifies the host's namespaces first.
+        if (!agent.host) throw new AgentError("unavailable", "the agent has not identified the host's network namespaces yet");
+        return agent.host;
       },
     };
   }
@@ -110,8 +116,11 @@ export class Agent {
    * state file. Marks the agent ready at the end.
    */
   async rebuild(): Promise<void> {
+    // Before anything touches a netns: throws HostNetnsError when the node's cannot be identified.
+    const host = HostNetns.establish(this.opts.hostSources ?? hostSources(this.opts.procRoot));
+    this.host = host;
+    host.report(this.log);
     const records = readStateFile(this.opts.stateFile);
-    this.forbidden = forbiddenNetns(this.opts.procRoot);
     const gone = await recoverPods(records, this.pods, this.ctx);
     // The host probe set holds exactly the enrolled and pending pods' IPs.
     const probes = [...this.pods.values()].filter((p) => p.state !== "not-enrolled").flatMap((p) => p.ips.map((ip) => ({ ip, uid: p.uid })));
@@ -201,7 +210,15 @@ export class Agent {
     const entry = newEntry(req, old?.override);
     const d = this.desired(entry);
     if (!d.enroll) {
-      entry.identity = statIdentity(req.netnsPath);
+      const id = statIdentity(req.netnsPath);
+      if (id && this.ctx.host.has(identityKey(id))) {
+        // Kubelet runs no CNI for hostNetwork pods: this path names the node by mistake. Not
+        // cached, so no entry (nor the state file) points at the node's netns.
+        const reason = `${d.reason}; CNI_NETNS ${req.netnsPath} is the node's own network namespace: not cached`;
+        this.log.warn(`pod ${entry.namespace}/${entry.name} not enrolled: ${reason}`, { uid: entry.uid });
+        return { state: "not-enrolled", reason, pod: viewOf(entry) };
+      }
+      entry.identity = id;
       setState(entry, "not-enrolled", d.reason);
       this.pods.set(entry.uid, entry);
       this.persist();

@@ -1,15 +1,17 @@
 // Finding pods' network namespaces without the runtime's help: the /proc scan used when the
-// agent rebuilds its cache on start and for late enrollment (nshub enroll without --netns).
+// agent rebuilds its cache on start, for late enrollment (nshub enroll without --netns) and to
+// tell whether a pod's netns still has a process in it (reconcile.ts).
 //
 // A netns is identified by the device and inode of its nsfs file (what stat(2) on
 // /proc/<pid>/ns/net returns). The scan walks /proc/<pid>/ns/net of every process and keeps the
-// ones whose identity is wanted; the agent's own netns and the host's (/proc/1/ns/net) are never
-// returned. A pod whose identity is unknown can still be found by its UID in a process's cgroup
-// path (kubelet puts each pod under a cgroup named after its UID, as Istio's scan relies on).
-// Every candidate is then checked to hold one of the pod's IPs, so a process that merely visits
-// another pod's netns cannot fool the agent.
+// ones whose identity is wanted; the host's namespaces (host-netns.ts) are never returned. A pod
+// whose identity is unknown can still be found by its UID in a process's cgroup path (kubelet
+// puts each pod under a cgroup named after its UID, as Istio's scan relies on). Every candidate
+// is then checked to hold one of the pod's IPs, so a process that merely visits another pod's
+// netns cannot fool the agent.
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { identityKey, type NetnsIdentity } from "../sys/index.ts";
+import type { HostNetns } from "./host-netns.ts";
 
 export interface ProcNetns {
   pid: number;
@@ -28,16 +30,6 @@ export function statIdentity(path: string): NetnsIdentity | undefined {
   } catch {
     return undefined;
   }
-}
-
-/** The namespaces the agent must never touch: its own and the host's (pid 1's). */
-export function forbiddenNetns(procRoot: string): Set<string> {
-  const out = new Set<string>();
-  for (const p of ["/proc/self/ns/net", `${procRoot}/self/ns/net`, `${procRoot}/1/ns/net`]) {
-    const id = statIdentity(p);
-    if (id) out.add(identityKey(id));
-  }
-  return out;
 }
 
 function numericDirs(procRoot: string): number[] {
@@ -64,19 +56,18 @@ function startTime(procRoot: string, pid: number): number {
 }
 
 /**
- * For each wanted identity key, the oldest process whose netns has it. Forbidden namespaces
- * (the agent's own, the host's) are skipped even when asked for.
+ * For each wanted identity key, the oldest process whose netns has it. The host's namespaces
+ * are skipped even when asked for.
  */
-export function scanByIdentity(procRoot: string, wanted: ReadonlySet<string>): Map<string, ProcNetns> {
+export function scanByIdentity(procRoot: string, wanted: ReadonlySet<string>, host: Pick<HostNetns, "has">): Map<string, ProcNetns> {
   const found = new Map<string, ProcNetns>();
   if (wanted.size === 0) return found;
-  const forbidden = forbiddenNetns(procRoot);
   for (const pid of numericDirs(procRoot)) {
     const path = `${procRoot}/${pid}/ns/net`;
     const id = statIdentity(path);
     if (!id) continue;
     const key = identityKey(id);
-    if (!wanted.has(key) || forbidden.has(key)) continue;
+    if (!wanted.has(key) || host.has(key)) continue;
     const start = startTime(procRoot, pid);
     const prev = found.get(key);
     if (!prev || start < prev.start) found.set(key, { pid, path, identity: id, start });
@@ -86,12 +77,11 @@ export function scanByIdentity(procRoot: string, wanted: ReadonlySet<string>): M
 
 /**
  * Candidates for pods by UID, from the `pod<uid>` segment of each process's cgroup path. Per
- * UID, one entry per distinct netns, oldest process first. Forbidden namespaces are skipped.
+ * UID, one entry per distinct netns, oldest process first. The host's namespaces are skipped.
  */
-export function scanByPodUid(procRoot: string, uids: ReadonlySet<string>): Map<string, ProcNetns[]> {
+export function scanByPodUid(procRoot: string, uids: ReadonlySet<string>, host: Pick<HostNetns, "has">): Map<string, ProcNetns[]> {
   const out = new Map<string, ProcNetns[]>();
   if (uids.size === 0) return out;
-  const forbidden = forbiddenNetns(procRoot);
   for (const pid of numericDirs(procRoot)) {
     let cgroup: string;
     try {
@@ -103,7 +93,7 @@ export function scanByPodUid(procRoot: string, uids: ReadonlySet<string>): Map<s
     if (!uid || !uids.has(uid)) continue;
     const path = `${procRoot}/${pid}/ns/net`;
     const id = statIdentity(path);
-    if (!id || forbidden.has(identityKey(id))) continue;
+    if (!id || host.has(identityKey(id))) continue;
     const list = out.get(uid) ?? [];
     const start = startTime(procRoot, pid);
     const same = list.find((c) => identityKey(c.identity) === identityKey(id));

@@ -8,6 +8,7 @@ import { ZdsRequestError, type WorkloadIdentity } from "../zds/types.ts";
 import type { Logger } from "../log/logger.ts";
 import type { Dataplane } from "./dataplane.ts";
 import { AgentError, errText } from "./errors.ts";
+import type { HostNetns } from "./host-netns.ts";
 import { identityOf, setState, type PodEntry } from "./pod-entry.ts";
 import { fdPath, openPodNetns, type LocatedNetns } from "./recovery.ts";
 import type { ServingProxies } from "./serving.ts";
@@ -26,8 +27,8 @@ export interface EnrollmentContext {
   /** Undefined until the ZDS server runs; read when used (it may be attached meanwhile). */
   readonly zds: ZdsPort | undefined;
   readonly log: Logger;
-  /** Identity keys of the node's own netns: never a pod's. */
-  readonly forbidden: ReadonlySet<string>;
+  /** The host's namespaces (host-netns.ts): never a pod's. */
+  readonly host: HostNetns;
   /** Which connected proxies serve which pod (serving.ts). */
   readonly serving: ServingProxies;
 }
@@ -44,7 +45,7 @@ export async function setUpPod(e: PodEntry, loc: Omit<LocatedNetns, "ips">, via:
   const { dataplane, log } = ctx;
   const what = `pod ${e.namespace}/${e.name}`;
   if (e.ips.length === 0) throw new AgentError("precondition", `${what} has no IP address (the previous plugin's result lists none for the pod): cannot enroll it`);
-  const ns = openPodNetns(loc.path, via === "cni" ? "CNI_NETNS" : "netns", ctx.forbidden);
+  const ns = openPodNetns(loc.path, via === "cni" ? "CNI_NETNS" : "netns", ctx.host);
   if (loc.identity && ns.key !== identityKey(loc.identity)) {
     ns.close();
     throw new AgentError("aborted", `the netns at ${loc.path} changed while enrolling ${what}; try again`);

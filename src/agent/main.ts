@@ -1,7 +1,8 @@
 // `nshub agent`: the node agent daemon. Startup order:
 //   1. config (flags > env > YAML > defaults) and the enrollment policy: any error → exit 2
 //   2. admin server (/healthz 200, /readyz 503 until step 5)
-//   3. pod cache rebuild: state file + /proc scan, host probe set reset, rules re-asserted
+//   3. pod cache rebuild: the host's netns identified (none: exit 1, host-netns.ts), state file
+//      + /proc scan, host probe set reset, rules re-asserted
 //   4. ZDS server (proxies connecting now get the rebuilt snapshot), event API socket
 //   5. ready
 // SIGTERM/SIGINT: stop serving, close the pods' netns fds and exit 0. Rules, the host probe set
@@ -17,6 +18,7 @@ import { Agent } from "./agent.ts";
 import { createApiApp, serveApi } from "./api.ts";
 import { RulesDataplane } from "./dataplane.ts";
 import { errText } from "./errors.ts";
+import { HostNetnsError } from "./host-netns.ts";
 import { EnrollmentPolicy } from "./policy.ts";
 import { StateFileError } from "./state.ts";
 
@@ -146,7 +148,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     await agent.rebuild();
   } catch (e) {
-    const msg = e instanceof StateFileError ? e.message : `rebuilding the pod cache failed: ${errText(e)}`;
+    const msg = e instanceof StateFileError || e instanceof HostNetnsError ? e.message : `rebuilding the pod cache failed: ${errText(e)}`;
     log.error(msg);
     console.error(`nshub agent: ${msg}`);
     await stopAll();

@@ -3,13 +3,14 @@
 //                still names the recorded netns, else by a /proc scan for that netns; a pod whose
 //                netns is gone, changed, or no longer holds the pod's IPs is dropped
 //   locateNetns  a running pod for a late `nshub enroll` (its netns given, or searched for)
-// and openPodNetns, the one way the agent opens a pod's netns: never the node's own.
+// and openPodNetns, the one way the agent opens a pod's netns: never a host one (host-netns.ts).
 // The /proc scans themselves are in discovery.ts; what this needs of the agent is NetnsContext.
 import { identityKey, Netns, NotNetnsError, SysError, type NetnsIdentity } from "../sys/index.ts";
 import type { Logger } from "../log/logger.ts";
 import type { Dataplane } from "./dataplane.ts";
 import { scanByIdentity, scanByPodUid, statIdentity } from "./discovery.ts";
 import { AgentError, errText } from "./errors.ts";
+import type { HostNetns } from "./host-netns.ts";
 import { entryFromRecord, type PodEntry } from "./pod-entry.ts";
 import type { PodRecord } from "./state.ts";
 
@@ -19,8 +20,8 @@ export interface NetnsContext {
   readonly log: Logger;
   /** A candidate netns must hold one of the pod's IPs. */
   readonly dataplane: Pick<Dataplane, "addresses">;
-  /** Identity keys of the node's own netns (discovery.ts forbiddenNetns): never a pod's. */
-  readonly forbidden: ReadonlySet<string>;
+  /** The host's namespaces (host-netns.ts): never a pod's. */
+  readonly host: HostNetns;
 }
 
 /** A pod's netns as found: its path, its identity when known, and the pod's IPs. */
@@ -35,22 +36,22 @@ export interface LocatedNetns {
  * hold their netns again. Returns how many were dropped (each is logged).
  */
 export async function recoverPods(records: readonly PodRecord[], pods: Map<string, PodEntry>, ctx: NetnsContext): Promise<number> {
-  const { log, forbidden } = ctx;
+  const { log, host } = ctx;
   const byPath = new Map<string, string>();
   const wanted = new Set<string>();
   for (const r of records) {
     if (!r.netns) continue;
     const key = identityKey(r.netns);
-    if (forbidden.has(key)) continue;
+    if (host.has(key)) continue;
     const id = r.netnsPath ? statIdentity(r.netnsPath) : undefined;
     if (id && identityKey(id) === key) byPath.set(r.uid, r.netnsPath);
     else wanted.add(key);
   }
-  const scanned = scanByIdentity(ctx.procRoot, wanted);
+  const scanned = scanByIdentity(ctx.procRoot, wanted, host);
   let gone = 0;
   for (const r of records) {
     const what = `pod ${r.namespace}/${r.name} (${r.uid})`;
-    if (!r.netns || forbidden.has(identityKey(r.netns))) {
+    if (!r.netns || host.has(identityKey(r.netns))) {
       log.info(`rebuild: dropping ${what}: no usable netns identity recorded`);
       gone++;
       continue;
@@ -99,12 +100,12 @@ export async function locateNetns(e: PodEntry, givenPath: string, ctx: NetnsCont
       const at = e.netnsPath ? statIdentity(e.netnsPath) : undefined;
       if (at && identityKey(at) === key) candidates.push({ path: e.netnsPath, identity: e.identity, how: "its CNI_NETNS path" });
       else {
-        const hit = scanByIdentity(ctx.procRoot, new Set([key])).get(key);
+        const hit = scanByIdentity(ctx.procRoot, new Set([key]), ctx.host).get(key);
         if (hit) candidates.push({ path: hit.path, identity: e.identity, how: `process ${hit.pid}` });
       }
     }
     if (candidates.length === 0) {
-      for (const c of scanByPodUid(ctx.procRoot, new Set([e.uid])).get(e.uid) ?? []) {
+      for (const c of scanByPodUid(ctx.procRoot, new Set([e.uid]), ctx.host).get(e.uid) ?? []) {
         candidates.push({ path: c.path, identity: c.identity, how: `process ${c.pid} (cgroup names the pod uid)` });
       }
     }
@@ -115,7 +116,7 @@ export async function locateNetns(e: PodEntry, givenPath: string, ctx: NetnsCont
   }
   const problems: string[] = [];
   for (const c of candidates) {
-    const ns = openPodNetns(c.path, `the netns of ${what} (${c.how})`, ctx.forbidden);
+    const ns = openPodNetns(c.path, `the netns of ${what} (${c.how})`, ctx.host);
     try {
       let addrs: string[];
       try {
@@ -143,8 +144,11 @@ export async function locateNetns(e: PodEntry, givenPath: string, ctx: NetnsCont
   throw new AgentError("precondition", `${what}: no suitable netns: ${problems.join("; ")}`);
 }
 
-/** Opens a pod's netns; `what` names it in the error (AgentError "precondition") when it cannot be. */
-export function openPodNetns(path: string, what: string, forbidden: ReadonlySet<string>): Netns {
+/**
+ * Opens a pod's netns; `what` names it in the error (AgentError "precondition") when it cannot be.
+ * A host namespace (host-netns.ts) is refused whatever path names it.
+ */
+export function openPodNetns(path: string, what: string, host: HostNetns): Netns {
   let ns: Netns;
   try {
     ns = Netns.open(path);
@@ -156,7 +160,7 @@ export function openPodNetns(path: string, what: string, forbidden: ReadonlySet<
     }
     throw err;
   }
-  if (forbidden.has(ns.key)) {
+  if (host.has(ns.key)) {
     ns.close();
     throw new AgentError("precondition", `${what} ${path} is the node's own network namespace: refusing to touch it`);
   }

@@ -103,13 +103,13 @@ describe("discovery helpers", () => {
     proc(102, nsB, 700, "0::/system.slice/x\n");
     mkdirSync(join(root, "self")); // not numeric: ignored
     const keyOf = (p: string) => `${statSync(p).dev}:${statSync(p).ino}`;
-    const found = scanByIdentity(root, new Set([keyOf(nsA), keyOf(nsB), "9:9"]));
+    const found = scanByIdentity(root, new Set([keyOf(nsA), keyOf(nsB), "9:9"]), new Set());
     expect(found.get(keyOf(nsA))?.pid).toBe(101);
     expect(found.get(keyOf(nsA))?.path).toBe(join(root, "101", "ns", "net"));
     expect(found.get(keyOf(nsB))?.pid).toBe(102);
     expect(found.has("9:9")).toBe(false);
-    const byUid = scanByPodUid(root, new Set([uid]));
+    const byUid = scanByPodUid(root, new Set([uid]), new Set());
     expect(byUid.get(uid)?.map((c) => c.pid)).toEqual([101]);
-    expect(scanByIdentity(root, new Set()).size).toBe(0);
+    expect(scanByIdentity(root, new Set(), new Set()).size).toBe(0);
   });
 });
