@@ -4,11 +4,13 @@
 //   /metrics  Prometheus text (prom-client registry, ./metrics.ts createAgentMetrics):
 //             nshub_agent_pods{state}, nshub_agent_cni_requests_total{method,result},
 //             nshub_agent_zds_connections, nshub_agent_ready, nshub_agent_state_write_errors_total,
-//             nshub_agent_open_fds, istio_build{component="nshub-agent"} and the process metrics
-//             (process_open_fds, process_max_fds, process_resident_memory_bytes, CPU, event-loop lag)
+//             nshub_agent_pods_reconciled_total{reason}, nshub_agent_open_fds,
+//             istio_build{component="nshub-agent"} and the process metrics (process_open_fds,
+//             process_max_fds, process_resident_memory_bytes, CPU, event-loop lag)
 //   /pods     the pod cache as JSON
 // Every value is read from the agent when Prometheus scrapes: the agent keeps its own counts
-// (Agent.requests, Agent.stateWriteErrors); nothing is updated on the request path.
+// (Agent.requests, Agent.reconciled, Agent.stateWriteErrors); nothing is updated on the request
+// path.
 import { Hono } from "hono";
 import type { Server } from "bun";
 import { Gauge, type Registry } from "prom-client";
@@ -59,6 +61,7 @@ export function createAgentRegistry(deps: AdminDeps, opts: { process?: boolean |
     }
   });
   metrics.bindStateWriteErrors(() => deps.agent.stateWriteErrors);
+  metrics.bindPodsReconciled(() => deps.agent.reconciled);
 
   // Kept from the hand-written exporter (dashboards may use it); same value as process_open_fds.
   new Gauge({

@@ -5,7 +5,8 @@
 // No transport: the event API (api.ts) and the admin server (admin.ts) call into it, and api.ts
 // turns its AgentErrors (errors.ts) into Connect codes. The steps' effects on the kernel and the
 // proxy are enrollment.ts, finding pods' netns is recovery.ts, a pod's shapes are pod-entry.ts,
-// the host's namespaces host-netns.ts.
+// the host's namespaces host-netns.ts, and the sweep for pods whose netns died without a DEL
+// reconcile.ts.
 //
 // Fail closed: a pod's rules go in before the proxy is told about it. When no proxy acks, the
 // pod stays `pending` with its rules in place (its traffic goes nowhere rather than around the
@@ -16,11 +17,10 @@ import type { SnapshotEntry } from "../zds/types.ts";
 import type { Logger } from "../log/logger.ts";
 import type { Dataplane } from "./dataplane.ts";
 import { statIdentity } from "./discovery.ts";
-import { disenroll, handover, setUpPod, teardown, type EnrollmentContext, type EnrollVia, type ZdsPort } from "./enrollment.ts";
+import { disenroll, handover, setUpPod, snapshotEntry, teardown, type EnrollmentContext, type EnrollVia, type ZdsPort } from "./enrollment.ts";
 import { AgentError, errText } from "./errors.ts";
 import { HostNetns, hostSources, type HostNetnsSources } from "./host-netns.ts";
 import {
-  identityOf,
   newEntry,
   recordOf,
   reply,
@@ -35,6 +35,8 @@ import {
   type UnenrollInput,
 } from "./pod-entry.ts";
 import type { EnrollmentPolicy } from "./policy.ts";
+import { PodLocks } from "./pod-locks.ts";
+import { NetnsReconciler } from "./reconcile.ts";
 import { fdPath, locateNetns, recoverPods, type LocatedNetns, type NetnsContext } from "./recovery.ts";
 import { ServingProxies } from "./serving.ts";
 import { readStateFile, writeStateFile, type PodStateName } from "./state.ts";
@@ -47,6 +49,8 @@ export interface AgentOptions {
   log: Logger;
   /** How often pending pods are offered again while a proxy is connected (default 5000). */
   pendingRetryMs?: number;
+  /** How often pods are checked for a netns that died without a CNI DEL (reconcile.ts; default 15000). */
+  reconcileIntervalMs?: number;
   /** Where the host's namespaces are read from (default: hostSources(procRoot); tests give fakes). */
   hostSources?: HostNetnsSources;
 }
@@ -58,18 +62,21 @@ const precondition = (msg: string) => new AgentError("precondition", msg);
 
 export class Agent {
   readonly pods = new Map<string, PodEntry>();
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly locks = new PodLocks();
   private readonly log: Logger;
   /** Which connected proxies serve which pod: a pod's state follows them (serving.ts). */
   private readonly serving: ServingProxies;
   private zds: ZdsPort | undefined;
   private host: HostNetns | undefined;
   private retryTimer: ReturnType<typeof setInterval> | undefined;
+  private reconcileTimer: ReturnType<typeof setInterval> | undefined;
   private retrying = false;
   private stopped = false;
   #ready = false;
   /** Requests by "<method>|<result>" (for /metrics). */
   readonly requests = new Map<string, number>();
+  /** Pods removed without a CNI DEL, by reason (for /metrics). */
+  readonly reconciled = new Map<string, number>([["netns_gone", 0]]);
   stateWriteErrors = 0;
 
   /** What recovery.ts and enrollment.ts need of the agent (zds and host change: getters). */
@@ -149,6 +156,8 @@ export class Agent {
     this.persist();
     this.#ready = true;
     this.retryTimer = setInterval(() => void this.retryPending(), this.opts.pendingRetryMs ?? 5000);
+    const reconciler = new NetnsReconciler({ procRoot: this.opts.procRoot, host, log: this.log, pods: () => this.pods.values(), remove: (uid, key) => this.removeGone(uid, key) });
+    this.reconcileTimer = setInterval(() => void reconciler.sweep(), this.opts.reconcileIntervalMs ?? 15_000);
     this.log.info("pod cache rebuilt", { pods: this.pods.size, gone, enrolled: this.countState("enrolled"), pending: this.countState("pending") });
   }
 
@@ -156,6 +165,7 @@ export class Agent {
   stop(): void {
     this.stopped = true;
     if (this.retryTimer) clearInterval(this.retryTimer);
+    if (this.reconcileTimer) clearInterval(this.reconcileTimer);
     for (const e of this.pods.values()) {
       e.netns?.close();
       e.netns = undefined;
@@ -176,7 +186,7 @@ export class Agent {
       throw precondition(`pod ${req.namespace}/${req.name} has no UID (CNI_ARGS K8S_POD_UID is missing), so it cannot be enrolled (${d.reason})`);
     }
     if (!UID_RE.test(req.uid)) throw invalid(`pod ${req.namespace}/${req.name}: uid ${JSON.stringify(req.uid)} is not a valid pod UID`);
-    return this.withPodLock(req.uid, () => this.podAddLocked(req));
+    return this.locks.run(req.uid, () => this.podAddLocked(req));
   }
 
   private async podAddLocked(req: PodAddInput): Promise<Reply> {
@@ -238,7 +248,7 @@ export class Agent {
       if (found.length > 1) throw precondition(`several pods named ${req.namespace}/${req.name} are known (uids ${found.map((p) => p.uid).join(", ")}): give the uid`);
       uid = found[0]!.uid;
     }
-    return this.withPodLock(uid, async () => {
+    return this.locks.run(uid, async () => {
       const e = this.pods.get(uid);
       if (!e) return { deleted: false, reason: `pod ${uid} is not known to the agent: nothing to delete` };
       if (req.containerId && e.containerId && req.containerId !== e.containerId) {
@@ -266,7 +276,7 @@ export class Agent {
         `the agent does not know pod ${req.namespace}/${req.name} (it learns pods from their CNI ADD); to enroll a pod it has never seen, give its uid (--uid) and, unless a process's cgroup names that uid, its netns (--netns)`,
       );
     }
-    return this.withPodLock(uid, async () => {
+    return this.locks.run(uid, async () => {
       let e = this.pods.get(uid);
       if (e && (e.state === "enrolled" || e.state === "pending")) {
         e.override = "enroll";
@@ -290,7 +300,7 @@ export class Agent {
     if (!req.namespace || !req.name) throw invalid("unenroll needs the pod's namespace and name");
     const known = this.find(req.namespace, req.name, req.uid);
     if (!known) throw new AgentError("not-found", `pod ${req.namespace}/${req.name}${req.uid ? ` (uid ${req.uid})` : ""} is not known to the agent`);
-    return this.withPodLock(known.uid, async () => {
+    return this.locks.run(known.uid, async () => {
       const e = this.pods.get(known.uid);
       if (!e) throw new AgentError("not-found", `pod ${req.namespace}/${req.name} was deleted meanwhile`);
       if (e.state === "not-enrolled") {
@@ -313,14 +323,7 @@ export class Agent {
 
   /** What a newly connected proxy gets: every enrolled or pending pod (Keep when no netns is held). */
   snapshot(): SnapshotEntry[] {
-    const out: SnapshotEntry[] = [];
-    for (const e of this.pods.values()) {
-      if (e.state === "not-enrolled") continue;
-      const info = identityOf(e);
-      if (e.netns && !e.netns.closed) out.push({ uid: e.uid, info, netns: e.netns });
-      else out.push({ uid: e.uid, info });
-    }
-    return out;
+    return [...this.pods.values()].filter((e) => e.state !== "not-enrolled").map(snapshotEntry);
   }
 
   /** Connection `conn` answered a snapshot entry: an ack serves the pod, a nack un-serves it there only (serving.ts). */
@@ -375,13 +378,26 @@ export class Agent {
     return reply(e);
   }
 
+  /** A pod whose netns `key` died without a CNI DEL (reconcile.ts): out of the proxy, the probe set and the cache. */
+  private removeGone(uid: string, key: string): Promise<void> {
+    return this.locks.run(uid, async () => {
+      const e = this.pods.get(uid);
+      if (this.stopped || !e?.identity || identityKey(e.identity) !== key) return; // deleted or re-added meanwhile
+      await teardown(e, this.ctx, true);
+      this.pods.delete(uid);
+      this.persist();
+      this.reconciled.set("netns_gone", (this.reconciled.get("netns_gone") ?? 0) + 1);
+      this.log.warn(`pod ${e.namespace}/${e.name} removed without a CNI DEL: its netns ${key} is gone (nothing at ${e.netnsPath || "its path"}, no process in it)`, { uid, was: e.state });
+    });
+  }
+
   private async retryPending(): Promise<void> {
     if (this.retrying || this.stopped || !this.zds || this.zds.connectionCount() === 0) return;
     this.retrying = true;
     try {
       for (const e of [...this.pods.values()]) {
         if (e.state !== "pending" || this.locks.has(e.uid)) continue;
-        await this.withPodLock(e.uid, async () => {
+        await this.locks.run(e.uid, async () => {
           if (this.pods.get(e.uid) !== e || e.state !== "pending") return;
           await handover(e, this.ctx);
           this.persist();
@@ -404,21 +420,6 @@ export class Agent {
     } catch (err) {
       this.stateWriteErrors++;
       this.log.error("writing the state file failed; a restarted agent would not know the latest pods", { file: this.opts.stateFile, error: errText(err) });
-    }
-  }
-
-  private async withPodLock<T>(uid: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(uid) ?? Promise.resolve();
-    const run = prev.then(fn, fn);
-    const settled = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.locks.set(uid, settled);
-    try {
-      return await run;
-    } finally {
-      if (this.locks.get(uid) === settled) this.locks.delete(uid);
     }
   }
 }

@@ -4,7 +4,7 @@
 // entry in the state it reached; the cache, the state file and the per-pod lock are the
 // Agent's (agent.ts), which calls these with the pod locked.
 import { identityKey, type Netns } from "../sys/index.ts";
-import { ZdsRequestError, type WorkloadIdentity } from "../zds/types.ts";
+import { ZdsRequestError, type SnapshotEntry, type WorkloadIdentity } from "../zds/types.ts";
 import type { Logger } from "../log/logger.ts";
 import type { Dataplane } from "./dataplane.ts";
 import { AgentError, errText } from "./errors.ts";
@@ -118,6 +118,12 @@ export async function handover(e: PodEntry, ctx: EnrollmentContext): Promise<voi
   ctx.log.warn(`${what} pending: ${failure}`, { uid: e.uid });
 }
 
+/** A pod (enrolled or pending) as a newly connected proxy's snapshot has it: Keep when no netns is held. */
+export function snapshotEntry(e: PodEntry): SnapshotEntry {
+  const info = identityOf(e);
+  return e.netns && !e.netns.closed ? { uid: e.uid, info, netns: e.netns } : { uid: e.uid, info };
+}
+
 /** Enrolled/pending → not enrolled: rules, host probe entry, proxy (when `tellProxy`). */
 export async function disenroll(e: PodEntry, reason: string, tellProxy: boolean, ctx: EnrollmentContext): Promise<void> {
   const { dataplane, log } = ctx;
@@ -139,12 +145,15 @@ export async function disenroll(e: PodEntry, reason: string, tellProxy: boolean,
   log.info(`${what} unenrolled: ${reason}`, { uid: e.uid });
 }
 
-/** The pod is going away: undo everything, best effort (each failure is logged). */
-export async function teardown(e: PodEntry, ctx: EnrollmentContext): Promise<void> {
+/**
+ * The pod is going away: undo everything, best effort (each failure is logged). `netnsGone`: its
+ * netns died (reconcile.ts), and its in-pod rules with it; only the held fd is left of it.
+ */
+export async function teardown(e: PodEntry, ctx: EnrollmentContext, netnsGone = false): Promise<void> {
   const { dataplane, log } = ctx;
   if (e.state !== "not-enrolled") {
     for (const ip of e.ips) await dataplane.removeHostPod(ip, e.uid).catch((err) => log.error("removing a host probe entry failed", { uid: e.uid, ip, error: errText(err) }));
-    if (e.netns) await dataplane.removePod(fdPath(e.netns)).catch((err) => log.warn("removing the in-pod rules of a deleted pod failed", { uid: e.uid, error: errText(err) }));
+    if (e.netns && !netnsGone) await dataplane.removePod(fdPath(e.netns)).catch((err) => log.warn("removing the in-pod rules of a deleted pod failed", { uid: e.uid, error: errText(err) }));
     if (ctx.zds) await ctx.zds.delWorkload(e.uid).catch((err) => log.warn("telling the proxy about a deleted pod failed", { uid: e.uid, error: errText(err) }));
   }
   e.netns?.close();

@@ -2,7 +2,7 @@
 //   1. config (flags > env > YAML > defaults) and the enrollment policy: any error → exit 2
 //   2. admin server (/healthz 200, /readyz 503 until step 5)
 //   3. pod cache rebuild: the host's netns identified (none: exit 1, host-netns.ts), state file
-//      + /proc scan, host probe set reset, rules re-asserted
+//      + /proc scan, host probe set reset, rules re-asserted; then the dead-netns sweep runs
 //   4. ZDS server (proxies connecting now get the rebuilt snapshot), event API socket
 //   5. ready
 // SIGTERM/SIGINT: stop serving, close the pods' netns fds and exit 0. Rules, the host probe set
@@ -117,6 +117,7 @@ export async function main(args: string[]): Promise<number> {
     dataplane: new RulesDataplane({ dnsCapture: a.dnsCapture, hostProbeSnat: a.hostProbeSnat, probeAddress: a.probeSnatAddress }),
     stateFile: a.stateFile,
     procRoot: a.procRoot,
+    reconcileIntervalMs: a.reconcileIntervalMs,
     log,
   });
 

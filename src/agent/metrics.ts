@@ -1,7 +1,8 @@
 // The agent's metrics (src/agent/admin.ts binds them to the agent and serves them on /metrics),
 // on a registry from src/admin/registry.ts (istio_build and the process metrics):
 //   nshub_agent_pods{state}, nshub_agent_cni_requests_total{method,result},
-//   nshub_agent_zds_connections, nshub_agent_ready, nshub_agent_state_write_errors_total
+//   nshub_agent_zds_connections, nshub_agent_ready, nshub_agent_state_write_errors_total,
+//   nshub_agent_pods_reconciled_total{reason}
 // The agent binds each to its own counts (bind*), read at scrape time.
 import { Counter, Gauge, type Registry } from "prom-client";
 
@@ -17,6 +18,8 @@ export interface AgentMetrics {
   readonly ready: Gauge;
   /** nshub_agent_state_write_errors_total */
   readonly stateWriteErrors: Counter;
+  /** nshub_agent_pods_reconciled_total{reason}: pods removed without a CNI DEL (reason "netns_gone": src/agent/reconcile.ts). */
+  readonly podsReconciled: Counter<"reason">;
   /**
    * Pod counts by state, read at each scrape. `states` are always exported (0 when absent),
    * so a state that empties shows 0 rather than disappearing.
@@ -30,6 +33,8 @@ export interface AgentMetrics {
   bindCniRequests(fn: () => Iterable<{ method: string; result: string; count: number }>): void;
   /** State-file write errors so far, read at each scrape. */
   bindStateWriteErrors(fn: () => number): void;
+  /** Pods removed without a CNI DEL so far, by reason, read at each scrape (every reason given is exported, 0 included). */
+  bindPodsReconciled(fn: () => Iterable<[reason: string, count: number]>): void;
   /** Read at each scrape (or call zdsConnections.set yourself). */
   bindZdsConnections(fn: () => number): void;
   bindReady(fn: () => boolean): void;
@@ -43,6 +48,7 @@ export function createAgentMetrics(registry: Registry): AgentMetrics {
   let isReady: (() => boolean) | undefined;
   let requestCounts: (() => Iterable<{ method: string; result: string; count: number }>) | undefined;
   let writeErrors: (() => number) | undefined;
+  let reconciledCounts: (() => Iterable<[string, number]>) | undefined;
   const pods = new Gauge({
     name: "nshub_agent_pods",
     help: "Pods in the agent's cache, by state",
@@ -93,6 +99,17 @@ export function createAgentMetrics(registry: Registry): AgentMetrics {
       this.inc(writeErrors());
     },
   });
+  const podsReconciled = new Counter({
+    name: "nshub_agent_pods_reconciled_total",
+    help: "Pods removed from the agent and the proxy without a CNI DEL, by reason (netns_gone: the pod's network namespace died)",
+    labelNames: ["reason"] as const,
+    registers,
+    collect() {
+      if (!reconciledCounts) return;
+      this.reset();
+      for (const [reason, n] of reconciledCounts()) this.inc({ reason }, n);
+    },
+  });
   return {
     registry,
     pods,
@@ -100,6 +117,7 @@ export function createAgentMetrics(registry: Registry): AgentMetrics {
     zdsConnections,
     ready,
     stateWriteErrors,
+    podsReconciled,
     bindPodCounts: (fn, states = []) => {
       podCounts = fn;
       podStates = states;
@@ -107,6 +125,7 @@ export function createAgentMetrics(registry: Registry): AgentMetrics {
     cniRequest: (method, result) => cniRequests.inc({ method, result }),
     bindCniRequests: (fn) => void (requestCounts = fn),
     bindStateWriteErrors: (fn) => void (writeErrors = fn),
+    bindPodsReconciled: (fn) => void (reconciledCounts = fn),
     bindZdsConnections: (fn) => void (zdsCount = fn),
     bindReady: (fn) => void (isReady = fn),
   };

@@ -28,6 +28,8 @@ export const agentSchema = z
     adminAddress: hostPort.default("127.0.0.1:15010"),
     stateFile: z.string().default("/var/run/nshub/agent-state.json"),
     procRoot: z.string().default("/proc"),
+    /** How often pods are checked for a network namespace that died without a CNI DEL (src/agent/reconcile.ts). */
+    reconcileIntervalMs: z.number().int().min(100).default(15_000),
     /** Capture the pod's DNS (UDP/TCP 53) to the proxy's 15053. Off until the DNS proxy exists. */
     dnsCapture: z.boolean().default(false),
     /** SNAT node-local probes to probeSnatAddress so they bypass the proxy (Istio's host rule). */
