@@ -5,13 +5,12 @@
 // No transport: the event API (api.ts) and the admin server (admin.ts) call into it, and api.ts
 // turns its AgentErrors (errors.ts) into Connect codes. The steps' effects on the kernel and the
 // proxy are enrollment.ts, finding pods' netns is recovery.ts, a pod's shapes are pod-entry.ts,
-// the host's namespaces host-netns.ts, and the sweep for pods whose netns died without a DEL
-// reconcile.ts.
+// the requests' checks are validate.ts, the host's namespaces host-netns.ts, and the sweep for
+// pods whose netns died without a DEL reconcile.ts.
 //
 // Fail closed: a pod's rules go in before the proxy is told about it. When no proxy acks, the
 // pod stays `pending` with its rules in place (its traffic goes nowhere rather than around the
 // proxy) and is handed over as soon as a proxy connects (snapshot) or acks a retry.
-import { isIP } from "node:net";
 import { identityKey } from "../sys/index.ts";
 import type { SnapshotEntry } from "../zds/types.ts";
 import type { Logger } from "../log/logger.ts";
@@ -40,6 +39,7 @@ import { NetnsReconciler } from "./reconcile.ts";
 import { fdPath, locateNetns, recoverPods, type LocatedNetns, type NetnsContext } from "./recovery.ts";
 import { ServingProxies } from "./serving.ts";
 import { readStateFile, writeStateFile, type PodStateName } from "./state.ts";
+import { checkEnroll, checkPodAdd, checkPodDelete, checkUnenroll, clip } from "./validate.ts";
 
 export interface AgentOptions {
   policy: EnrollmentPolicy;
@@ -54,8 +54,6 @@ export interface AgentOptions {
   /** Where the host's namespaces are read from (default: hostSources(procRoot); tests give fakes). */
   hostSources?: HostNetnsSources;
 }
-
-const UID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 const invalid = (msg: string) => new AgentError("invalid", msg);
 const precondition = (msg: string) => new AgentError("precondition", msg);
@@ -176,16 +174,12 @@ export class Agent {
 
   async podAdd(req: PodAddInput): Promise<Reply> {
     this.assertReady();
-    if (!req.namespace || !req.name) throw invalid("pod namespace and name are required (CNI_ARGS K8S_POD_NAMESPACE and K8S_POD_NAME)");
-    if (!req.netnsPath) throw invalid(`pod ${req.namespace}/${req.name}: the netns path is required (CNI_NETNS)`);
-    if (!req.netnsPath.startsWith("/")) throw invalid(`pod ${req.namespace}/${req.name}: the netns path ${JSON.stringify(req.netnsPath)} must be absolute`);
-    for (const ip of req.ips) if (isIP(ip) === 0) throw invalid(`pod ${req.namespace}/${req.name}: ${JSON.stringify(ip)} is not an IP address`);
+    checkPodAdd(req);
     if (!req.uid) {
       const d = this.opts.policy.decide(req.namespace, req.name);
       if (!d.enroll) return { state: "not-enrolled", reason: `${d.reason} (no pod UID given: not cached)`, pod: viewOf(newEntry(req, undefined)) };
       throw precondition(`pod ${req.namespace}/${req.name} has no UID (CNI_ARGS K8S_POD_UID is missing), so it cannot be enrolled (${d.reason})`);
     }
-    if (!UID_RE.test(req.uid)) throw invalid(`pod ${req.namespace}/${req.name}: uid ${JSON.stringify(req.uid)} is not a valid pod UID`);
     return this.locks.run(req.uid, () => this.podAddLocked(req));
   }
 
@@ -224,7 +218,7 @@ export class Agent {
       if (id && this.ctx.host.has(identityKey(id))) {
         // Kubelet runs no CNI for hostNetwork pods: this path names the node by mistake. Not
         // cached, so no entry (nor the state file) points at the node's netns.
-        const reason = `${d.reason}; CNI_NETNS ${req.netnsPath} is the node's own network namespace: not cached`;
+        const reason = `${d.reason}; CNI_NETNS ${clip(req.netnsPath)} is the node's own network namespace: not cached`;
         this.log.warn(`pod ${entry.namespace}/${entry.name} not enrolled: ${reason}`, { uid: entry.uid });
         return { state: "not-enrolled", reason, pod: viewOf(entry) };
       }
@@ -240,9 +234,9 @@ export class Agent {
 
   async podDelete(req: PodDeleteInput): Promise<{ deleted: boolean; reason: string }> {
     this.assertReady();
+    checkPodDelete(req);
     let uid = req.uid;
     if (!uid) {
-      if (!req.namespace || !req.name) throw invalid("PodDelete needs the pod uid, or its namespace and name");
       const found = [...this.pods.values()].filter((p) => p.namespace === req.namespace && p.name === req.name && (!req.containerId || !p.containerId || p.containerId === req.containerId));
       if (found.length === 0) return { deleted: false, reason: `pod ${req.namespace}/${req.name} is not known to the agent: nothing to delete` };
       if (found.length > 1) throw precondition(`several pods named ${req.namespace}/${req.name} are known (uids ${found.map((p) => p.uid).join(", ")}): give the uid`);
@@ -265,9 +259,7 @@ export class Agent {
 
   async enroll(req: EnrollInput): Promise<Reply> {
     this.assertReady();
-    if (!req.namespace || !req.name) throw invalid("enroll needs the pod's namespace and name");
-    if (req.netnsPath && !req.netnsPath.startsWith("/")) throw invalid(`the netns path ${JSON.stringify(req.netnsPath)} must be absolute`);
-    if (req.uid && !UID_RE.test(req.uid)) throw invalid(`uid ${JSON.stringify(req.uid)} is not a valid pod UID`);
+    checkEnroll(req);
     const known = this.find(req.namespace, req.name, req.uid);
     const uid = known?.uid ?? req.uid;
     if (!uid) {
@@ -297,7 +289,7 @@ export class Agent {
 
   async unenroll(req: UnenrollInput): Promise<Reply> {
     this.assertReady();
-    if (!req.namespace || !req.name) throw invalid("unenroll needs the pod's namespace and name");
+    checkUnenroll(req);
     const known = this.find(req.namespace, req.name, req.uid);
     if (!known) throw new AgentError("not-found", `pod ${req.namespace}/${req.name}${req.uid ? ` (uid ${req.uid})` : ""} is not known to the agent`);
     return this.locks.run(known.uid, async () => {

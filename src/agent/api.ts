@@ -5,10 +5,16 @@
 // the matching HTTP status), never a crash: unknown paths (unimplemented), other methods than
 // POST, a content type other than application/proto or application/json, an undecodable body
 // (invalid_argument). Bun answers bytes that are not HTTP at all with 400 and closes. The agent's
-// own refusals (AgentError) get the code of their kind (CODES).
+// own refusals (AgentError) get the code of their kind (CODES). No input is echoed whole in an
+// error (validate.ts clip).
+//
+// A JSON body with a field the message does not have is undecodable too (protobuf's JSON
+// mapping refuses unknown fields by default; Connect would ignore them): a misspelt key must not
+// quietly become an empty field. A binary body's unknown fields are ignored, as protobuf does,
+// so that a newer client's additions do not break an older agent; a typo cannot make one.
 import { chmodSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
-import { create, fromBinary, type DescMessage } from "@bufbuild/protobuf";
+import { create, fromBinary, fromJsonString, type DescMessage } from "@bufbuild/protobuf";
 import { Code, ConnectError, createConnectRouter, type ConnectRouter } from "@connectrpc/connect";
 import { createFetchHandler } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, codeToString } from "@connectrpc/connect/protocol-connect";
@@ -31,6 +37,7 @@ import type { Agent } from "./agent.ts";
 import { AgentError, errText, type AgentErrorKind } from "./errors.ts";
 import type { PodView } from "./pod-entry.ts";
 import type { PodStateName } from "./state.ts";
+import { clip, quote } from "./validate.ts";
 
 const SERVICE_PREFIX = `/${AgentService.typeName}/`;
 
@@ -137,7 +144,7 @@ export function connectErrorResponse(code: Code, message: string): Response {
 
 /** The Hono app serving AgentService (exported for tests). */
 export function createApiApp(agent: Agent, log: Logger): Hono {
-  const router = createConnectRouter();
+  const router = createConnectRouter({ jsonOptions: { ignoreUnknownFields: false } });
   agentRoutes(agent, log)(router);
   const handlers = new Map(router.handlers.map((h) => [h.requestPath, createFetchHandler(h)]));
   const methods = router.handlers.map((h) => h.requestPath.slice(SERVICE_PREFIX.length));
@@ -148,29 +155,31 @@ export function createApiApp(agent: Agent, log: Logger): Hono {
     const handler = handlers.get(path);
     if (!handler) {
       const msg = path.startsWith(SERVICE_PREFIX)
-        ? `unknown method ${path.slice(SERVICE_PREFIX.length)} of ${AgentService.typeName} (methods: ${methods.join(", ")})`
-        : `no such endpoint ${path}: this socket serves the Connect service ${AgentService.typeName} (POST ${SERVICE_PREFIX}<method>)`;
+        ? `unknown method ${clip(path.slice(SERVICE_PREFIX.length))} of ${AgentService.typeName} (methods: ${methods.join(", ")})`
+        : `no such endpoint ${clip(path)}: this socket serves the Connect service ${AgentService.typeName} (POST ${SERVICE_PREFIX}<method>)`;
       return connectErrorResponse(Code.Unimplemented, msg);
     }
     if (c.req.method !== "POST") {
-      return connectErrorResponse(Code.Unimplemented, `${c.req.method} ${path}: AgentService methods are called with POST`);
+      return connectErrorResponse(Code.Unimplemented, `${clip(c.req.method)} ${clip(path)}: AgentService methods are called with POST`);
     }
     const ctype = (c.req.header("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
     if (ctype !== "application/proto" && ctype !== "application/json") {
-      return connectErrorResponse(Code.InvalidArgument, `content type ${JSON.stringify(ctype || "(none)")} is not supported: send application/proto or application/json (Connect unary)`);
+      return connectErrorResponse(Code.InvalidArgument, `content type ${quote(ctype || "(none)")} is not supported: send application/proto or application/json (Connect unary)`);
     }
+    // Decoded here first: Connect reports an undecodable binary body as "internal" (it is the
+    // caller's mistake), and its JSON errors quote the offending key or value whole.
     let req = c.req.raw;
-    if (ctype === "application/proto") {
-      // Connect reports an undecodable binary body as "internal"; it is the caller's mistake.
-      const body = new Uint8Array(await req.arrayBuffer());
-      const input = inputs.get(path)!;
-      try {
-        fromBinary(input, body);
-      } catch (e) {
-        return connectErrorResponse(Code.InvalidArgument, `cannot decode message ${input.typeName} from binary: ${errText(e)}`);
-      }
-      req = new Request(req.url, { method: "POST", headers: req.headers, body });
+    const body = new Uint8Array(await req.arrayBuffer());
+    const input = inputs.get(path)!;
+    try {
+      if (ctype === "application/proto") fromBinary(input, body);
+      else fromJsonString(input, new TextDecoder("utf-8", { fatal: true }).decode(body), { ignoreUnknownFields: false });
+    } catch (e) {
+      // protobuf-es's JSON errors name the message or field already; its binary ones do not.
+      const msg = errText(e).startsWith("cannot decode ") ? errText(e) : `cannot decode message ${input.typeName} from ${ctype === "application/proto" ? "binary" : "JSON"}: ${errText(e)}`;
+      return connectErrorResponse(Code.InvalidArgument, clip(msg, 300));
     }
+    req = new Request(req.url, { method: "POST", headers: req.headers, body });
     let res: Response;
     try {
       res = await handler(req);

@@ -13,6 +13,7 @@ import { AgentError, errText } from "./errors.ts";
 import type { HostNetns } from "./host-netns.ts";
 import { entryFromRecord, type PodEntry } from "./pod-entry.ts";
 import type { PodRecord } from "./state.ts";
+import { clip } from "./validate.ts";
 
 /** What finding pods' netns needs of the agent. */
 export interface NetnsContext {
@@ -122,18 +123,18 @@ export async function locateNetns(e: PodEntry, givenPath: string, ctx: NetnsCont
       try {
         addrs = await ctx.dataplane.addresses(fdPath(ns));
       } catch (err) {
-        problems.push(`${c.path}: ${errText(err)}`);
+        problems.push(`${clip(c.path)}: ${errText(err)}`);
         continue;
       }
       if (e.ips.length > 0) {
         if (!addrs.some((a) => e.ips.includes(a))) {
-          problems.push(`${c.path} (${c.how}) holds ${addrs.join(", ") || "no address"}, none of the pod's IPs ${e.ips.join(", ")}`);
+          problems.push(`${clip(c.path)} (${c.how}) holds ${addrs.join(", ") || "no address"}, none of the pod's IPs ${e.ips.join(", ")}`);
           continue;
         }
         return { path: c.path, identity: ns.identity, ips: e.ips };
       }
       if (addrs.length === 0) {
-        problems.push(`${c.path} (${c.how}) has no IP address`);
+        problems.push(`${clip(c.path)} (${c.how}) has no IP address`);
         continue;
       }
       return { path: c.path, identity: ns.identity, ips: addrs };
@@ -150,19 +151,21 @@ export async function locateNetns(e: PodEntry, givenPath: string, ctx: NetnsCont
  */
 export function openPodNetns(path: string, what: string, host: HostNetns): Netns {
   let ns: Netns;
+  const shown = clip(path);
   try {
     ns = Netns.open(path);
   } catch (err) {
-    if (err instanceof NotNetnsError) throw new AgentError("precondition", `${what}: ${err.message}`);
+    // NotNetnsError's message starts with the path (its label): show it cut like the others.
+    if (err instanceof NotNetnsError) throw new AgentError("precondition", `${what}: ${shown}${err.message.slice(path.length)}`);
     if (err instanceof SysError) {
-      if (err.code === "ENOENT") throw new AgentError("precondition", `${what} ${path} does not exist`);
-      throw new AgentError("precondition", `${what} ${path} cannot be opened: ${err.code}`);
+      if (err.code === "ENOENT") throw new AgentError("precondition", `${what} ${shown} does not exist`);
+      throw new AgentError("precondition", `${what} ${shown} cannot be opened: ${err.code}`);
     }
     throw err;
   }
   if (host.has(ns.key)) {
     ns.close();
-    throw new AgentError("precondition", `${what} ${path} is the node's own network namespace: refusing to touch it`);
+    throw new AgentError("precondition", `${what} ${shown} is the node's own network namespace: refusing to touch it`);
   }
   return ns;
 }
