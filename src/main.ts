@@ -21,6 +21,7 @@ const commands: Record<string, Command> = {
   pods: { summary: "list pods the proxy serves", load: () => import("./cli/pods.ts") },
   connections: { summary: "list live connections (--watch to follow)", load: () => import("./cli/connections.ts") },
   "logs-level": { summary: "read or set the proxy's log level", load: () => import("./cli/logs-level.ts") },
+  ca: { summary: "nshub's certificate authority: init, issue-node, revoke-node, serve (Istio's CA API)", load: () => import("./cli/ca.ts") },
   demo: { summary: "a virtual node in network namespaces with live captured traffic", load: () => import("./demo/main.ts") },
   check: { summary: "verify this process can do what nshub needs (setns, SO_MARK, fd passing)", load: () => import("./cli/check.ts") },
 };
