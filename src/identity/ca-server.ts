@@ -139,6 +139,14 @@ export async function startCaServer(o: CaServerOptions): Promise<CaServer> {
     { key: tls.keyPem, cert: tls.chainPem, ca: ca.nodeCaCertPem, requestCert: true, rejectUnauthorized: false, allowHTTP1: false, minVersion: "TLSv1.2" },
     handler,
   );
+  // Clients (ztunnel, the proxy) keep their HTTP/2 sessions open; close() must end them.
+  const sessions = new Set<http2.ServerHttp2Session>();
+  let closing = false;
+  server.on("session", (s: http2.ServerHttp2Session) => {
+    if (closing) return void s.destroy(); // a handshake that finished while closing
+    sessions.add(s);
+    s.once("close", () => sessions.delete(s));
+  });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {
@@ -166,8 +174,13 @@ export async function startCaServer(o: CaServerOptions): Promise<CaServer> {
     trustDomain: ca.trustDomain,
     registry,
     close: async () => {
+      closing = true;
       await metrics?.stop(true);
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sessions) s.close(); // GOAWAY: calls in flight get a second to finish
+      await Promise.race([closed, Bun.sleep(1000)]);
+      for (const s of sessions) s.destroy(); // idle sessions a client keeps open
+      await Promise.race([closed, Bun.sleep(1000)]);
     },
   };
 }
