@@ -3,7 +3,7 @@
 // was left behind. Not part of scripts/test (it runs for minutes); docs/RELIABILITY.md holds a
 // report and what it proves. All traffic stays inside the namespaces this script creates.
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdtempSync, readdirSync, symlinkSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -12,7 +12,9 @@ import { listNetns } from "../src/sim/namespace.ts";
 import { hostNetState } from "../test/helpers/host-state.ts";
 
 const REPO = resolve(import.meta.dir, "..");
-const NSHUB = join(REPO, "dist/nshub");
+// The binary is copied into the run's directory first, so a rebuild of dist/ during a long soak
+// (scripts/build starts with rm -rf dist) cannot take it away from the restarts.
+let NSHUB = join(REPO, "dist/nshub");
 const BUN = process.execPath;
 const TOOLS = join(import.meta.dir, "soak-lib");
 const NS = "soak";
@@ -125,9 +127,13 @@ async function main(): Promise<number> {
   const hostBefore = await hostNetState();
   const dir = mkdtempSync(join(tmpdir(), "nshub-soak-"));
   const config = writeConfig(dir);
+  copyFileSync(NSHUB, join(dir, "nshub"));
+  chmodSync(join(dir, "nshub"), 0o755);
+  symlinkSync(join(dir, "nshub"), join(dir, "nshub-cni"));
+  NSHUB = join(dir, "nshub");
   const sim: NetSim = await createSim({
     prefix: "nsk-",
-    plugins: [{ type: "nshub-cni", binary: join(REPO, "dist/nshub-cni"), config: { agentSocket: join(dir, "run/agent.sock"), logFile: join(dir, "cni.log") } }],
+    plugins: [{ type: "nshub-cni", binary: join(dir, "nshub-cni"), config: { agentSocket: join(dir, "run/agent.sock"), logFile: join(dir, "cni.log") } }],
   });
   const started = Date.now();
   log(`soak: ${flags.minutes} min, seed ${seed}, node ${sim.node.name}, max ${maxPods} churn pods`);
