@@ -46,10 +46,16 @@ const durationMs = Number(flags.minutes) * 60_000;
 const maxPods = Number(flags["max-pods"]);
 if (!(durationMs > 0) || !(maxPods > 0)) throw new Error("--minutes and --max-pods must be > 0");
 
-// A small seeded generator, so a run's chaos schedule can be replayed with --seed.
+// A small seeded generator (mulberry32), so a run's chaos schedule can be replayed with --seed.
 const seed = flags.seed ?? randomBytes(4).toString("hex");
-let state = parseInt(seed.slice(0, 8), 16) || 1;
-const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
+let state = parseInt(seed.slice(0, 8), 16) >>> 0;
+const rand = () => {
+  state = (state + 0x6d2b79f5) >>> 0;
+  let t = state;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+};
 const between = (lo: number, hi: number) => lo + rand() * (hi - lo);
 
 const log = (msg: string) => console.log(`${new Date().toISOString().slice(11, 19)} ${msg}`);
