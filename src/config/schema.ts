@@ -39,6 +39,46 @@ export const agentSchema = z
   })
   .prefault({});
 
+/** A SPIFFE trust domain (SPIFFE-ID §2.1: lowercase letters, digits, '.', '-', '_'). */
+const trustDomain = z
+  .string()
+  .max(255)
+  .regex(/^[a-z0-9._-]+$/, "a trust domain is lowercase letters, digits, '.', '-' and '_' (SPIFFE-ID §2.1), e.g. cluster.local");
+const path = z.string().min(1);
+
+/**
+ * Where the proxy gets its pods' workload certificates (src/identity, src/proxy/certificates.ts).
+ * `none`: no certificates (the proxy relays plaintext as before). `istio`: Istio's CA API at
+ * `address` (istiod :15012 or `nshub ca serve`), TLS verified with `rootCert`, authenticated
+ * with `tokenFile` and/or the node client certificate `clientCert`/`clientKey`. `local`: this
+ * node signs with a CA key on disk: an `nshub ca init` directory (`localDir`), or
+ * `certFile`/`keyFile` (+ `rootCert` when certFile is an intermediate).
+ */
+export const caSchema = z
+  .strictObject({
+    source: z.enum(["none", "istio", "local"]).default("none"),
+    address: z.string().min(1).optional(),
+    rootCert: path.optional(),
+    tokenFile: path.optional(),
+    clientCert: path.optional(),
+    clientKey: path.optional(),
+    clusterId: z.string().min(1).optional(),
+    /** The name the CA's serving certificate must carry when it is not the address's host. */
+    serverName: z.string().min(1).optional(),
+    localDir: path.optional(),
+    certFile: path.optional(),
+    keyFile: path.optional(),
+    trustDomain: trustDomain.default("cluster.local"),
+    /** Requested certificate lifetime; renewed at about half of it. */
+    lifetimeSeconds: z
+      .number()
+      .int()
+      .min(10)
+      .max(90 * 24 * 3600)
+      .default(86_400),
+  })
+  .prefault({});
+
 export const proxySchema = z
   .strictObject({
     zdsSocket: z.string().default("/var/run/nshub/zds.sock"),
@@ -75,6 +115,7 @@ export const proxySchema = z
      * size, or the queue before the reader pauses).
      */
     relay: z.enum(["splice", "userspace"]).default("splice"),
+    ca: caSchema,
   })
   .prefault({});
 
@@ -104,5 +145,6 @@ export type Config = z.output<typeof configSchema>;
 export type AgentConfig = Config["agent"];
 export type ProxyConfig = Config["proxy"];
 export type CniConfig = Config["cni"];
+export type CaConfig = ProxyConfig["ca"];
 export type EnrollmentConfig = AgentConfig["enrollment"];
 export type LogLevel = Config["logLevel"];

@@ -116,6 +116,39 @@ export function crossFieldIssues(cfg: Config): CrossIssue[] {
       if (a === b) out.push({ keys: [[...ka], [...kb]], text: ([x, y]) => `${x} and ${y} must be different files (both ${a})` });
     }
   }
+  out.push(...caIssues(cfg.proxy.ca));
+  return out;
+}
+
+/**
+ * `proxy.ca`: what each certificate source needs. A missing key is named in the message (its
+ * own source would only say "default"); the issue is blamed on `source`.
+ */
+function caIssues(ca: Config["proxy"]["ca"]): CrossIssue[] {
+  const out: CrossIssue[] = [];
+  const key = (k: string) => ["proxy", "ca", k];
+  const need = (what: string) => out.push({ keys: [key("source")], text: ([s]) => `${s} is ${ca.source}: ${what}` });
+  const given = (ks: string[]) => ks.filter((k) => (ca as Record<string, unknown>)[k] !== undefined);
+  if (ca.source === "none") return out;
+  if (ca.source === "istio") {
+    if (ca.address === undefined) need("set proxy.ca.address to the CA's address (istiod's is istiod.istio-system.svc:15012; nshub ca serve's host:15012)");
+    else if (!/^(https:\/\/)?[^/\s]+$/i.test(ca.address) && !/^https:\/\/[^\s]+$/i.test(ca.address)) {
+      out.push({ keys: [key("address")], text: ([a]) => `${a} ${JSON.stringify(ca.address)} is not host:port or https://host:port (the CA API needs TLS)` });
+    }
+    if (ca.rootCert === undefined) need("set proxy.ca.rootCert to the PEM file of the roots that verify the CA's serving certificate (istiod's: /var/run/secrets/istio/root-cert.pem)");
+    if (ca.tokenFile === undefined && ca.clientCert === undefined) need("set proxy.ca.tokenFile (a bearer token file) or proxy.ca.clientCert and proxy.ca.clientKey (a node certificate from nshub ca issue-node)");
+    if ((ca.clientCert === undefined) !== (ca.clientKey === undefined)) need("proxy.ca.clientCert and proxy.ca.clientKey go together");
+    const local = given(["localDir", "certFile", "keyFile"]);
+    if (local.length) need(`${local.map((k) => `proxy.ca.${k}`).join(", ")} only apply to source local`);
+    return out;
+  }
+  const files = given(["certFile", "keyFile"]);
+  if (ca.localDir === undefined && files.length < 2) {
+    need(`set proxy.ca.localDir (an nshub ca init directory) or both proxy.ca.certFile and proxy.ca.keyFile (the signing certificate and its key)${files.length ? `; only proxy.ca.${files[0]} is set` : ""}`);
+  }
+  if (ca.localDir !== undefined && files.length) need(`proxy.ca.localDir or proxy.ca.certFile/keyFile, not both`);
+  const remote = given(["address", "tokenFile", "clientCert", "clientKey", "clusterId", "serverName"]);
+  if (remote.length) need(`${remote.map((k) => `proxy.ca.${k}`).join(", ")} only apply to source istio`);
   return out;
 }
 
