@@ -19,6 +19,7 @@ const commands: Record<string, Command> = {
   unenroll: { summary: "unenroll a running pod: nshub unenroll <namespace>/<pod>", load: () => import("./cli/enroll.ts").then((m) => ({ main: m.unenrollMain })) },
   status: { summary: "show both daemons, readiness and pod counts", load: () => import("./cli/status.ts") },
   pods: { summary: "list pods the proxy serves", load: () => import("./cli/pods.ts") },
+  workloads: { summary: "list the workload model (who is in the mesh, IPs, identities) from a ztunnel local-config file", load: () => import("./cli/workloads.ts") },
   connections: { summary: "list live connections (--watch to follow)", load: () => import("./cli/connections.ts") },
   "logs-level": { summary: "read or set the proxy's log level", load: () => import("./cli/logs-level.ts") },
   ca: { summary: "nshub's certificate authority: init, issue-node, revoke-node, serve (Istio's CA API)", load: () => import("./cli/ca.ts") },
