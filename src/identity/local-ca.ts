@@ -24,10 +24,16 @@ export interface LocalCaFiles {
   maxLifetimeSeconds?: number;
 }
 
-class LocalCa implements CertificateSource {
+/** A local signer knows the one trust domain it signs for (the proxy checks its config against it). */
+export interface LocalCertificateSource extends CertificateSource {
+  readonly trustDomain: string;
+}
+
+class LocalCa implements LocalCertificateSource {
   constructor(
     readonly description: string,
     private readonly signer: CaSigner,
+    readonly trustDomain: string,
   ) {}
 
   async createCertificate(req: CertificateRequest): Promise<string[]> {
@@ -43,7 +49,7 @@ class LocalCa implements CertificateSource {
 }
 
 /** A local signer from explicit files. Throws when the key file is not root-only or does not match. */
-export async function openLocalCa(f: LocalCaFiles): Promise<CertificateSource> {
+export async function openLocalCa(f: LocalCaFiles): Promise<LocalCertificateSource> {
   const keyPem = readPrivateFile(f.keyFile, "CA key");
   const certPem = readFileSync(f.certFile, "utf8");
   if (!keyMatchesCert(keyPem, certPem)) throw new Error(`CA key ${f.keyFile} does not belong to ${f.certFile}`);
@@ -56,12 +62,12 @@ export async function openLocalCa(f: LocalCaFiles): Promise<CertificateSource> {
     defaultLifetimeSeconds: f.defaultLifetimeSeconds,
     maxLifetimeSeconds: f.maxLifetimeSeconds,
   });
-  return new LocalCa(`local-ca ${f.certFile}`, signer);
+  return new LocalCa(`local-ca ${f.certFile}`, signer, f.trustDomain);
 }
 
 /** A local signer from an `nshub ca init` directory (its trust domain, files and mode checks). */
-export async function openLocalCaDir(dir: string, lifetimes: { defaultLifetimeSeconds?: number; maxLifetimeSeconds?: number } = {}): Promise<CertificateSource> {
+export async function openLocalCaDir(dir: string, lifetimes: { defaultLifetimeSeconds?: number; maxLifetimeSeconds?: number } = {}): Promise<LocalCertificateSource> {
   const ca = await loadCaDir(dir);
   const signer = new CaSigner({ trustDomain: ca.trustDomain, issuer: ca.issuer, intermediates: ca.intermediates, rootBundle: ca.rootBundle, ...lifetimes });
-  return new LocalCa(`local-ca ${dir}`, signer);
+  return new LocalCa(`local-ca ${dir}`, signer, ca.trustDomain);
 }

@@ -11,6 +11,8 @@ export const MAX_SPIFFE_ID_BYTES = 2048;
 /** SPIFFE-ID §2.3: RFC 3986 limits a host to 255 characters. */
 export const MAX_TRUST_DOMAIN_BYTES = 255;
 export const DEFAULT_TRUST_DOMAIN = "cluster.local";
+/** A pod's service account when nothing names one: what Kubernetes itself assumes. */
+export const DEFAULT_SERVICE_ACCOUNT = "default";
 
 /** A workload's identity, as Istio names it. */
 export interface WorkloadIdentity {
