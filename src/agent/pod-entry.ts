@@ -7,6 +7,7 @@
 // src/gen/); the types here are derived from them.
 import type { Message } from "@bufbuild/protobuf";
 import type { EnrollRequest, Pod, PodAddRequest, PodDeleteRequest, UnenrollRequest } from "../gen/nshub/agent/v1/agent_pb.ts";
+import { DEFAULT_SERVICE_ACCOUNT } from "../identity/spiffe.ts";
 import type { Netns, NetnsIdentity } from "../sys/index.ts";
 import type { WorkloadIdentity } from "../zds/types.ts";
 import type { PodRecord, PodStateName } from "./state.ts";
@@ -41,13 +42,18 @@ export type UnenrollInput = Fields<UnenrollRequest>;
 // Entries are built only by newEntry and entryFromRecord, so an entry has exactly the record's
 // fields plus identity and netns: recordOf can take the rest as the record.
 
-/** A pod the agent has not handled yet. Picks its fields: `req` may be a whole API message. */
+/**
+ * A pod the agent has not handled yet. Picks its fields: `req` may be a whole API message. No
+ * service account (a CNI ADD without K8S_POD_SERVICE_ACCOUNT, an enroll without
+ * --service-account) is Kubernetes' own default, "default": the pod's identity is then
+ * spiffe://<td>/ns/<namespace>/sa/default.
+ */
 export function newEntry(req: PodAddInput, override: PodEntry["override"]): PodEntry {
   return {
     uid: req.uid,
     namespace: req.namespace,
     name: req.name,
-    serviceAccount: req.serviceAccount,
+    serviceAccount: req.serviceAccount || DEFAULT_SERVICE_ACCOUNT,
     ips: [...req.ips],
     netnsPath: req.netnsPath,
     containerId: req.containerId,
@@ -60,10 +66,10 @@ export function newEntry(req: PodAddInput, override: PodEntry["override"]): PodE
   };
 }
 
-/** A pod of the state file; no netns held yet. */
+/** A pod of the state file; no netns held yet. (Files of older agents may have no service account.) */
 export function entryFromRecord(r: PodRecord): PodEntry {
   const { netns, override, ...rest } = r;
-  return { ...rest, ips: [...r.ips], identity: netns, netns: undefined, override };
+  return { ...rest, serviceAccount: r.serviceAccount || DEFAULT_SERVICE_ACCOUNT, ips: [...r.ips], identity: netns, netns: undefined, override };
 }
 
 /** What the state file keeps of an entry (`netns` and `override` only when set). */

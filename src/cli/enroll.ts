@@ -27,7 +27,8 @@ Enroll a running pod: the agent programs its netns and hands it to the proxy.
 
   --uid <uid>               the pod's UID (needed when the agent never saw the pod's CNI ADD)
   --netns <path>            the pod's netns (default: what the agent knows, or a /proc scan)
-  --service-account <name>  service account to hand to the proxy
+  --service-account <name>  the pod's service account: its identity is spiffe://<trust domain>/ns/<namespace>/sa/<name>
+                            (default: what the agent knows from the CNI ADD, else "default")
   --api-socket <path>       the agent's API socket (default: agent.apiSocket of the config)
   --config <file>           nshub config file
   --timeout <ms>            how long to wait for the agent (default 10000)

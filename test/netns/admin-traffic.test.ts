@@ -137,13 +137,13 @@ netnsDescribe("admin API, metrics, access log and CLI against the real agent and
       expect(d.workloads.map((w) => `${w.namespace}/${w.name}`).sort()).toEqual(["mesh/client", "mesh/server"]);
       for (const pod of [client, server]) {
         const w = d.workloads.find((x) => x.uid === pod.uid)!;
-        expect(w).toMatchObject({ name: pod.podName, namespace: "mesh", serviceAccount: "", state: "Up", protocol: "TCP", netns: idOf(pod), workloadIps: [pod.ip] });
+        expect(w).toMatchObject({ name: pod.podName, namespace: "mesh", serviceAccount: "default", state: "Up", protocol: "TCP", netns: idOf(pod), workloadIps: [pod.ip] });
         expect(w.listeners).toEqual([
           { kind: "outbound", address: "0.0.0.0", port: 15001 },
           { kind: "inbound", address: "0.0.0.0", port: 15006 },
         ]);
         expect(w.connections).toEqual({ inbound: 0, outbound: 0 });
-        expect(d.workloadState[pod.uid]).toEqual({ state: "Up", info: { name: pod.podName, namespace: "mesh", serviceAccount: "" }, connections: { inbound: [], outbound: [] } });
+        expect(d.workloadState[pod.uid]).toEqual({ state: "Up", info: { name: pod.podName, namespace: "mesh", serviceAccount: "default" }, connections: { inbound: [], outbound: [] } });
       }
       expect(d.workloads.some((w) => w.uid === outsider.uid)).toBe(false);
       const cfg = d.config as { logLevel: string; proxy: Record<string, unknown> };

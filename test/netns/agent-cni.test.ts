@@ -72,7 +72,7 @@ netnsDescribe("nshub agent + nshub-cni through the real CNI chain", () => {
       web = await sim.addPod({ name: "web-0", namespace: "mesh" });
       expect(await podNetState(web.netnsPath)).toEqual(ENROLLED_STATE);
       const adds = zds.events.slice(before);
-      expect(adds).toEqual([{ kind: "add", uid: web.uid, info: { name: "web-0", namespace: "mesh", serviceAccount: "" }, netns: idOf(web.netnsPath) }]);
+      expect(adds).toEqual([{ kind: "add", uid: web.uid, info: { name: "web-0", namespace: "mesh", serviceAccount: "default" }, netns: idOf(web.netnsPath) }]);
       expect(zds.served.has(web.uid)).toBe(true);
       // Host side: the pod's IP in the probe set (comment = uid), the SNAT rule first in POSTROUTING.
       expect(await probeSet(sim)).toEqual([`${web.ip} ${web.uid}`]);
@@ -146,7 +146,7 @@ netnsDescribe("nshub agent + nshub-cni through the real CNI chain", () => {
       const r = await run([NSHUB, "enroll", "mesh/web-0", "--api-socket", paths.apiSocket]);
       expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 0, stdout: "mesh/web-0: enrolled — rules in place; a proxy acked the pod\n" });
       expect(await podNetState(web.netnsPath)).toEqual(ENROLLED_STATE);
-      expect(zds.events.at(-1)).toEqual({ kind: "add", uid: web.uid, info: { name: "web-0", namespace: "mesh", serviceAccount: "" }, netns: idOf(web.netnsPath) });
+      expect(zds.events.at(-1)).toEqual({ kind: "add", uid: web.uid, info: { name: "web-0", namespace: "mesh", serviceAccount: "default" }, netns: idOf(web.netnsPath) });
       expect(await probeSet(sim)).toEqual([`${web.ip} ${web.uid}`]);
     }, T);
 
@@ -190,7 +190,7 @@ netnsDescribe("nshub agent + nshub-cni through the real CNI chain", () => {
       const snap = zds.events.filter((e) => e.kind === "add").sort((a, b) => a.uid.localeCompare(b.uid));
       expect(snap).toEqual(
         [
-          { kind: "add" as const, uid: web.uid, info: { name: "web-0", namespace: "mesh", serviceAccount: "" }, netns: idOf(web.netnsPath) },
+          { kind: "add" as const, uid: web.uid, info: { name: "web-0", namespace: "mesh", serviceAccount: "default" }, netns: idOf(web.netnsPath) },
           { kind: "add" as const, uid: late.uid, info: { name: "late", namespace: "default", serviceAccount: "late-sa" }, netns: idOf(lateNetns) },
         ].sort((a, b) => a.uid.localeCompare(b.uid)),
       );
@@ -447,7 +447,7 @@ netnsDescribe("nshub agent with no proxy connected: fail closed, pending, then e
 
     zds = await TestZdsClient.connect(paths.zdsSocket);
     await eventually(() => zds!.snapshotReceived, "the snapshot");
-    expect(zds.of("add")).toEqual([{ kind: "add", uid: pod.uid, info: { name: "held", namespace: "mesh", serviceAccount: "" }, netns: idOf(pod.netnsPath) }]);
+    expect(zds.of("add")).toEqual([{ kind: "add", uid: pod.uid, info: { name: "held", namespace: "mesh", serviceAccount: "default" }, netns: idOf(pod.netnsPath) }]);
     await eventually(async () => (await paths.client().listPods({})).pods[0]?.state === PodState.ENROLLED, "the pod to be enrolled");
     expect((await paths.client().listPods({})).pods[0]!.reason).toBe("acked by a proxy in its snapshot");
     expect(paths.state()[0]!.state).toBe("enrolled");

@@ -51,6 +51,9 @@ export type Pod = Message<"nshub.agent.v1.Pod"> & {
   name: string;
 
   /**
+   * The pod's service account ("default" when no request named one): its identity is
+   * spiffe://<trust domain>/ns/<namespace>/sa/<service_account>.
+   *
    * @generated from field: string service_account = 4;
    */
   serviceAccount: string;
@@ -149,7 +152,8 @@ export type PodAddRequest = Message<"nshub.agent.v1.PodAddRequest"> & {
   name: string;
 
   /**
-   * Optional: CNI_ARGS K8S_POD_SERVICE_ACCOUNT when the runtime passes it.
+   * Optional: CNI_ARGS K8S_POD_SERVICE_ACCOUNT when the runtime passes it; empty: "default".
+   * A DNS-1123 subdomain (Kubernetes' rule for service account names).
    *
    * @generated from field: string service_account = 4;
    */
@@ -316,7 +320,8 @@ export type EnrollRequest = Message<"nshub.agent.v1.EnrollRequest"> & {
   netnsPath: string;
 
   /**
-   * Optional: the service account to hand to the proxy.
+   * Optional: the pod's service account, handed to the proxy (ZDS WorkloadInfo) for its identity;
+   * empty: what the agent knows, else "default". A DNS-1123 subdomain.
    *
    * @generated from field: string service_account = 5;
    */
