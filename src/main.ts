@@ -21,6 +21,7 @@ const commands: Record<string, Command> = {
   pods: { summary: "list pods the proxy serves", load: () => import("./cli/pods.ts") },
   workloads: { summary: "list the workload model (who is in the mesh, IPs, identities) from a ztunnel local-config file", load: () => import("./cli/workloads.ts") },
   connections: { summary: "list live connections (--watch to follow)", load: () => import("./cli/connections.ts") },
+  certs: { summary: "list the proxy's workload certificates (one per identity)", load: () => import("./cli/certs.ts") },
   "logs-level": { summary: "read or set the proxy's log level", load: () => import("./cli/logs-level.ts") },
   ca: { summary: "nshub's certificate authority: init, issue-node, revoke-node, serve (Istio's CA API)", load: () => import("./cli/ca.ts") },
   demo: { summary: "a virtual node in network namespaces with live captured traffic", load: () => import("./demo/main.ts") },

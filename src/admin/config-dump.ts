@@ -8,13 +8,18 @@
 //                         netns, listeners, connections: {inbound, outbound}, error?} ]  (by uid)
 //     "workloadState": { "<uid>": {state, info: {name, namespace, serviceAccount},
 //                         connections: {inbound: [conn], outbound: [conn]}} }
+//     "certificates": [ {identity, state, certChain: [cert], rootCerts: [cert]} ]  (by identity;
+//                     only when the proxy has a certificate source)
 //     "config":  the effective configuration,
 //     "version": build information
 //   }
 //
 // conn = {id, src, originalDst, actualDst, protocol: "TCP", state, bytesSent, bytesReceived,
 // startedAt, ageSeconds}; bytes are counted from the source's (client's) side.
-import type { ConnectionView, EndpointView, ProxyView, VersionInfo, WorkloadState } from "./views.ts";
+// cert = {pem, serialNumber, validFrom, expirationTime} as ztunnel dumps it (its dump_certs):
+// pem base64 of the PEM text, the serial in decimal, times RFC 3339 UTC to the second; state
+// "Initializing", "Available" or "Unavailable: <why>". Private keys are never in it.
+import type { CertView, CertificateView, ConnectionView, EndpointView, ProxyView, VersionInfo, WorkloadState } from "./views.ts";
 
 export interface DumpListener {
   kind: string;
@@ -59,9 +64,24 @@ export interface DumpWorkloadState {
   connections: { inbound: DumpConnection[]; outbound: DumpConnection[] };
 }
 
+export interface DumpCert {
+  pem: string;
+  serialNumber: string;
+  validFrom: string;
+  expirationTime: string;
+}
+
+export interface DumpCertificate {
+  identity: string;
+  state: string;
+  certChain: DumpCert[];
+  rootCerts: DumpCert[];
+}
+
 export interface ConfigDump {
   workloads: DumpWorkload[];
   workloadState: Record<string, DumpWorkloadState>;
+  certificates?: DumpCertificate[];
   config: unknown;
   version: VersionInfo;
 }
@@ -83,6 +103,17 @@ function dumpConnection(c: ConnectionView, now: number): DumpConnection {
     startedAt: new Date(c.startedAt).toISOString(),
     ageSeconds: Math.max(0, Math.round((now - c.startedAt) / 100) / 10),
   };
+}
+
+/** RFC 3339 UTC to whole seconds, as ztunnel prints certificate times. */
+const seconds = (iso: string) => new Date(iso).toISOString().replace(/\.\d+Z$/, "Z");
+
+function dumpCert(c: CertView): DumpCert {
+  return { pem: Buffer.from(c.pem).toString("base64"), serialNumber: BigInt(`0x${c.serial}`).toString(10), validFrom: seconds(c.notBefore), expirationTime: seconds(c.notAfter) };
+}
+
+export function dumpCertificate(c: CertificateView): DumpCertificate {
+  return { identity: c.identity, state: c.state, certChain: c.certChain.map(dumpCert), rootCerts: c.rootCerts.map(dumpCert) };
 }
 
 export function buildConfigDump(view: ProxyView, workerConnections: Iterable<ConnectionView> = [], now = Date.now()): ConfigDump {
@@ -126,5 +157,6 @@ export function buildConfigDump(view: ProxyView, workerConnections: Iterable<Con
     if (w) w.connections[c.direction]++;
   }
   workloads.sort((a, b) => (a.uid < b.uid ? -1 : a.uid > b.uid ? 1 : 0));
-  return { workloads, workloadState, config: view.config(), version: view.version() };
+  const certificates = view.certificates ? { certificates: view.certificates().map(dumpCertificate) } : {};
+  return { workloads, workloadState, ...certificates, config: view.config(), version: view.version() };
 }

@@ -73,6 +73,24 @@ export interface VersionInfo {
   readonly [key: string]: string;
 }
 
+/** One certificate as config_dump shows it (public data only). */
+export interface CertView {
+  readonly pem: string;
+  /** Hex, as openssl prints it. */
+  readonly serial: string;
+  readonly notBefore: string;
+  readonly notAfter: string;
+}
+
+/** One workload identity's certificate, in ztunnel's terms (`state`: Initializing, Available, or "Unavailable: <why>"). */
+export interface CertificateView {
+  readonly identity: string;
+  readonly state: string;
+  /** Leaf + intermediates (empty unless Available). */
+  readonly certChain: readonly CertView[];
+  readonly rootCerts: readonly CertView[];
+}
+
 export interface ProxyView {
   /** Every pod the proxy serves or has pending. */
   workloads(): Iterable<WorkloadView>;
@@ -80,6 +98,8 @@ export interface ProxyView {
   connections(): Iterable<ConnectionView>;
   /** The live connections of the data-plane Worker threads (src/proxy/workers.ts), if any. */
   workerConnections?(): Promise<Iterable<ConnectionView>>;
+  /** Workload certificates by identity, when the proxy has a certificate source (proxy.ca). */
+  certificates?(): readonly CertificateView[];
   /** The effective configuration (JSON-serialisable; secrets, if any ever exist, removed). */
   config(): unknown;
   version(): VersionInfo;

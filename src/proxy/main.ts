@@ -1,7 +1,8 @@
 // `nshub proxy`: the node proxy daemon. Startup order (as src/agent/main.ts):
 //   1. flags and config (flags > env > YAML > defaults): any error → exit 2
 //   2. checks: capabilities (setns, SO_MARK, IP_TRANSPARENT) → exit 1 when one is missing
-//   3. build: metrics registry, workload manager with the metrics/access-log observer on its
+//   3. build: the certificate source and manager (`proxy.ca`, ./certificates.ts; none by default),
+//      metrics registry, workload manager with the metrics/access-log observer on its
 //      connection table, the data-plane workers (`proxy.workers` > 1), the ProxyView (./proxy-view.ts)
 //   4. serve: admin (read-only on loopback TCP, everything on the root-only admin socket), metrics
 //      and readiness servers (src/admin/servers.ts serveAdmin), then the ZDS client, which feeds
@@ -20,8 +21,12 @@ import { homeNetns, stopFdPoller } from "../sys/index.ts";
 import { ZdsClient } from "../zds/client.ts";
 import { createRegistry } from "../admin/registry.ts";
 import { serveAdmin, type AdminServers, type AppExtension } from "../admin/servers.ts";
+import { CertificateManager } from "../identity/cert-manager.ts";
 import { proxyAdminRoutes } from "./admin-routes.ts";
 import { CapabilityError, checkCapabilities } from "./capabilities.ts";
+import { certAdminRoutes } from "./cert-admin.ts";
+import { createCertMetrics } from "./cert-metrics.ts";
+import { CaSetupError, CertifyingWorkloadManager, openCertificateSource } from "./certificates.ts";
 import { createConnectionObserver } from "./connection-observer.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
 import { createProxyMetrics } from "./metrics.ts";
@@ -53,6 +58,9 @@ options:
   --relay <mode>                splice (kernel copy, default) or userspace (Bun sockets)
   --log-level <level>           trace, debug, info, warn, error
   -h, --help                    this text
+
+Workload certificates (one per identity, for the pods' SPIFFE IDs) are off by default; turn them
+on with proxy.ca in the config file or NSHUB_PROXY_CA_* (source istio or local: see the README).
 
 Environment: NSHUB_PROXY_<KEY> (e.g. NSHUB_PROXY_DRAIN_DEADLINE_MS), NSHUB_LOG_LEVEL, NSHUB_CONFIG.`;
 
@@ -153,10 +161,25 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
     throw e;
   }
 
-  // 3. build. Metrics: registry (istio_build, process metrics), traffic counters and workload-manager
+  // 3. build. Certificates first: a proxy.ca it cannot use stops it before anything listens.
+  let certs: CertificateManager | undefined;
+  try {
+    const source = await openCertificateSource(pc.ca);
+    if (source) {
+      certs = new CertificateManager({ source, lifetimeSeconds: pc.ca.lifetimeSeconds, log: createLogger("proxy/certs") });
+      log.info("workload certificates on", { source: source.description, trustDomain: pc.ca.trustDomain, lifetimeSeconds: pc.ca.lifetimeSeconds });
+    }
+  } catch (e) {
+    if (!(e instanceof CaSetupError)) throw e;
+    log.error(e.message);
+    console.error(`nshub proxy: ${e.message}`);
+    return 1;
+  }
+  // Metrics: registry (istio_build, process metrics), traffic counters and workload-manager
   // metrics. Label sets are resolved once per connection by the observer (see ./metrics.ts).
   const metricsRegistry = createRegistry({ component: "nshub-proxy" });
   const metrics = createProxyMetrics(metricsRegistry.registry);
+  if (certs) createCertMetrics(metricsRegistry.registry, certs);
   const manager = new ProxyWorkloadManager({
     cfg: pc,
     log: createLogger("proxy/pods"),
@@ -173,6 +196,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
       pool = await WorkerPool.start(pc.workers - 1, pc, cfg.logLevel, log);
     } catch (e) {
       metricsRegistry.stop();
+      certs?.close();
       log.error("cannot start the data-plane threads", { error: (e as Error).message });
       console.error(`nshub proxy: cannot start the data-plane threads: ${(e as Error).message}`);
       return 1;
@@ -213,6 +237,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   const view = createProxyView({
     manager,
     workers,
+    certs,
     config: { logLevel: cfg.logLevel, proxy: pc },
     version: { version: pkg.version, bun: Bun.version, component: "nshub-proxy" },
     quit: (reason) => requestQuit(reason),
@@ -232,13 +257,14 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
       metricsText,
       log,
       extend: {
-        admin: [proxyAdminRoutes(manager, workers), ...hook(hooks.http?.extendAdmin)],
+        admin: [proxyAdminRoutes(manager, workers), certAdminRoutes(certs, pc.ca), ...hook(hooks.http?.extendAdmin)],
         metrics: hook(hooks.http?.extendMetrics),
         readiness: hook(hooks.http?.extendReadiness),
       },
     });
   } catch (e) {
     metricsRegistry.stop();
+    certs?.close();
     await workers?.stop();
     log.error((e as Error).message);
     console.error(`nshub proxy: ${(e as Error).message}`);
@@ -247,7 +273,10 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   hooks.onServing?.(servers);
 
   const zlog = createLogger("proxy/zds");
-  const zds = new ZdsClient({ path: pc.zdsSocket, manager: workers ? new WorkerPoolWorkloadManager(manager, workers, createLogger("proxy/pods")) : manager, log: (level, msg, fields) => zlog[level](msg, fields) });
+  const pods = workers ? new WorkerPoolWorkloadManager(manager, workers, createLogger("proxy/pods")) : manager;
+  // With certificates on, ZDS adds and deletes also tell the certificate manager who is here.
+  const zdsManager = certs ? new CertifyingWorkloadManager(pods, certs, pc.ca.trustDomain, createLogger("proxy/certs")) : pods;
+  const zds = new ZdsClient({ path: pc.zdsSocket, manager: zdsManager, log: (level, msg, fields) => zlog[level](msg, fields) });
   zds.start();
   log.info("proxy started", { threads: pc.workers, zdsSocket: pc.zdsSocket, admin: servers.adminUrl, adminSocket: servers.adminSocket, metrics: servers.metricsUrl, readiness: servers.readinessUrl, pid: process.pid });
 
@@ -276,6 +305,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   const [own, others] = await Promise.all([manager.drain(pc.drainDeadlineMs), workers?.drain(pc.drainDeadlineMs)]);
   const result = { finished: own.finished + (others?.finished ?? 0), reset: own.reset + (others?.reset ?? 0) };
   log.info("drained; exiting", result);
+  certs?.close();
   await servers.close();
   await workers?.stop();
   await stopSpliceEngine();

@@ -2,6 +2,8 @@
 // manager and its connection table, for the admin API, the metrics and the CLI.
 import type { ProxyView, VersionInfo, WorkloadView } from "../admin/views.ts";
 import { getLogLevel, setLogLevel } from "../log/logger.ts";
+import type { CertificateManager } from "../identity/cert-manager.ts";
+import { certificateViews } from "./cert-admin.ts";
 import type { ProxyWorkloadManager } from "./manager.ts";
 import type { WorkerPool } from "./workers.ts";
 
@@ -14,6 +16,8 @@ export interface ProxyViewOptions {
   quit: (reason: string) => void;
   /** The data-plane Worker threads, when there are any. */
   workers?: WorkerPool;
+  /** Workload certificates (proxy.ca), shown in config_dump's `certificates`. */
+  certs?: CertificateManager;
   /** Sets the process's log level (default: src/log/logger.ts setLogLevel); throws on an unknown level. */
   setLogLevel?: (level: string) => void;
 }
@@ -36,6 +40,7 @@ export function createProxyView(o: ProxyViewOptions): ProxyView {
     // The live records satisfy ConnectionView as they are (checked in ./connection-observer.ts).
     connections: () => o.manager.table.live(),
     ...(o.workers ? { workerConnections: async () => (await o.workers!.connections(false)).live } : {}),
+    ...(o.certs ? { certificates: () => certificateViews(o.certs!) } : {}),
     config: () => o.config,
     version: () => o.version,
     readiness: () => o.manager.readiness(),
