@@ -8,7 +8,8 @@
 //   3. starts `nshub agent` and `nshub proxy` inside the node (this binary runs itself; from
 //      source, dist/nshub) as detached processes with a generated config;
 //   4. creates pods through that chain: demo/web and demo/client (enrolled namespace "demo"),
-//      other/outsider (not enrolled);
+//      other/outsider (not enrolled); shows each enrolled pod's identity and certificate
+//      (`nshub certs`: the proxy signs them with a local CA the demo made with `nshub ca init`);
 //   5. starts servers in demo/web: an HTTP server that answers with the client address it saw
 //      (`nshub demo --serve-http`, see serve.ts), a socat TCP echo, an iperf3 server;
 //   6. sends real traffic from demo/client: curl, a TCP echo (kept open), a 1 s iperf3 burst;
@@ -28,6 +29,7 @@ import { checkPrerequisites } from "./steps/prerequisites.ts";
 import { buildNode } from "./steps/node.ts";
 import { startDaemons } from "./steps/daemons.ts";
 import { createPods } from "./steps/pods.ts";
+import { showIdentities } from "./steps/identity.ts";
 import { startServers } from "./steps/servers.ts";
 import { sendFromOutsider, sendTraffic } from "./steps/traffic.ts";
 import { showWhatTheProxySaw } from "./steps/report.ts";
@@ -41,7 +43,8 @@ const HELP = `usage: nshub demo [--keep] [--json]
 Builds a virtual Kubernetes node out of network namespaces on this machine, starts the nshub
 agent and proxy in it, creates pods through a real CNI chain (loopback, bridge, host-local, then
 nshub-cni), sends real traffic between them (curl, a TCP echo, iperf3) and shows what the proxy
-captured: pods, connections with the client IP the server saw, metrics. Everything stays inside
+captured: pods, their identities and certificates (from a local CA the demo makes), connections
+with the client IP the server saw, metrics. Everything stays inside
 namespaces the demo creates (the node has no uplink) and is removed at the end, also on Ctrl-C.
 Needs root, iproute2, iptables, ipset, socat, curl, iperf3 and containernetworking-plugins
 (scripts/demo installs them on Debian/Ubuntu). Takes about 5 to 10 seconds.
@@ -87,6 +90,7 @@ async function story(demo: DemoRun): Promise<void> {
   await buildNode(demo);
   await startDaemons(demo);
   await createPods(demo);
+  await showIdentities(demo);
   await startServers(demo);
   const before = await demo.metrics();
   await sendTraffic(demo);

@@ -16,9 +16,12 @@ export const PROXY_ADMIN = "http://127.0.0.1:15000";
 export const PROXY_METRICS = "http://127.0.0.1:15020";
 export const PROXY_READY = "http://127.0.0.1:15021";
 export const ECHO_TEXT = "hello through nshub";
+export const TRUST_DOMAIN = "cluster.local";
+/** demo/web's service account (CNI_ARGS K8S_POD_SERVICE_ACCOUNT); demo/client has none: "default". */
+export const WEB_SERVICE_ACCOUNT = "web";
 
 export interface Check {
-  id: "enrolled" | "captured-outbound" | "captured-inbound" | "source-ip" | "not-captured" | "bytes" | "teardown";
+  id: "enrolled" | "identity" | "captured-outbound" | "captured-inbound" | "source-ip" | "not-captured" | "bytes" | "teardown";
   title: string;
   ok: boolean;
   detail: string;

@@ -1,6 +1,7 @@
 // `nshub demo` end to end, as a newcomer runs it: the compiled dist/nshub, non-interactively.
-// Asserts on the printed summary (capture both ways, source-IP preservation with the client
-// pod's real IP, the non-enrolled pod passing uncaptured, bytes counted) and on a clean teardown:
+// Asserts on the printed summary (each enrolled pod's identity and certificate, capture both
+// ways, source-IP preservation with the client pod's real IP, the non-enrolled pod passing
+// uncaptured, bytes counted) and on a clean teardown:
 // no namespace, process, file or root-namespace rule left — after a normal run, after --keep
 // followed by --down from a new process, and after Ctrl-C in the middle of the traffic.
 import { afterAll, beforeAll, expect, test } from "bun:test";
@@ -102,13 +103,21 @@ netnsDescribe("nshub demo (dist/nshub, real namespaces, CNI plugins, agent, prox
     const summary = out.slice(out.lastIndexOf("\nsummary\n"));
     expect(summary).not.toContain("✘");
     expect(summary).toContain("✔ enrolled pods get the proxy's listeners");
+    // identities: demo/web's service account from its CNI ADD, demo/client's the default; `nshub certs` shows both
+    expect(summary).toMatch(/✔ each enrolled pod has its identity's certificate\s+demo\/web is spiffe:\/\/cluster\.local\/ns\/demo\/sa\/web \(serial [0-9a-f]+, valid until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)/);
+    expect(summary).toMatch(/\n\s+demo\/client is spiffe:\/\/cluster\.local\/ns\/demo\/sa\/default \(serial [0-9a-f]+/);
+    expect(summary).toMatch(/signed by the demo's local CA \(local-ca \/run\/nshub-demo\/demo-[A-Za-z0-9]+\/ca\)/);
+    const certs = out.slice(out.indexOf(" certs\n"), out.indexOf("[5/9]"));
+    expect(certs).toMatch(/SPIFFE ID\s+PODS\s+STATE\s+SERIAL\s+NOT BEFORE\s+NOT AFTER\s+RENEWAL\s+ISSUERS/);
+    expect(certs).toMatch(/spiffe:\/\/cluster\.local\/ns\/demo\/sa\/web\s+demo\/web\s+valid\s+[0-9a-f]+\s+\S+\s+\S+\s+renew in \d+h\d\dm/);
+    expect(certs).toMatch(/spiffe:\/\/cluster\.local\/ns\/demo\/sa\/default\s+demo\/client\s+valid/);
     expect(summary).toMatch(new RegExp(`✔ captured outbound\\s+demo/client → ${web}:8080 went through the proxy's outbound listener`));
     expect(summary).toMatch(new RegExp(`✔ captured inbound\\s+demo/web accepted ${client}:\\d+ → ${web}:8080 on the proxy's inbound listener`));
     expect(summary).toMatch(new RegExp(`✔ source IP preserved\\s+demo/web saw ${client} = demo/client's pod IP`));
     expect(summary).toMatch(new RegExp(`✔ non-enrolled pod not captured\\s+other/outsider has no proxy listener and no connection of its own in the proxy; its request was served and demo/web saw ${outsider}`));
     expect(summary).toMatch(/✔ bytes counted\s+/);
     expect(summary).toMatch(/✔ clean teardown\s+3 pods deleted through CNI DEL, 5 processes stopped.*no namespace, process or file of the demo left/);
-    expect(summary).toContain("✔ all 7 checks passed");
+    expect(summary).toContain("✔ all 8 checks passed");
 
     expect(f.pids.length).toBe(5); // agent, proxy, 3 servers
     await expectNothingLeft(f);
@@ -126,17 +135,23 @@ netnsDescribe("nshub demo (dist/nshub, real namespaces, CNI plugins, agent, prox
       processes: { role: string; pid: number }[];
       workDir: string;
       checks: { id: string; ok: boolean }[];
+      certificates: { pod: string; identity: string; state: string }[];
       down: string;
     };
     expect(j.ok).toBe(true);
     expect(j.kept).toBe(true);
     expect(j.checks.map((c) => [c.id, c.ok])).toEqual([
       ["enrolled", true],
+      ["identity", true],
       ["captured-outbound", true],
       ["captured-inbound", true],
       ["source-ip", true],
       ["not-captured", true],
       ["bytes", true],
+    ]);
+    expect(j.certificates.map((c) => [c.pod, c.identity, c.state])).toEqual([
+      ["demo/web", "spiffe://cluster.local/ns/demo/sa/web", "valid"],
+      ["demo/client", "spiffe://cluster.local/ns/demo/sa/default", "valid"],
     ]);
     expect(j.down).toMatch(/demo --down$/);
     expect(r.stderr).toContain("[9/9] leaving it running (--keep)");

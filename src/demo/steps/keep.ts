@@ -15,6 +15,7 @@ export function keepRunning(demo: DemoRun): void {
     `ip netns exec ${n} ${exe} status`,
     `ip netns exec ${n} ${exe} pods`,
     `ip netns exec ${n} ${exe} connections --watch`,
+    `ip netns exec ${n} ${exe} certs                     # the pods' identities and certificates`,
     `ip netns exec ${n} curl -s 127.0.0.1:15000/config_dump`,
     `ip netns exec ${n} ${exe} logs-level debug --admin-socket ${displayPath(demo.path("proxy-admin.sock"))}      # writes: the proxy's root-only admin socket`,
     `ip netns exec ${n} curl -s 127.0.0.1:15020/metrics | grep istio_tcp`,

@@ -1,11 +1,13 @@
 // Step 2: the virtual node (src/sim, prefix "nshd-"): a namespace with a bridge and no uplink, and
 // a private CNI bin dir + conflist with nshub-cni (this binary) chained after loopback, bridge
-// and host-local. Also the generated config the agent, the proxy and nshub-cni read.
+// and host-local. Also the generated config the agent, the proxy and nshub-cni read, and a local
+// CA (`nshub ca init` in the work dir) the proxy signs the pods' workload certificates with.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createSim } from "../../sim/node.ts";
+import { run } from "../../sim/process.ts";
 import { createWorkDir, DEMO_PREFIX, displayPath, pidStart, writeRecord } from "../env.ts";
-import type { DemoRun } from "../run.ts";
+import { DemoError, TRUST_DOMAIN, type DemoRun } from "../run.ts";
 
 export async function buildNode(demo: DemoRun): Promise<void> {
   demo.step(2, "building a virtual node in network namespaces");
@@ -22,6 +24,9 @@ export async function buildNode(demo: DemoRun): Promise<void> {
     processes: [],
   };
   writeRecord(demo.record);
+  // The proxy's certificate source: a CA of this demo alone, removed with the work dir.
+  const ca = await run([demo.bin.exe, "ca", "init", "--dir", demo.path("ca"), "--trust-domain", TRUST_DOMAIN], { timeoutMs: 30_000 });
+  if (ca.code !== 0) throw new DemoError(`nshub ca init failed: ${ca.stderr.trim() || ca.stdout.trim()}`);
   writeFileSync(demo.path("config.yaml"), configYaml(demo));
   const plugin = { agentSocket: demo.path("agent.sock"), logFile: demo.path("cni.log") };
   demo.sim = await createSim({
@@ -37,6 +42,8 @@ export async function buildNode(demo: DemoRun): Promise<void> {
   demo.out.info(`node      netns ${s.node.name}: bridge ${s.node.bridge}, pods' subnet ${s.subnet}, gateway ${s.node.gateway}; no uplink (nothing leaves it)`);
   demo.out.info(`CNI       loopback on lo, then bridge + host-local on eth0, then nshub-cni — chained last, as \`nshub install\` does on a node`);
   demo.out.info(`          nshub-cni = ${displayPath(demo.bin.exe)}, linked into the private CNI bin dir ${join(s.tmpDir, "bin")}`);
+  demo.out.info(`CA        ${displayPath(demo.bin.exe)} ca init --dir ${demo.path("ca")}: a local CA for trust domain ${TRUST_DOMAIN}; the proxy signs`);
+  demo.out.info(`          one certificate per pod identity with it (proxy.ca.source: local), key in memory only`);
   demo.out.info(`conflist  ${s.conflistPath}:`);
   demo.out.info(compactConflist(s.conflist as unknown as { plugins: Record<string, unknown>[] }), 16);
   demo.facts.conflistPath = s.conflistPath;
@@ -63,6 +70,10 @@ function configYaml(demo: DemoRun): string {
     `  metricsAddress: "0.0.0.0:15020"`,
     `  readinessAddress: "0.0.0.0:15021"`,
     "  drainDeadlineMs: 1000",
+    "  ca:",
+    "    source: local",
+    `    localDir: ${q(demo.path("ca"))}`,
+    `    trustDomain: ${TRUST_DOMAIN}`,
     "cni:",
     `  agentSocket: ${q(demo.path("agent.sock"))}`,
     `  logFile: ${q(demo.path("cni.log"))}`,

@@ -1,22 +1,24 @@
 // Step 4: pods through the CNI chain: demo/web and demo/client in the enrolled namespace "demo",
 // other/outsider outside it. Checks that the proxy's listeners are inside exactly the enrolled ones.
+// demo/web's runtime passes its service account (CNI_ARGS K8S_POD_SERVICE_ACCOUNT, as kubelet
+// does); demo/client's does not, so the agent gives it Kubernetes' default, "default".
 import type { Pod } from "../../sim/namespace.ts";
 import { renderTable } from "../../cli/admin-client.ts";
 import { writeRecord } from "../env.ts";
 import { curlJson } from "../observe.ts";
-import { AGENT_ADMIN, type DemoRun } from "../run.ts";
+import { AGENT_ADMIN, WEB_SERVICE_ACCOUNT, type DemoRun } from "../run.ts";
 
 export async function createPods(demo: DemoRun): Promise<void> {
   demo.step(4, "creating pods through the CNI chain (loopback, bridge + host-local, nshub-cni)");
   const sim = demo.sim!;
-  const add = async (namespace: string, name: string): Promise<Pod> => {
+  const add = async (namespace: string, name: string, serviceAccount?: string): Promise<Pod> => {
     demo.checkInterrupted();
-    const pod = await sim.addPod({ namespace, name });
+    const pod = await sim.addPod({ namespace, name, ...(serviceAccount ? { cniArgs: { K8S_POD_SERVICE_ACCOUNT: serviceAccount } } : {}) });
     demo.record!.pods.push({ namespace, name, netns: pod.name, ip: pod.ip, uid: pod.uid });
     writeRecord(demo.record!);
     return pod;
   };
-  const web = (demo.pods.web = await add("demo", "web"));
+  const web = (demo.pods.web = await add("demo", "web", WEB_SERVICE_ACCOUNT));
   const client = (demo.pods.client = await add("demo", "client"));
   const outsider = (demo.pods.outsider = await add("other", "outsider"));
   const agentPods = (await curlJson<{ pods: { uid: string; state: string; reason: string }[] }>(demo.node, `${AGENT_ADMIN}/pods`))?.pods ?? [];

@@ -106,7 +106,7 @@ export async function showWhatTheProxySaw(demo: DemoRun, before: MetricsSnapshot
 }
 
 /** An operator command (`nshub pods`, …) run inside the node, where the admin addresses are. */
-async function nshubInNode(demo: DemoRun, args: string[]): Promise<{ ok: boolean; text: string }> {
+export async function nshubInNode(demo: DemoRun, args: string[]): Promise<{ ok: boolean; text: string }> {
   const r = await demo.node.exec([demo.bin.exe, ...args], { timeoutMs: 20_000, env: childEnv() });
   return { ok: r.code === 0, text: (r.code === 0 ? r.stdout : r.stderr || r.stdout).trimEnd() };
 }
