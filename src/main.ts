@@ -23,6 +23,8 @@ const commands: Record<string, Command> = {
   connections: { summary: "list live connections (--watch to follow)", load: () => import("./cli/connections.ts") },
   certs: { summary: "list the proxy's workload certificates (one per identity)", load: () => import("./cli/certs.ts") },
   "logs-level": { summary: "read or set the proxy's log level", load: () => import("./cli/logs-level.ts") },
+  policy: { summary: "check a connection against L4 AuthorizationPolicy/PeerAuthentication files", load: () => import("./cli/policy.ts") },
+  policies: { summary: "list the policies in a file or folder and where they apply", load: () => import("./cli/policy.ts").then((m) => ({ main: m.policiesMain })) },
   ca: { summary: "nshub's certificate authority: init, issue-node, revoke-node, serve (Istio's CA API)", load: () => import("./cli/ca.ts") },
   demo: { summary: "a virtual node in network namespaces with live captured traffic", load: () => import("./demo/main.ts") },
   check: { summary: "verify this process can do what nshub needs (setns, SO_MARK, fd passing)", load: () => import("./cli/check.ts") },
