@@ -20,7 +20,7 @@ import { PodState } from "../src/gen/nshub/agent/v1/agent_pb.ts";
 import { createSim, run, type NetSim, type Pod, type SimProcess } from "../src/sim/index.ts";
 import { patchOutboundRedirect, renderHaproxyConfig } from "./bench-lib/haproxy.ts";
 import { parseCniTimingLog, parseIperf3Json, parseSockperf, parseWrk } from "./bench-lib/parse.ts";
-import { checkTargets, derive, fmt, renderReport } from "./bench-lib/report.ts";
+import { carryOverKept, checkTargets, derive, fmt, renderReport } from "./bench-lib/report.ts";
 import { emptyPerPath, PATHS, PATH_LABEL, RELAYS, type BenchParams, type BenchResults, type EnrollmentRun, type PathCheck, type PathName, type ProcCpu, type RelayAbRun, type RelayKind } from "./bench-lib/results.ts";
 import { rotate } from "./bench-lib/stats.ts";
 import { cpuSeconds, cpuWithChildren, fdCount, machineCpu, machineInfo, sampleRssKiB, threadCount, threadCpuByName, threadCpuSample } from "./bench-lib/sys.ts";
@@ -940,18 +940,27 @@ async function main(): Promise<number> {
   await cleanup();
   results.runtimeSec = (performance.now() - t0 - waitedMs) / 1000;
   const page = renderReport(results, { notes });
-  writeFileSync(outFile, page);
+  writeFileSync(outFile, carryOverKept(previousPage(), page));
   if (flags.json) writeFileSync(flags.json, JSON.stringify(results, null, 2) + "\n");
   log(`wrote ${outFile}${flags.json ? ` and ${flags.json}` : ""}; total ${fmt(results.runtimeSec / 60, 1)} min`);
   console.log("\n" + page.slice(0, page.indexOf("## Method")));
   return results.errors.length ? 1 : 0;
 }
 
+/** The page about to be replaced (its kept sections survive: see carryOverKept). */
+function previousPage(): string | undefined {
+  try {
+    return readFileSync(outFile, "utf8");
+  } catch {
+    return undefined;
+  }
+}
+
 /** --from-json: the page from saved results (the notes are recomputed from the numbers). */
 function renderFromJson(file: string): number {
   const results = JSON.parse(readFileSync(file, "utf8")) as BenchResults;
   const page = renderReport(results, { notes: analysis(results, { binaryBytes: results.nshubBinaryBytes ?? statSync(NSHUB).size }) });
-  writeFileSync(outFile, page);
+  writeFileSync(outFile, carryOverKept(previousPage(), page));
   console.log(`rendered ${outFile} from ${file} (run of ${results.startedAt})`);
   return 0;
 }

@@ -487,3 +487,24 @@ export function renderReport(r: BenchResults, extras: ReportExtras = { notes: []
   if (r.errors.length) out.push("## Errors during the run", "", ...r.errors.map((e) => `* ${e.replace(/\n/g, " ")}`), "");
   return out.join("\n");
 }
+
+// ---------------------------------------------------------------------------------------------
+// sections measured by other scripts
+
+/** A section another script measured (scripts/bench-identity.ts), kept across regenerations. */
+export const KEPT_SECTION = { begin: "<!-- kept: bench-identity -->", end: "<!-- /kept: bench-identity -->" };
+
+/**
+ * `page` with the kept section of `previous` (the page being replaced) put back before
+ * "## Method" (or at the end): a full `scripts/bench` run does not measure it, so it must not
+ * erase it. A page without one is returned unchanged.
+ */
+export function carryOverKept(previous: string | undefined, page: string): string {
+  if (!previous || page.includes(KEPT_SECTION.begin)) return page;
+  const i = previous.indexOf(KEPT_SECTION.begin);
+  const j = previous.indexOf(KEPT_SECTION.end, i);
+  if (i < 0 || j < 0) return page;
+  const block = previous.slice(i, j + KEPT_SECTION.end.length) + "\n\n";
+  const at = page.indexOf("## Method");
+  return at < 0 ? `${page.trimEnd()}\n\n${block}` : page.slice(0, at) + block + page.slice(at);
+}
