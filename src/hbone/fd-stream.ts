@@ -1,0 +1,96 @@
+// A connected TCP socket that someone else created (libnshub: inside a pod's netns, SO_MARK set
+// before connect) as a node Duplex, so node:tls / node:http2 can run over it. On Bun 1.4.5
+// `new net.Socket({ fd })` cannot read a TCP fd (the dial hangs in the TLS handshake, measured by
+// test/netns/hbone-seam.test.ts), while `Bun.connect({ fd })` adopts it fully; this wraps the
+// latter. Bun sockets do not buffer (write() returns what the kernel took), so the tail waits
+// for `drain`; end() becomes shutdown(SHUT_WR) (Bun's own end() closes both ways) and
+// destroy(err) an RST (terminate()).
+import { Duplex } from "node:stream";
+
+interface BunSocket {
+  write(data: Uint8Array): number;
+  shutdown(): void;
+  end(): void;
+  terminate(): void;
+  pause(): void;
+  resume(): void;
+  readonly remoteAddress?: string;
+}
+
+/** The fd must be connected (see src/sys finishConnect): Bun does not wait for a pending connect. */
+export function fdStream(fd: number): Duplex & { resetAndDestroy(): void } {
+  let sock: BunSocket | undefined;
+  let pending: Uint8Array | undefined;
+  let pendingCb: ((e?: Error | null) => void) | undefined;
+  let ended = false;
+  const flush = (): boolean => {
+    while (pending && sock) {
+      const n = sock.write(pending);
+      if (n < 0) {
+        const cb = pendingCb;
+        pending = pendingCb = undefined;
+        cb?.(Object.assign(new Error("write after close"), { code: "EPIPE" }));
+        return false;
+      }
+      if (n < pending.length) {
+        pending = pending.subarray(n);
+        return false;
+      }
+      const cb = pendingCb;
+      pending = pendingCb = undefined;
+      cb?.();
+    }
+    return true;
+  };
+  const d = new Duplex({
+    allowHalfOpen: true,
+    write(chunk: Uint8Array, _enc, cb) {
+      pending = chunk;
+      pendingCb = cb;
+      if (sock) flush();
+    },
+    read() {
+      sock?.resume();
+    },
+    final(cb) {
+      ended = true;
+      sock?.shutdown();
+      cb();
+    },
+    destroy(err, cb) {
+      if (sock) {
+        if (err) sock.terminate();
+        else sock.end();
+      }
+      cb(err);
+    },
+  }) as Duplex & { resetAndDestroy(): void };
+  d.resetAndDestroy = () => d.destroy(Object.assign(new Error("reset"), { code: "ECONNRESET" }));
+  const handlers = {
+    open(s: BunSocket) {
+      sock = s;
+      flush();
+      if (ended) s.shutdown();
+    },
+    data(s: BunSocket, buf: Uint8Array) {
+      if (!d.push(buf)) s.pause();
+    },
+    drain() {
+      flush();
+    },
+    end() {
+      d.push(null);
+    },
+    error(_s: BunSocket, err: Error) {
+      d.destroy(err);
+    },
+    close(_s: BunSocket, err?: Error) {
+      // Bun reports a reset as a close with an error; a clean close after both FINs as none.
+      // A clean close only ends the readable side: buffered bytes still reach the reader.
+      if (err) d.destroy(err);
+      else d.push(null);
+    },
+  };
+  Bun.connect({ fd, allowHalfOpen: true, socket: handlers } as never);
+  return d;
+}
