@@ -98,6 +98,12 @@ export function createHboneServer(o: HboneServerOptions): HboneServer {
   let streams = 0;
   const refused = (what: Parameters<NonNullable<HboneServerOptions["onRefused"]>>[0]) => o.onRefused?.(what);
 
+  // Every TCP connection, so close() can end the ones still in their TLS handshake too.
+  const sockets = new Set<net.Socket>();
+  h2.on("connection", (sock: net.Socket) => {
+    sockets.add(sock);
+    sock.once("close", () => sockets.delete(sock));
+  });
   h2.on("tlsClientError", (e: Error) => refused({ reason: `tls: ${e.message}` }));
   h2.on("secureConnection", (tls: TLSSocket) => {
     // The chain was verified by the TLS stack; the identity is ours to check (ztunnel fails
@@ -203,6 +209,7 @@ export function createHboneServer(o: HboneServerOptions): HboneServer {
     stats: () => ({ sessions: sessions.size, streams }),
     close() {
       for (const s of sessions) s.destroy();
+      for (const s of sockets) s.destroy();
       return new Promise((resolve) => h2.close(() => resolve()));
     },
   };
