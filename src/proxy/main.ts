@@ -43,7 +43,7 @@ options:
   --config <file>               YAML config (default /etc/nshub/config.yaml if present)
   --zds-socket <path>           the agent's ZDS socket (default /var/run/nshub/zds.sock)
   --admin-address <host:port>   admin API, read-only: GET /, /config_dump, /logging, /pods,
-                                /connections (default 127.0.0.1:15000; keep it on loopback)
+                                /connections, /certs (default 127.0.0.1:15000; keep it on loopback)
   --admin-socket <path>         admin API with the writes too (POST /logging, /quitquitquit,
                                 /debug/gc), root only (default /var/run/nshub/proxy-admin.sock)
   --metrics-address <h:p>       Prometheus /metrics and /stats/prometheus (default 0.0.0.0:15020)
