@@ -7,6 +7,7 @@
 import { fileMode } from "./modes.ts";
 import { configSchema } from "./schema.ts";
 import { schemaLeaves, unwrap, type Leaf } from "./shape.ts";
+import { closestName } from "../util/did-you-mean.ts";
 
 /** NSHUB_* variables that are not config keys, and who reads them. */
 export const NOT_CONFIG_VARIABLES: Readonly<Record<string, string>> = {
@@ -126,22 +127,5 @@ function suggest(name: string): string | undefined {
   const squash = (s: string) => s.replace(/_/g, "");
   const same = known.find((k) => squash(k) === squash(name));
   if (same) return same;
-  let best: string | undefined;
-  let bestDistance = 3; // at most two edits: further is a different name, not a typo
-  for (const k of known) {
-    const d = distance(name, k);
-    if (d < bestDistance) [best, bestDistance] = [k, d];
-  }
-  return best;
-}
-
-/** Levenshtein distance. */
-function distance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    prev = cur;
-  }
-  return prev[b.length]!;
+  return closestName(name, known);
 }

@@ -7,6 +7,7 @@
 import { z } from "zod";
 import { ipProblem } from "./ip.ts";
 import { NETWORK_MODES, PROTOCOLS, type WorkloadDetails, type WorkloadInput } from "./workload.ts";
+import { closestName } from "../util/did-you-mean.ts";
 
 const u16 = z.int().min(0).max(65535);
 const u32 = z.int().min(0).max(4294967295);
@@ -113,7 +114,7 @@ export function describeIssue(issue: z.core.$ZodIssue, root: unknown, isTop = fa
   if (issue.code === "unrecognized_keys") {
     const known = path.length === 0 ? (isTop ? KNOWN.top! : KNOWN[""]!) : (KNOWN[String(path[path.length - 1])] ?? []);
     const keys = issue.keys.map((k) => {
-      const near = closest(k, known);
+      const near = closestName(k, known, { ignoreCase: true });
       return `${JSON.stringify(k)}${near ? ` (did you mean ${JSON.stringify(near)}?)` : ""}`;
     });
     const field = issue.keys.length === 1 ? fieldPath([...path, issue.keys[0]!]) : path.length ? fieldPath(path) : undefined;
@@ -156,25 +157,4 @@ function describe(v: unknown): string {
   if (typeof v === "number") return `a number (${v})`;
   if (typeof v === "boolean") return `${v}`;
   return typeof v;
-}
-
-/** The known name within edit distance 2 of `k` (case-insensitive), if one. */
-function closest(k: string, known: readonly string[]): string | undefined {
-  let best: string | undefined;
-  let bestD = 3;
-  for (const c of known) {
-    const d = distance(k.toLowerCase(), c.toLowerCase());
-    if (d < bestD) [best, bestD] = [c, d];
-  }
-  return best;
-}
-
-function distance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    prev = cur;
-  }
-  return prev[b.length]!;
 }
