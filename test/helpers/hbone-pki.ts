@@ -8,6 +8,7 @@ import { CaSigner } from "../../src/identity/ca-signer.ts";
 import { openLocalCaDir } from "../../src/identity/local-ca.ts";
 import type { CertificateSource } from "../../src/identity/source.ts";
 import { fetchWorkloadCertificate, type WorkloadCertificate } from "../../src/identity/workload-cert.ts";
+import { generateP256, privateKeyPem, signLeaf } from "../../src/identity/x509.ts";
 
 export const ID_A = "spiffe://cluster.local/ns/ns-a/sa/sa-a";
 export const ID_B = "spiffe://cluster.local/ns/ns-b/sa/sa-b";
@@ -25,6 +26,9 @@ export interface Pki {
   /** Another CA (same trust domain name): identity B and A, untrusted by the others. */
   bOther: WorkloadCertificate;
   aOther: WorkloadCertificate;
+  /** Signed by the same CA outside its policy: another trust domain; two URI SANs. */
+  aForeignDomain: { keyPem: string; presented: string; roots: string };
+  aTwoSans: { keyPem: string; presented: string; roots: string };
   cleanup(): void;
 }
 
@@ -47,5 +51,14 @@ export async function makePki(): Promise<Pki> {
   const [a, b, c, bExpired, aExpired, bOther, aOther] = await Promise.all([
     get(ca, ID_A), get(ca, ID_B), get(ca, ID_C), get(past, ID_B), get(past, ID_A), get(other, ID_B), get(other, ID_A),
   ]);
-  return { dir, a, b, c, bExpired, aExpired, bOther, aOther, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  // The CA's signer refuses these (right so); the test needs them to prove the server checks too.
+  const issuer = (await loadCaDir(join(dir, "ca"))).issuer;
+  const rogue = async (uris: string[]) => {
+    const keys = await generateP256();
+    const leaf = await signLeaf({ issuer, publicKey: keys.publicKey, kind: "workload", uris, notBefore: new Date(Date.now() - 60_000), notAfter: new Date(Date.now() + 3600_000) });
+    return { keyPem: await privateKeyPem(keys.privateKey), presented: leaf, roots: a.roots };
+  };
+  const aForeignDomain = await rogue(["spiffe://other.domain/ns/ns-a/sa/sa-a"]);
+  const aTwoSans = await rogue([ID_A, ID_C]);
+  return { dir, a, b, c, bExpired, aExpired, bOther, aOther, aForeignDomain, aTwoSans, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }

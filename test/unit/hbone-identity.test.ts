@@ -87,6 +87,16 @@ describe("HBONE identity checks fail closed", () => {
     expect(good.refusals.slice(before)[0]?.reason).toContain("PEER_DID_NOT_RETURN_A_CERTIFICATE");
   });
 
+  test("a client of another trust domain, or with two URI SANs (chain valid) → closed after the handshake", async () => {
+    const before = good.refusals.length;
+    expect(((await dialGood(pki.aForeignDomain)) as HboneError).message).toEndWith(REFUSED_CLIENT);
+    expect(((await dialGood(pki.aTwoSans)) as HboneError).message).toEndWith(REFUSED_CLIENT);
+    expect(good.refusals.slice(before)).toEqual([
+      { reason: "identity: client identity spiffe://other.domain/ns/ns-a/sa/sa-a is in trust domain other.domain, not cluster.local" },
+      { reason: `identity: the peer certificate has 2 URI SANs (${ID_A}, ${ID_C}); exactly one is required` },
+    ]);
+  });
+
   test("the good pair works, so the refusals above are the checks and nothing else", async () => {
     const conn = await dialHbone({ address: "127.0.0.1", port: good.port, certificate: pki.a, expectedIdentities: [ID_C, ID_B] });
     expect(conn.peerIdentity).toBe(ID_B);
