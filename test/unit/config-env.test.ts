@@ -1,26 +1,17 @@
 // Environment variables: every key of the config file, lists included, as NSHUB_<PATH> in upper
 // snake case; an error names the variable (not the config file), an unknown NSHUB_* variable is
 // an error (with a did-you-mean), and the NSHUB_* variables nshub uses for other things pass.
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { CHAIN_POSTRT, INPOD_CHAINS } from "../../src/agent/rules/constants.ts";
 import { ConfigError, loadConfig } from "../../src/config/load.ts";
+import { errorOf, scratchConfigDir } from "../helpers/config-files.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "nshub-config-env-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const { dir } = scratchConfigDir("nshub-config-env-");
 const empty = join(dir, "empty.yaml");
 writeFileSync(empty, "{}\n");
 
-function errorOf(f: () => unknown): Error {
-  try {
-    f();
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error("expected an error");
-}
 const load = (env: Record<string, string | undefined>, file = empty) => loadConfig({ file, env });
 const message = (env: Record<string, string | undefined>, file = empty) => {
   const err = errorOf(() => load(env, file));

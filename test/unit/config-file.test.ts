@@ -1,23 +1,14 @@
 // The config file is read with a size cap and checked to be text before YAML sees it: a binary
 // given as --config (a 116 MB one cost 24 s of CPU in the YAML parser) must be refused at once,
 // with a message naming the file and what is wrong with it.
-import { afterAll, describe, expect, test } from "bun:test";
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { closeSync, openSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError, loadConfig } from "../../src/config/load.ts";
+import { errorOf, scratchConfigDir } from "../helpers/config-files.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "nshub-config-file-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const { dir } = scratchConfigDir("nshub-config-file-");
 
-function errorOf(f: () => unknown): Error {
-  try {
-    f();
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error("expected an error");
-}
 
 /** A file of `bytes` bytes of binary-looking data (no NUL: the size check must catch it). */
 function bigFile(name: string, bytes: number): string {

@@ -1,31 +1,16 @@
 // File modes (agent.zdsSocketMode, agent.apiSocketMode) mean what they say in every form people
 // write them: YAML 1.2 reads an unquoted 0440 as decimal 440 (= 0o670, a group-writable socket),
 // so the loader reads a mode's source text, where a leading 0 means octal.
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { statSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError, configWarnings, loadConfig, MODE_KEYS } from "../../src/config/load.ts";
 import { ZdsServer } from "../../src/zds/server.ts";
+import { errorOf, scratchConfigDir } from "../helpers/config-files.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "nshub-config-modes-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-let n = 0;
-function yamlFile(text: string): string {
-  const p = join(dir, `c${++n}.yaml`);
-  writeFileSync(p, text);
-  return p;
-}
+const { dir, yamlFile } = scratchConfigDir("nshub-config-modes-");
 const oct = (m: number) => `0${m.toString(8).padStart(3, "0")}`;
 const zdsMode = (line: string, env: Record<string, string> = {}) => loadConfig({ file: yamlFile(`agent:\n  zdsSocketMode: ${line}\n`), env }).agent.zdsSocketMode;
-function errorOf(f: () => unknown): Error {
-  try {
-    f();
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error("expected an error");
-}
 
 describe("file modes in the config file", () => {
   test.each([

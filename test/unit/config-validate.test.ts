@@ -1,28 +1,11 @@
 // Settings that contradict each other, or the in-pod rules, are errors naming every key involved
 // (and where each value came from when they differ), before any daemon starts.
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { describe, expect, test } from "bun:test";
 import * as rules from "../../src/agent/rules/constants.ts";
 import { ConfigError, configWarnings, loadConfig } from "../../src/config/load.ts";
+import { errorOf, scratchConfigDir } from "../helpers/config-files.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "nshub-config-validate-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-let n = 0;
-function yamlFile(text: string): string {
-  const p = join(dir, `c${++n}.yaml`);
-  writeFileSync(p, text);
-  return p;
-}
-function errorOf(f: () => unknown): Error {
-  try {
-    f();
-  } catch (e) {
-    return e as Error;
-  }
-  throw new Error("expected an error");
-}
+const { yamlFile } = scratchConfigDir("nshub-config-validate-");
 /** The error of loading `yaml` (and `env`), without the "config <file>: " prefix. */
 function problem(yaml: string, env: Record<string, string> = {}): string {
   const file = yamlFile(yaml);
