@@ -59,13 +59,18 @@ export function fdStream(fd: number): Duplex & { resetAndDestroy(): void } {
     },
     destroy(err, cb) {
       if (sock) {
-        if (err) sock.terminate();
+        if (err || resetAsked) sock.terminate();
         else sock.end();
       }
       cb(err);
     },
   }) as Duplex & { resetAndDestroy(): void };
-  d.resetAndDestroy = () => d.destroy(Object.assign(new Error("reset"), { code: "ECONNRESET" }));
+  // As net.Socket's: an RST to the peer, no 'error' here (the caller chose it).
+  let resetAsked = false;
+  d.resetAndDestroy = () => {
+    resetAsked = true;
+    d.destroy();
+  };
   const handlers = {
     open(s: BunSocket) {
       sock = s;

@@ -5,6 +5,8 @@
 // in Bun shows up here.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import http2 from "node:http2";
 import net from "node:net";
 import tls from "node:tls";
@@ -90,6 +92,20 @@ netnsDescribe("HBONE across pod namespaces, served from the host thread", () => 
     expect(req.peerAddress.ip).toBe(a.ip);
     expect(req.forwardedFor).toEqual({ ip: a.ip, port: 40000 });
     conn.session.close();
+  });
+
+  test("an independent client (Python h2 + ssl) running in pod A's netns gets its bytes through", async () => {
+    const f = (name: string, pem: string) => {
+      const path = join(pki.dir, `seam-${name}.pem`);
+      writeFileSync(path, pem, { mode: 0o600 });
+      return path;
+    };
+    const r = await a.exec(["/usr/bin/python3", join(import.meta.dir, "../fixtures/hbone-client.py"), "--connect", `${b.ip}:15008`, "--cert", f("cert", pki.a.presented), "--key", f("key", pki.a.keyPem), "--ca", f("ca", pki.a.roots), "--expect", ID_B, "--authority", `${b.ip}:${APP_PORT}`, "--size", String(1 << 20), "--forwarded", `for="${a.ip}:41000"`]);
+    expect(r.stderr).toBe("");
+    const out = JSON.parse(r.stdout.trim());
+    expect(out).toMatchObject({ status: 200, received: 1 << 20, peer: [ID_B], tls: "TLSv1.3", alpn: "h2" });
+    expect(out.sha256).toBe(out.sent_sha256);
+    expect(requests.at(-1)).toMatchObject({ peerIdentity: ID_A, peerAddress: { ip: a.ip }, forwardedFor: { ip: a.ip, port: 41000 } });
   });
 
   test("a target IP that is not pod B → 400, even through B's own listener", async () => {
