@@ -9,11 +9,12 @@ import { resolve } from "node:path";
 import { Hono } from "hono";
 import { createProxyAdminApp, createReadinessApp } from "../../src/admin/servers.ts";
 import type { ConnectionView, ProxyView, WorkloadView } from "../../src/admin/views.ts";
-import { formatAge, formatBytes, renderTable, type Io } from "../../src/cli/admin-client.ts";
+import { formatAge, formatBytes, renderTable } from "../../src/cli/admin-client.ts";
 import { main as connections } from "../../src/cli/connections.ts";
 import { main as logsLevel } from "../../src/cli/logs-level.ts";
 import { main as pods } from "../../src/cli/pods.ts";
 import { main as status } from "../../src/cli/status.ts";
+import { capture, closedPort } from "../helpers/cli-io.ts";
 
 const MAIN = resolve(import.meta.dir, "../../src/main.ts");
 const BUN = process.execPath;
@@ -47,28 +48,7 @@ class FakeProxyView implements ProxyView {
   quit() {}
 }
 
-function capture(): Io & { stdout: string; stderr: string } {
-  const io = {
-    stdout: "",
-    stderr: "",
-    isTTY: false,
-    out(t: string) {
-      io.stdout += t.endsWith("\n") ? t : t + "\n";
-    },
-    err(t: string) {
-      io.stderr += t.endsWith("\n") ? t : t + "\n";
-    },
-  };
-  return io;
-}
 
-/** A port on 127.0.0.1 that nothing listens on (bound, then released). */
-function closedPort(): number {
-  const s = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
-  const p = s.port!;
-  s.stop(true);
-  return p;
-}
 
 const view = new FakeProxyView();
 const listeners = [

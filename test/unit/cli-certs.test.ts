@@ -4,8 +4,8 @@
 // --json, and a proxy that is not running.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Server } from "bun";
-import type { Io } from "../../src/cli/admin-client.ts";
 import { main as certs, renderCerts, type CertsResponse } from "../../src/cli/certs.ts";
+import { capture } from "../helpers/cli-io.ts";
 
 const NOW = Date.parse("2026-12-03T12:00:00Z");
 const ROOT = { subject: "O=cluster.local, CN=nshub root CA", issuer: "O=cluster.local, CN=nshub root CA", serial: "01", notBefore: "2026-01-01T00:00:00.000Z", notAfter: "2036-01-01T00:00:00.000Z", root: true };
@@ -41,20 +41,6 @@ const answer: CertsResponse = {
     },
   ],
 };
-
-function capture(): Io & { stdout: string; stderr: string } {
-  const io = {
-    stdout: "",
-    stderr: "",
-    out(t: string) {
-      io.stdout += t.endsWith("\n") ? t : t + "\n";
-    },
-    err(t: string) {
-      io.stderr += t.endsWith("\n") ? t : t + "\n";
-    },
-  };
-  return io;
-}
 
 let server: Server<undefined>;
 let body: unknown = answer;

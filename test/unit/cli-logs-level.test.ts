@@ -10,9 +10,9 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createProxyAdminApp } from "../../src/admin/servers.ts";
 import type { ProxyView } from "../../src/admin/views.ts";
-import type { Io } from "../../src/cli/admin-client.ts";
 import { main as logsLevel } from "../../src/cli/logs-level.ts";
 import { loadConfig } from "../../src/config/load.ts";
+import { capture, closedPort } from "../helpers/cli-io.ts";
 
 const MAIN = resolve(import.meta.dir, "../../src/main.ts");
 const BUN = process.execPath;
@@ -29,28 +29,7 @@ class FakeProxyView implements ProxyView {
   quit() {}
 }
 
-function capture(): Io & { stdout: string; stderr: string } {
-  const io = {
-    stdout: "",
-    stderr: "",
-    isTTY: false,
-    out(t: string) {
-      io.stdout += t.endsWith("\n") ? t : t + "\n";
-    },
-    err(t: string) {
-      io.stderr += t.endsWith("\n") ? t : t + "\n";
-    },
-  };
-  return io;
-}
 
-/** A port on 127.0.0.1 that nothing listens on (bound, then released). */
-function closedPort(): number {
-  const s = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
-  const p = s.port!;
-  s.stop(true);
-  return p;
-}
 
 const view = new FakeProxyView();
 // 0755: the `nobody` test below must be refused by the socket's own mode, not by the directory.
