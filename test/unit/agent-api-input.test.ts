@@ -8,25 +8,16 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Code } from "@connectrpc/connect";
 import { create, toBinary } from "@bufbuild/protobuf";
 import type { Server } from "bun";
 import { Agent } from "../../src/agent/agent.ts";
-import { createApiApp, serveApi, toConnectError } from "../../src/agent/api.ts";
+import { createApiApp, serveApi } from "../../src/agent/api.ts";
 import { createAgentClient, type AgentClient } from "../../src/agent/client.ts";
-import type { Dataplane } from "../../src/agent/dataplane.ts";
 import { EnrollmentPolicy } from "../../src/agent/policy.ts";
 import { ListPodsRequestSchema } from "../../src/gen/nshub/agent/v1/agent_pb.ts";
 import { createLogger, setLogSink } from "../../src/log/logger.ts";
+import { fakeDataplane, refusal } from "../fixtures/agent-api-stub.ts";
 
-const fakeDataplane: Dataplane = {
-  applyPod: async () => undefined,
-  removePod: async () => undefined,
-  resetHost: async () => undefined,
-  addHostPod: async () => undefined,
-  removeHostPod: async () => undefined,
-  addresses: async () => [],
-};
 
 const dir = mkdtempSync(join(tmpdir(), "nshub-agent-input-"));
 const socket = join(dir, "agent.sock");
@@ -57,15 +48,6 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function refusal(p: Promise<unknown>): Promise<{ code: string; msg: string }> {
-  try {
-    await p;
-  } catch (e) {
-    const ce = toConnectError(e);
-    return { code: Code[ce.code], msg: ce.rawMessage };
-  }
-  throw new Error("expected the call to fail");
-}
 
 const post = (path: string, body: string | Uint8Array, ctype = "application/json") =>
   fetch(`http://nshub-agent${path}`, { method: "POST", body, headers: { "content-type": ctype }, unix: socket } as RequestInit);

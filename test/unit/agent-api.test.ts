@@ -12,7 +12,7 @@ import type { Server } from "bun";
 import { Agent } from "../../src/agent/agent.ts";
 import type { ZdsPort } from "../../src/agent/enrollment.ts";
 import { createAdminApp } from "../../src/agent/admin.ts";
-import { createApiApp, serveApi, toConnectError } from "../../src/agent/api.ts";
+import { createApiApp, serveApi } from "../../src/agent/api.ts";
 import { parsePodRef } from "../../src/cli/enroll.ts";
 import { createAgentClient, agentFailure, type AgentClient } from "../../src/agent/client.ts";
 import type { Dataplane } from "../../src/agent/dataplane.ts";
@@ -21,6 +21,7 @@ import { readStateFile } from "../../src/agent/state.ts";
 import { ListPodsRequestSchema, PodState } from "../../src/gen/nshub/agent/v1/agent_pb.ts";
 import { createLogger, setLogSink } from "../../src/log/logger.ts";
 import { openFdCount } from "../../src/sys/index.ts";
+import { refusal } from "../fixtures/agent-api-stub.ts";
 
 class FakeDataplane implements Dataplane {
   calls: string[] = [];
@@ -82,15 +83,6 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function refusal(p: Promise<unknown>): Promise<{ code: string; msg: string }> {
-  try {
-    await p;
-  } catch (e) {
-    const ce = toConnectError(e);
-    return { code: Code[ce.code], msg: ce.rawMessage };
-  }
-  throw new Error("expected the call to fail");
-}
 
 const base = { uid: "u-1", namespace: "mesh", name: "web", serviceAccount: "web", netnsPath: "/var/run/netns/none", ips: ["10.9.0.2"], containerId: "c1", interfaceName: "eth0" };
 

@@ -10,7 +10,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createAdminApp } from "../../src/agent/admin.ts";
 import { Agent } from "../../src/agent/agent.ts";
-import type { Dataplane } from "../../src/agent/dataplane.ts";
 import { newEntry, setState } from "../../src/agent/pod-entry.ts";
 import { EnrollmentPolicy } from "../../src/agent/policy.ts";
 import { readStateFile } from "../../src/agent/state.ts";
@@ -18,18 +17,11 @@ import type { Logger } from "../../src/log/logger.ts";
 import * as sys from "../../src/sys/index.ts";
 import { ZdsServer } from "../../src/zds/server.ts";
 import { hex, LogRecorder, RawPeer, until, warmPoller } from "../fixtures/zds-raw.ts";
+import { fakeDataplane } from "../fixtures/agent-api-stub.ts";
 
 const NACK = "failure to start proxy : misbehaving client";
 const UIDS = ["uid-a", "uid-b", "uid-c"];
 
-const fakeDataplane: Dataplane = {
-  applyPod: async () => undefined,
-  removePod: async () => undefined,
-  resetHost: async () => undefined,
-  addHostPod: async () => undefined,
-  removeHostPod: async () => undefined,
-  addresses: async () => [],
-};
 
 /** A Logger that keeps its lines (level, message, fields). */
 function recordingLogger(lines: { level: string; msg: string; fields?: Record<string, unknown> }[]): Logger {
