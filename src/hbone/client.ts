@@ -141,7 +141,7 @@ function classify(e: Error, identityError: Error | undefined, authority: string)
  * Opens one CONNECT stream to `target` with the headers; resolves with the stream once the
  * server answered 200, rejects with HboneError(kind "status", status) otherwise.
  */
-export function openStream(conn: HboneConnection, target: Target, headers: HboneHeaders = {}): Promise<http2.ClientHttp2Stream> {
+export function openStream(conn: HboneConnection, target: Target, headers: HboneHeaders = {}, timeoutMs = 15_000): Promise<http2.ClientHttp2Stream> {
   const authority = formatAuthority(target);
   const h: http2.OutgoingHttpHeaders = { ":method": "CONNECT", ":authority": authority };
   if (headers.baggage !== undefined) h[HEADER_BAGGAGE] = headers.baggage;
@@ -154,11 +154,18 @@ export function openStream(conn: HboneConnection, target: Target, headers: Hbone
     } catch (e) {
       return reject(new HboneError("stream", `CONNECT ${authority}: ${(e as Error).message}`));
     }
-    const onError = (e: Error) => reject(new HboneError("stream", `CONNECT ${authority}: ${e.message}`));
-    const onClose = () => reject(new HboneError("stream", `CONNECT ${authority}: stream closed before a response (RST_STREAM ${stream.rstCode})`));
+    // The server answers only once its upstream connect finished (ztunnel: up to its connect
+    // timeout); a server that never answers must not hold the captured connection forever.
+    const timer = setTimeout(() => {
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+      reject(new HboneError("timeout", `CONNECT ${authority}: no response within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onError = (e: Error) => (clearTimeout(timer), reject(new HboneError("stream", `CONNECT ${authority}: ${e.message}`)));
+    const onClose = () => (clearTimeout(timer), reject(new HboneError("stream", `CONNECT ${authority}: stream closed before a response (RST_STREAM ${stream.rstCode})`)));
     stream.once("error", onError);
     stream.once("close", onClose);
     stream.once("response", (rh) => {
+      clearTimeout(timer);
       stream.off("error", onError);
       stream.off("close", onClose);
       stream.on("error", () => {});

@@ -29,6 +29,8 @@ export interface PoolOptions {
   pingIntervalMs?: number;
   pingTimeoutMs?: number;
   timeoutMs?: number;
+  /** How long a CONNECT may wait for its answer (default 15 s). */
+  responseTimeoutMs?: number;
 }
 
 interface Entry {
@@ -69,7 +71,7 @@ export class HbonePool {
     let stream: http2.ClientHttp2Stream;
     try {
       const conn = entry.conn ?? (await entry.dialing!);
-      stream = await openStream(conn, r.target, r.headers);
+      stream = await openStream(conn, r.target, r.headers, this.o.responseTimeoutMs);
     } catch (e) {
       this.release(entry);
       throw e;

@@ -54,7 +54,10 @@ describe("HBONE pool", () => {
       expect(h.server.stats().sessions).toBe(st.connections);
       const answers = await Promise.all(streams.map((s, i) => echo(s, `stream ${i}`)));
       expect(answers.every((a, i) => a === `stream ${i}`)).toBe(true);
-      while (pool.stats().streams > 0) await Bun.sleep(5);
+      // Nothing left behind: every stream closed on both ends.
+      for (let i = 0; i < 200 && (pool.stats().streams > 0 || h.server.stats().streams > 0); i++) await Bun.sleep(10);
+      expect(pool.stats().streams).toBe(0);
+      expect(h.server.stats().streams).toBe(0);
     } finally {
       pool.close();
     }

@@ -267,6 +267,19 @@ describe("HBONE refusals (ztunnel's statuses) become errors and reset the captur
     }
   });
 
+  test("a server that never answers → timeout error, the stream cancelled", async () => {
+    const slow = await startHarness(pki.b, { connectUpstream: () => new Promise(() => {}) });
+    const conn = await dialHbone({ address: "127.0.0.1", port: slow.port, certificate: pki.a, expectedIdentities: [ID_B] });
+    try {
+      const e = (await openStream(conn, { ip: "127.0.0.1", port: 9 }, {}, 200).catch((x) => x)) as HboneError;
+      expect(e.kind).toBe("timeout");
+      expect(e.message).toBe("CONNECT 127.0.0.1:9: no response within 200 ms");
+    } finally {
+      conn.session.close();
+      await slow.close();
+    }
+  });
+
   test("through the front: a refused CONNECT resets the captured connection, no byte passes", async () => {
     const pool = new HbonePool();
     const front = await startFront(pool, (s) => ({ ...poolRequest(h)(s), target: { ip: "127.0.0.1", port: 1 } }));
