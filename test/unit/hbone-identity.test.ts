@@ -109,6 +109,27 @@ describe("HBONE identity checks fail closed", () => {
   });
 });
 
+test("setCertificate: new connections present the new certificate, an open one keeps working", async () => {
+  const h = await startHarness(pki.b);
+  try {
+    const before = await dialHbone({ address: "127.0.0.1", port: h.port, certificate: pki.a, expectedIdentities: [ID_B] });
+    h.server.setCertificate(pki.c);
+    const after = await dialHbone({ address: "127.0.0.1", port: h.port, certificate: pki.a, expectedIdentities: [ID_C] });
+    expect(after.peerIdentity).toBe(ID_C);
+    const s = await openStream(before, { ip: "127.0.0.1", port: h.appPort });
+    let got = "";
+    s.on("data", (d) => (got += d));
+    const ended = new Promise((r) => s.on("end", r));
+    s.end("still here");
+    await ended;
+    expect(got).toBe("still here");
+    before.session.close();
+    after.session.close();
+  } finally {
+    await h.close();
+  }
+});
+
 describe("SPIFFE SAN rules", () => {
   test("server side: one SPIFFE URI SAN in the trust domain", () => {
     expect(checkClientIdentity({ subjectaltname: `URI:${ID_A}` }, "cluster.local")).toBe(ID_A);
