@@ -8,7 +8,7 @@ import net from "node:net";
 import type http2 from "node:http2";
 import { dialHbone, HbonePool, openStream, type PoolRequest } from "../src/hbone/index.ts";
 import { ID_A, ID_B, makePki } from "../test/helpers/hbone-pki.ts";
-import { startHarness } from "../test/helpers/hbone-harness.ts";
+import { startFront, startHarness } from "../test/helpers/hbone-harness.ts";
 
 const arg = (name: string, def: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -81,6 +81,33 @@ const gbps = (bytes: number, ms: number) => `${((bytes * 8) / ms / 1e6).toFixed(
   if (got !== bytes) throw new Error(`download got ${got} of ${bytes}`);
   rows.push([`1 stream download, ${MIB} MiB`, gbps(bytes, performance.now() - t)]);
   conn.session.close();
+}
+
+{
+  // The whole relay path in one thread: TCP client → front (outbound) → HBONE → server → app.
+  const pool = new HbonePool();
+  const front = await startFront(pool, () => req);
+  const bytes = MIB * 1048576;
+  const t = performance.now();
+  await new Promise<void>((resolve, reject) => {
+    const c = net.connect({ host: "127.0.0.1", port: front.port, allowHalfOpen: true });
+    c.on("data", () => {});
+    c.on("error", reject);
+    c.on("close", () => resolve());
+    let left = bytes;
+    c.write("up\n");
+    const pump = () => {
+      while (left > 0) {
+        left -= CHUNK.length;
+        if (!c.write(CHUNK)) return void c.once("drain", pump);
+      }
+      c.end();
+    };
+    pump();
+  });
+  rows.push([`1 connection TCP → HBONE → TCP upload, ${MIB} MiB`, gbps(bytes, performance.now() - t)]);
+  front.close();
+  pool.close();
 }
 
 async function streamsPerSecond(parallel: number): Promise<string> {
