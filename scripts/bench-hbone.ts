@@ -46,6 +46,24 @@ const target = { ip: "127.0.0.1", port: h.appPort };
 const req: PoolRequest = { sourceIdentity: ID_A, certificate: pki.a, destinationIp: "127.0.0.1", port: h.port, expectedIdentities: [ID_B], target };
 const rows: [string, string][] = [];
 
+{
+  // First, before the big transfers grow the heap. Idle streams: 2,000 open tunnels (client stream + server stream + upstream socket + app
+  // socket each, all in this process), RSS before and after, after a full GC.
+  const N = 2000;
+  const pool = new HbonePool();
+  await (await pool.connect(req)).end(); // warm: first dial and buffers
+  Bun.gc(true);
+  const before = process.memoryUsage().rss;
+  const open = await Promise.all(Array.from({ length: N }, () => pool.connect(req)));
+  for (const s of open) s.write("up\n");
+  await Bun.sleep(200);
+  Bun.gc(true);
+  const per = (process.memoryUsage().rss - before) / N;
+  rows.push([`memory per idle tunnel, ${N} open (both ends + app socket)`, `${(per / 1024).toFixed(1)} KiB`]);
+  for (const s of open) s.close();
+  pool.close();
+}
+
 async function upload(s: http2.ClientHttp2Stream, bytes: number): Promise<void> {
   const done = new Promise<void>((r) => s.on("end", () => r()));
   s.on("data", () => {});
