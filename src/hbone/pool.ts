@@ -39,6 +39,8 @@ interface Entry {
   dialing?: Promise<HboneConnection>;
   /** Streams open or promised (waiting on the dial). */
   streams: number;
+  /** Streams actually opened on the connection (≤ limit). */
+  open: number;
   limit: number;
   closed: boolean;
   idleTimer?: ReturnType<typeof setTimeout>;
@@ -67,17 +69,36 @@ export class HbonePool {
 
   /** A CONNECT stream to `r.target` on a pooled connection; rejects with HboneError. */
   async connect(r: PoolRequest): Promise<http2.ClientHttp2Stream> {
-    const entry = this.reserve(r);
-    let stream: http2.ClientHttp2Stream;
-    try {
-      const conn = entry.conn ?? (await entry.dialing!);
-      stream = await openStream(conn, r.target, r.headers, this.o.responseTimeoutMs);
-    } catch (e) {
-      this.release(entry);
-      throw e;
+    for (;;) {
+      const entry = this.reserve(r);
+      let conn: HboneConnection;
+      try {
+        conn = entry.conn ?? (await entry.dialing!);
+      } catch (e) {
+        this.release(entry);
+        throw e;
+      }
+      // Streams reserved during the dial assumed 100; the server's SETTINGS may say fewer.
+      // The excess goes elsewhere (Bun's client would queue it, waiting on streams that wait too).
+      if (entry.open >= entry.limit) {
+        this.release(entry);
+        continue;
+      }
+      entry.open++;
+      let stream: http2.ClientHttp2Stream;
+      try {
+        stream = await openStream(conn, r.target, r.headers, this.o.responseTimeoutMs);
+      } catch (e) {
+        entry.open--;
+        this.release(entry);
+        throw e;
+      }
+      stream.once("close", () => {
+        entry.open--;
+        this.release(entry);
+      });
+      return stream;
     }
-    stream.once("close", () => this.release(entry));
-    return stream;
   }
 
   /** Live connections and their stream counts. */
@@ -96,7 +117,7 @@ export class HbonePool {
     this.entries.set(key, list);
     let e = list.find((x) => !x.closed && x.streams < x.limit);
     if (!e) {
-      e = { key, streams: 0, limit: this.max, closed: false };
+      e = { key, streams: 0, open: 0, limit: this.max, closed: false };
       list.push(e);
       this.dial(e, r);
     }

@@ -58,6 +58,8 @@ export interface HboneServerOptions {
   connectUpstream(req: InboundRequest): Promise<TcpSide>;
   /** Per tunnel, when it ends (for records/metrics). */
   onTunnelEnd?(req: InboundRequest, result: TunnelResult): void;
+  /** SETTINGS_MAX_CONCURRENT_STREAMS (default 200, ztunnel's). */
+  maxConcurrentStreams?: number;
   /** A refused connection or stream, with the status or the TLS/identity reason. */
   onRefused?(what: { status?: number; reason: string; peerIdentity?: string; target?: string }): void;
 }
@@ -93,7 +95,7 @@ function tlsOptions(c: ServerCertificate) {
 }
 
 export function createHboneServer(o: HboneServerOptions): HboneServer {
-  const h2 = http2.createSecureServer({ ...tlsOptions(o.certificate), allowHTTP1: false, settings: h2Settings(SERVER_MAX_CONCURRENT_STREAMS) } as never);
+  const h2 = http2.createSecureServer({ ...tlsOptions(o.certificate), allowHTTP1: false, settings: h2Settings(o.maxConcurrentStreams ?? SERVER_MAX_CONCURRENT_STREAMS) } as never);
   const sessions = new Set<http2.ServerHttp2Session>();
   let streams = 0;
   const refused = (what: Parameters<NonNullable<HboneServerOptions["onRefused"]>>[0]) => o.onRefused?.(what);

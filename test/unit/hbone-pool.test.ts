@@ -63,6 +63,27 @@ describe("HBONE pool", () => {
     }
   }, 30_000);
 
+  test("a server that allows fewer streams (SETTINGS) gets fewer per connection", async () => {
+    const small = await startHarness(pki.b, { maxConcurrentStreams: 30 });
+    const pool = new HbonePool();
+    try {
+      const streams = await Promise.all(Array.from({ length: 100 }, () => pool.connect(req({ port: small.port }))));
+      // The first connection learns the limit from SETTINGS only after its dial: the streams
+      // that were waiting on it beyond 30 must move to other connections.
+      expect(Math.max(...pool.stats().perConnection)).toBeLessThanOrEqual(30);
+      expect(small.server.stats().streams).toBe(100);
+      const answers = await Promise.all(streams.map((s, i) => echo(s, `s${i}`)));
+      expect(answers.every((a, i) => a === `s${i}`)).toBe(true);
+      const later = await Promise.all(Array.from({ length: 90 }, () => pool.connect(req({ port: small.port }))));
+      expect(Math.max(...pool.stats().perConnection)).toBeLessThanOrEqual(30);
+      expect(pool.stats().connections).toBeGreaterThanOrEqual(3);
+      await Promise.all(later.map((s) => echo(s, "x")));
+    } finally {
+      pool.close();
+      await small.close();
+    }
+  });
+
   test("streams reuse a connection; different identities get different connections", async () => {
     const pool = new HbonePool();
     try {
