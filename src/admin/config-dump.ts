@@ -10,6 +10,8 @@
 //                         connections: {inbound: [conn], outbound: [conn]}} }
 //     "certificates": [ {identity, state, certChain: [cert], rootCerts: [cert]} ]  (by identity;
 //                     only when the proxy has a certificate source)
+//     "registry", "policies": the proxy's workload registry (ztunnel's workload shape) and the
+//                     authorization policies in force (ProxyView.dumpSections)
 //     "config":  the effective configuration,
 //     "version": build information
 //   }
@@ -82,6 +84,7 @@ export interface ConfigDump {
   workloads: DumpWorkload[];
   workloadState: Record<string, DumpWorkloadState>;
   certificates?: DumpCertificate[];
+  [section: string]: unknown;
   config: unknown;
   version: VersionInfo;
 }
@@ -158,5 +161,5 @@ export function buildConfigDump(view: ProxyView, workerConnections: Iterable<Con
   }
   workloads.sort((a, b) => (a.uid < b.uid ? -1 : a.uid > b.uid ? 1 : 0));
   const certificates = view.certificates ? { certificates: view.certificates().map(dumpCertificate) } : {};
-  return { workloads, workloadState, ...certificates, config: view.config(), version: view.version() };
+  return { workloads, workloadState, ...certificates, ...(view.dumpSections?.() ?? {}), config: view.config(), version: view.version() };
 }

@@ -100,6 +100,8 @@ export interface ProxyView {
   workerConnections?(): Promise<Iterable<ConnectionView>>;
   /** Workload certificates by identity, when the proxy has a certificate source (proxy.ca). */
   certificates?(): readonly CertificateView[];
+  /** More config_dump sections (the proxy's `registry` and `policies`), next to the ones above. */
+  dumpSections?(): Record<string, unknown>;
   /** The effective configuration (JSON-serialisable; secrets, if any ever exist, removed). */
   config(): unknown;
   version(): VersionInfo;

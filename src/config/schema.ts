@@ -115,6 +115,15 @@ export const proxySchema = z
      * size, or the queue before the reader pauses).
      */
     relay: z.enum(["splice", "userspace"]).default("splice"),
+    /**
+     * Istio AuthorizationPolicy/PeerAuthentication YAML (a file, or a folder of them), enforced on
+     * every inbound plaintext connection and reloaded on change (src/policy). "" = none: allow all.
+     */
+    policies: z.string().default(""),
+    /** Istio's root namespace: its policies without a selector are mesh-wide. */
+    rootNamespace: z.string().min(1).default("istio-system"),
+    /** A ztunnel local-config file (`workloads:`) merged into the workload registry; "" = none. */
+    workloadsFile: z.string().default(""),
     ca: caSchema,
   })
   .prefault({});

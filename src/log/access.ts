@@ -27,6 +27,10 @@ export interface AccessLogEntry {
   /** done | reset | connect_failed | refused_loop | drained | deleted | error */
   reason: string;
   error?: string;
+  /** The authorization policy that refused the connection (reason policy_denied): "ns/name". */
+  policy?: string;
+  /** Its deciding rule's index. */
+  policyRule?: number;
 }
 
 /** The level a finished connection is logged at: clean and peer-reset closes are routine. */
@@ -65,6 +69,8 @@ export function accessFields(e: AccessLogEntry): Fields {
   f.bytes_recv = e.bytesRecv;
   f.duration = `${Math.max(0, Math.round(e.durationMs))}ms`;
   f.reason = e.reason;
+  put("policy", e.policy);
+  put("policy.rule", e.policyRule);
   put("error", e.error);
   return f;
 }

@@ -86,6 +86,8 @@ export function createConnectionObserver(opts: ConnectionObserverOptions): Conne
           durationMs: (rec.closedAt ?? Date.now()) - rec.startedAt,
           reason: how,
           error: rec.error,
+          policy: rec.denial?.policy,
+          policyRule: rec.denial?.rule,
         },
         log,
       );

@@ -4,6 +4,7 @@
 import { Registry } from "prom-client";
 import { homeNetns, Netns, stopFdPoller } from "../sys/index.ts";
 import { createLogger, flushLogs, setLogLevel } from "../log/logger.ts";
+import { InboundAuthorizer } from "./authorize.ts";
 import { createConnectionObserver } from "./connection-observer.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
 import { createProxyMetrics } from "./metrics.ts";
@@ -15,6 +16,7 @@ declare const self: Worker;
 
 nameThisThread(THREAD_NAMES.dataPlane);
 let manager: ProxyWorkloadManager | undefined;
+let authorizer: InboundAuthorizer | undefined;
 let registry: Registry | undefined;
 let log = createLogger("proxy/thread");
 
@@ -64,6 +66,12 @@ function handle(m: ToWorker): void {
     case "closeAll":
       manager.closeAll();
       return;
+    case "policies":
+      authorizer!.setDocuments(m.docs);
+      return;
+    case "labels":
+      authorizer!.setLabels(m.labels);
+      return;
     case "ask":
       answer(m.q).then(
         (data) => post({ t: "answer", id: m.id, data }),
@@ -78,7 +86,8 @@ function init(m: Extract<ToWorker, { t: "init" }>): void {
   homeNetns();
   setLogLevel(m.logLevel);
   log = createLogger("proxy/thread", { thread: m.index });
-  const mgr = new ProxyWorkloadManager({ cfg: m.cfg, log: createLogger("proxy/pods", { thread: m.index }), thread: { index: m.index, count: m.count } });
+  authorizer = new InboundAuthorizer(m.cfg.rootNamespace, createLogger("proxy/authz", { thread: m.index }));
+  const mgr = new ProxyWorkloadManager({ cfg: m.cfg, log: createLogger("proxy/pods", { thread: m.index }), thread: { index: m.index, count: m.count }, authorizer });
   manager = mgr;
   // Only the traffic metrics live here; the main thread sums them into its own at each scrape.
   registry = new Registry();
@@ -101,6 +110,8 @@ async function answer(q: Question): Promise<unknown> {
       return Object.fromEntries(mgr.pods().map((p) => [p.uid, p.connections]));
     case "drain":
       return mgr.drain(q.deadlineMs);
+    case "policyState":
+      return { generation: authorizer!.generation, policies: authorizer!.policies.size };
     case "gc":
       Bun.gc(true);
       return true;

@@ -95,8 +95,8 @@ export function acceptFd(pod: PodProxy, fd: number, direction: Direction, engine
 }
 
 /**
- * Reads the accepted connection's addresses and opens its record; undefined (after logging)
- * when the socket cannot tell them, and the caller resets it.
+ * Reads the accepted connection's addresses, opens its record and, inbound, asks the policies;
+ * undefined (after logging, or closing the record as policy_denied) and the caller resets it.
  */
 function admit(pod: PodProxy, fd: number, direction: Direction): { rec: ConnectionRecord; dst: SocketAddress; transparentSource: string | undefined } | undefined {
   const { table, log } = pod.deps;
@@ -117,6 +117,9 @@ function admit(pod: PodProxy, fd: number, direction: Direction): { rec: Connecti
     return undefined;
   }
   const rec = table.open({ pod: pod.ref, direction, source: ep(source), originalDst: ep(dst), upstream: ep(dst) });
+  // Authorization before anything is connected (authorize.ts): a denied record is closed there.
+  const authz = pod.deps.authorizer;
+  if (direction === "inbound" && authz && !authz.admit(rec, table)) return undefined;
   // Inbound keeps the client's IP as the source (IP_TRANSPARENT bind); the pod's connmark and
   // table-100 rules bring the app's replies back to this socket. Not when the client is the
   // pod itself (same IP): then a plain connect is right.

@@ -24,7 +24,9 @@ import { serveAdmin, type AdminServers, type AppExtension } from "../admin/serve
 import { CertificateManager } from "../identity/cert-manager.ts";
 import { proxyAdminRoutes } from "./admin-routes.ts";
 import { CapabilityError, checkCapabilities } from "./capabilities.ts";
+import { AuthzSetupError, ProxyAuthz } from "./authz-setup.ts";
 import { certAdminRoutes } from "./cert-admin.ts";
+import { authzDump, policyAdminRoutes } from "./policy-admin.ts";
 import { createCertMetrics } from "./cert-metrics.ts";
 import { CaSetupError, CertifyingWorkloadManager, openCertificateSource } from "./certificates.ts";
 import { createConnectionObserver } from "./connection-observer.ts";
@@ -43,7 +45,8 @@ options:
   --config <file>               YAML config (default /etc/nshub/config.yaml if present)
   --zds-socket <path>           the agent's ZDS socket (default /var/run/nshub/zds.sock)
   --admin-address <host:port>   admin API, read-only: GET /, /config_dump, /logging, /pods,
-                                /connections, /certs (default 127.0.0.1:15000; keep it on loopback)
+                                /connections, /certs, /policies, /policy/check, /workloads
+                                (default 127.0.0.1:15000; keep it on loopback)
   --admin-socket <path>         admin API with the writes too (POST /logging, /quitquitquit,
                                 /debug/gc), root only (default /var/run/nshub/proxy-admin.sock)
   --metrics-address <h:p>       Prometheus /metrics and /stats/prometheus (default 0.0.0.0:15020)
@@ -58,6 +61,11 @@ options:
   --relay <mode>                splice (kernel copy, default) or userspace (Bun sockets)
   --log-level <level>           trace, debug, info, warn, error
   -h, --help                    this text
+
+Authorization: proxy.policies (NSHUB_PROXY_POLICIES) names Istio AuthorizationPolicy and
+PeerAuthentication YAML (a file or a folder), enforced on inbound plaintext and reloaded on change;
+a bad file at start stops the proxy. proxy.workloadsFile adds a ztunnel local-config file to the
+workload registry (GET /workloads).
 
 Workload certificates (one per identity, for the pods' SPIFFE IDs) are off by default; turn them
 on with proxy.ca in the config file or NSHUB_PROXY_CA_* (source istio or local: see the README).
@@ -175,6 +183,17 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
     console.error(`nshub proxy: ${e.message}`);
     return 1;
   }
+  // Policies (proxy.policies) and the workload registry: a bad policy file stops the proxy here.
+  let authz: ProxyAuthz;
+  try {
+    authz = await ProxyAuthz.start(pc, createLogger("proxy/authz"));
+  } catch (e) {
+    if (!(e instanceof AuthzSetupError)) throw e;
+    certs?.close();
+    log.error(e.message);
+    console.error(`nshub proxy: ${e.message}`);
+    return 1;
+  }
   // Metrics: registry (istio_build, process metrics), traffic counters and workload-manager
   // metrics. Label sets are resolved once per connection by the observer (see ./metrics.ts).
   const metricsRegistry = createRegistry({ component: "nshub-proxy" });
@@ -184,7 +203,11 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
     cfg: pc,
     log: createLogger("proxy/pods"),
     thread: { index: 0, count: pc.workers },
-    events: { podStarted: () => metrics.workloads.started(), podStopped: () => metrics.workloads.stopped() },
+    events: {
+      podStarted: (p) => (metrics.workloads.started(), authz.podStarted(p)),
+      podStopped: (p) => (metrics.workloads.stopped(), authz.podStopped(p)),
+    },
+    authorizer: authz.authorizer,
   });
   metrics.workloads.bindCounts(() => manager.counts());
   manager.table.addObserver(createConnectionObserver({ metrics: metrics.connections, peerLookup: (ip) => manager.peerWorkload(ip) }));
@@ -197,12 +220,15 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
     } catch (e) {
       metricsRegistry.stop();
       certs?.close();
+      await authz.close();
       log.error("cannot start the data-plane threads", { error: (e as Error).message });
       console.error(`nshub proxy: cannot start the data-plane threads: ${(e as Error).message}`);
       return 1;
     }
   }
   const workers = pool;
+  // Before any pod reaches the Workers (messages arrive in order): no listener without policies.
+  if (workers) authz.attachWorkers(workers);
   // The Workers' traffic counters are summed into the main thread's at every scrape.
   const metricsText = workers
     ? async () => {
@@ -239,6 +265,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
     workers,
     certs,
     config: { logLevel: cfg.logLevel, proxy: pc },
+    dumpSections: () => authzDump(authz),
     version: { version: pkg.version, bun: Bun.version, component: "nshub-proxy" },
     quit: (reason) => requestQuit(reason),
     setLogLevel: (level) => {
@@ -257,7 +284,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
       metricsText,
       log,
       extend: {
-        admin: [proxyAdminRoutes(manager, workers), certAdminRoutes(certs, pc.ca), ...hook(hooks.http?.extendAdmin)],
+        admin: [proxyAdminRoutes(manager, workers), certAdminRoutes(certs, pc.ca), policyAdminRoutes(authz, workers), ...hook(hooks.http?.extendAdmin)],
         metrics: hook(hooks.http?.extendMetrics),
         readiness: hook(hooks.http?.extendReadiness),
       },
@@ -265,6 +292,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   } catch (e) {
     metricsRegistry.stop();
     certs?.close();
+    await authz.close();
     await workers?.stop();
     log.error((e as Error).message);
     console.error(`nshub proxy: ${(e as Error).message}`);
@@ -306,6 +334,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   const result = { finished: own.finished + (others?.finished ?? 0), reset: own.reset + (others?.reset ?? 0) };
   log.info("drained; exiting", result);
   certs?.close();
+  await authz.close();
   await servers.close();
   await workers?.stop();
   await stopSpliceEngine();

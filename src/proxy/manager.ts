@@ -7,6 +7,7 @@ import type { Netns } from "../sys/index.ts";
 import type { ProxyConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
 import { ProxyStartError, type WorkloadIdentity, type WorkloadManager } from "../zds/types.ts";
+import type { InboundAuthorizer } from "./authorize.ts";
 import { LISTENER_KINDS, proxyPorts, type ListenerKind } from "./listeners.ts";
 import { PodProxy, type PodProxyDeps } from "./pod.ts";
 import { ConnectionTable } from "./records.ts";
@@ -61,6 +62,8 @@ export interface ManagerOptions {
   thread?: { index: number; count: number };
   kinds?: readonly ListenerKind[];
   events?: ManagerEvents;
+  /** This thread's inbound authorization (authorize.ts). */
+  authorizer?: InboundAuthorizer;
 }
 
 export class ProxyWorkloadManager implements WorkloadManager {
@@ -88,7 +91,7 @@ export class ProxyWorkloadManager implements WorkloadManager {
         onObserverError: (e) => opts.log.warn("connection observer failed", { error: (e as Error).message }),
       });
     const kinds = opts.kinds ?? LISTENER_KINDS;
-    this.#deps = { cfg: opts.cfg, table: this.table, log: opts.log, kinds, proxyPorts: proxyPorts(opts.cfg, kinds) };
+    this.#deps = { cfg: opts.cfg, table: this.table, log: opts.log, kinds, proxyPorts: proxyPorts(opts.cfg, kinds), authorizer: opts.authorizer };
   }
 
   // ---- WorkloadManager ------------------------------------------------------------------------
@@ -375,7 +378,7 @@ export class ProxyWorkloadManager implements WorkloadManager {
 }
 
 /** A pod's own addresses, as Kubernetes would list them: loopback and link-local excluded. */
-function podIps(p: PodProxy): string[] {
+export function podIps(p: PodProxy): string[] {
   return p.net.addresses.filter((a) => !a.startsWith("127.") && a !== "::1" && !a.startsWith("169.254.") && !/^fe[89ab][0-9a-f]:/i.test(a));
 }
 

@@ -7,7 +7,7 @@
 //   istio_tcp_connections_closed_total   {traffic labels}  (response_flags set at close)
 //   istio_tcp_sent_bytes_total           {traffic labels}  bytes destination → source ("response")
 //   istio_tcp_received_bytes_total       {traffic labels}  bytes source → destination ("request")
-//   istio_tcp_connections_failed_total   {traffic labels}  connections that never relayed (connect failure, loop, error)
+//   istio_tcp_connections_failed_total   {traffic labels}  connections that never relayed (connect failure, policy denial (DENY), loop, error)
 //   istio_build                          {component, tag}  (src/admin/registry.ts)
 //   nshub_connection_failures_total      {direction, reason}  every close that was not a clean FIN/FIN
 //   workload_manager_active_proxies / _pending_proxies (gauges), workload_manager_proxies_started_total
@@ -35,9 +35,10 @@ import { Counter, Gauge, type Registry } from "prom-client";
 import { responseFlagsFor, TRAFFIC_LABELS, type TrafficLabelName, type TrafficLabels } from "./traffic-labels.ts";
 
 /** How a connection ended (the proxy's CloseHow). */
-export type CloseReason = "done" | "reset" | "connect_failed" | "refused_loop" | "drained" | "deleted" | "error";
+export type CloseReason = "done" | "reset" | "connect_failed" | "refused_loop" | "policy_denied" | "drained" | "deleted" | "error";
 
-const FAILED_BEFORE_RELAY: ReadonlySet<string> = new Set(["connect_failed", "refused_loop", "error"]);
+/** ztunnel counts a policy denial as failed too (response_flags DENY, its record_internal). */
+const FAILED_BEFORE_RELAY: ReadonlySet<string> = new Set(["connect_failed", "refused_loop", "policy_denied", "error"]);
 
 export interface ProxyMetrics {
   readonly registry: Registry;
@@ -82,7 +83,7 @@ export function createProxyMetrics(registry: Registry): ProxyMetrics {
   });
   const failures = new Counter({
     name: "nshub_connection_failures_total",
-    help: "Connections that did not end with a clean close of both directions, by reason (connect_failed, refused_loop, error, reset, drained, deleted)",
+    help: "Connections that did not end with a clean close of both directions, by reason (connect_failed, refused_loop, policy_denied, error, reset, drained, deleted)",
     labelNames: ["direction", "reason"] as const,
     registers,
   });

@@ -7,6 +7,7 @@ import { withNetns, type Netns } from "../sys/index.ts";
 import type { ProxyConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
 import type { WorkloadIdentity } from "../zds/types.ts";
+import type { InboundAuthorizer } from "./authorize.ts";
 import type { BindFamily, ListenerKind, PodListener } from "./listeners.ts";
 import type { CloseHow, ConnectionRecord, ConnectionTable, Direction, PodRef } from "./records.ts";
 
@@ -28,6 +29,8 @@ export interface PodProxyDeps {
   kinds: readonly ListenerKind[];
   /** Destination ports that are self calls (listeners.proxyPorts). */
   proxyPorts: ReadonlySet<number>;
+  /** This thread's inbound authorization (authorize.ts); none: every connection is allowed. */
+  authorizer?: InboundAuthorizer;
 }
 
 /** What the proxy found out about the pod's netns while it was inside. */

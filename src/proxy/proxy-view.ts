@@ -18,6 +18,8 @@ export interface ProxyViewOptions {
   workers?: WorkerPool;
   /** Workload certificates (proxy.ca), shown in config_dump's `certificates`. */
   certs?: CertificateManager;
+  /** More config_dump sections (registry, policies: ./policy-admin.ts authzDump). */
+  dumpSections?: () => Record<string, unknown>;
   /** Sets the process's log level (default: src/log/logger.ts setLogLevel); throws on an unknown level. */
   setLogLevel?: (level: string) => void;
 }
@@ -41,6 +43,7 @@ export function createProxyView(o: ProxyViewOptions): ProxyView {
     connections: () => o.manager.table.live(),
     ...(o.workers ? { workerConnections: async () => (await o.workers!.connections(false)).live } : {}),
     ...(o.certs ? { certificates: () => certificateViews(o.certs!) } : {}),
+    ...(o.dumpSections ? { dumpSections: o.dumpSections } : {}),
     config: () => o.config,
     version: () => o.version,
     readiness: () => o.manager.readiness(),

@@ -33,9 +33,21 @@ export type ConnectionState = "connecting" | "open" | "half_closed" | "closed";
  * connect_failed: the upstream connect failed (refused, timeout, unreachable), the client was reset;
  * refused_loop: the destination was one of the proxy's own ports (self call), the client was reset;
  * drained: still open at the drain deadline, reset; deleted: its pod was deleted, reset;
+ * policy_denied: an inbound connection the authorization policies refused (before any upstream
+ * connect), reset;
  * error: an internal error (e.g. no original destination), reset.
  */
-export type CloseHow = "done" | "reset" | "connect_failed" | "refused_loop" | "drained" | "deleted" | "error";
+export type CloseHow = "done" | "reset" | "connect_failed" | "refused_loop" | "policy_denied" | "drained" | "deleted" | "error";
+
+/** Which policy refused a connection (closeHow policy_denied), for the access log and the admin. */
+export interface Denial {
+  /** "namespace/name" of the deciding policy; absent when no ALLOW policy matched. */
+  policy?: string;
+  /** Its rule index (`spec.rules[i]`), when a rule decided. */
+  rule?: number;
+  /** src/policy DecisionCode: explicitly-denied, mtls-required, not-allowed. */
+  code: string;
+}
 
 export interface ConnectionRecord {
   readonly id: number;
@@ -59,8 +71,10 @@ export interface ConnectionRecord {
   closedAt: number | undefined;
   state: ConnectionState;
   closeHow: CloseHow | undefined;
-  /** Why it failed, for connect_failed / reset / error. */
+  /** Why it failed, for connect_failed / reset / error / policy_denied. */
   error: string | undefined;
+  /** Set when an authorization policy refused it. */
+  denial?: Denial;
   /** Free slots for observers (e.g. metrics' resolved label set), keyed by observer name. */
   readonly ext: Record<string, unknown>;
 }
@@ -95,6 +109,7 @@ export function recordJson(r: ConnectionRecord): Record<string, unknown> {
     state: r.state,
     closeHow: r.closeHow ?? null,
     error: r.error ?? null,
+    ...(r.denial ? { denial: r.denial } : {}),
   };
 }
 

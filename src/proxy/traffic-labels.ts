@@ -32,7 +32,7 @@ export const TRAFFIC_LABELS = [
 export type TrafficLabelName = (typeof TRAFFIC_LABELS)[number];
 export type TrafficLabels = Record<TrafficLabelName, string>;
 export type Reporter = "source" | "destination";
-/** `-` none; `CONNECT` upstream connect failed; `DENY` policy (not produced yet). */
+/** `-` none; `CONNECT` upstream connect failed; `DENY` refused by an authorization policy. */
 export type ResponseFlags = "-" | "CONNECT" | "DENY";
 
 export const UNKNOWN = "unknown";
@@ -98,5 +98,5 @@ export function connectionLabels(opts: {
 }
 
 export function responseFlagsFor(reason: string): ResponseFlags {
-  return reason === "connect_failed" ? "CONNECT" : "-";
+  return reason === "connect_failed" ? "CONNECT" : reason === "policy_denied" ? "DENY" : "-";
 }

@@ -4,6 +4,8 @@
 import type { ProxyConfig } from "../config/schema.ts";
 import type { ConnectionRecord } from "./records.ts";
 import type { WorkloadIdentity } from "../zds/types.ts";
+import type { PolicyDocuments } from "../policy/load.ts";
+import type { LabelsByUid } from "./authorize.ts";
 
 /** A connection record without its observer slots (`ext` holds live metric handles). */
 export type PlainRecord = Omit<ConnectionRecord, "ext"> & { ext: Record<string, never> };
@@ -16,6 +18,10 @@ export type ToWorker =
   | { t: "reset" }
   | { t: "level"; level: string }
   | { t: "closeAll" }
+  /** A new policy set (parsed and validated by the main thread; the Worker builds its PolicySet). */
+  | { t: "policies"; docs: PolicyDocuments }
+  /** Destination labels per workload uid, from the main thread's registry. */
+  | { t: "labels"; labels: LabelsByUid }
   | { t: "ask"; id: number; q: Question };
 
 export type Question =
@@ -26,6 +32,8 @@ export type Question =
   | { q: "drain"; deadlineMs: number }
   /** A full garbage collection of this thread's heap (admin POST /debug/gc). */
   | { q: "gc" }
+  /** This thread's policy generation and size (tests: has a reload reached every thread?). */
+  | { q: "policyState" }
   /** Stop the thread's helpers (fd poller) so the Worker can be terminated. */
   | { q: "stop" };
 

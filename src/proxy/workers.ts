@@ -11,6 +11,8 @@ import type { ProxyConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
 import type { WorkloadIdentity, WorkloadManager } from "../zds/types.ts";
 import type { ProxyWorkloadManager } from "./manager.ts";
+import type { PolicyDocuments } from "../policy/load.ts";
+import type { LabelsByUid } from "./authorize.ts";
 import type { ConnectionsAnswer, FromWorker, PlainRecord, Question, ToWorker } from "./worker-protocol.ts";
 
 /** How long a question to a Worker may take before it is answered without that Worker. */
@@ -192,6 +194,15 @@ export class WorkerPool {
 
   closeAll(): void {
     for (const w of this.workers) w.send({ t: "closeAll" });
+  }
+
+  /** A new policy set for every Worker (each builds its own PolicySet: sets do not cross threads). */
+  setPolicies(docs: PolicyDocuments): void {
+    for (const w of this.workers) w.send({ t: "policies", docs });
+  }
+
+  setLabels(labels: LabelsByUid): void {
+    for (const w of this.workers) w.send({ t: "labels", labels });
   }
 
   /** Every Worker's answer; a Worker that fails or times out is logged and left out. */

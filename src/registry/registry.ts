@@ -111,6 +111,18 @@ export class WorkloadRegistry {
     return this.#merged.get(uid)?.w;
   }
 
+  /**
+   * The labels of `uid` from the highest source that has any: ZDS knows none, so a pod this node
+   * serves takes those of its entry in a file (or, later, Kubernetes) with the same uid.
+   */
+  labelsOf(uid: string): Readonly<Record<string, string>> | undefined {
+    for (const e of this.#entries) {
+      const l = e.active ? e.byUid.get(uid)?.labels : undefined;
+      if (l) return l;
+    }
+    return undefined;
+  }
+
   /** The workload at `ip` (any spelling, IPv4-mapped IPv6 included), by the precedence above. */
   findByIp(ip: string): Workload | undefined {
     const ranked = this.#claimants(ip);

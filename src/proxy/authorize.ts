@@ -1,0 +1,98 @@
+// L4 authorization on the inbound path: one InboundAuthorizer per data-plane thread (the main
+// thread's and each Worker's), asked by handlers.ts for every connection accepted on a pod's
+// inbound (15006) listener, before the upstream connect. It holds that thread's PolicySet
+// (src/policy, immutable: a reload swaps in a new one) and the destination labels the registry
+// knows, so the decision is a synchronous, allocation-light call on the accept path.
+//
+// Established connections are not re-checked when the policies change: a new set applies to new
+// connections only. (ztunnel re-checks open connections and closes those no longer allowed,
+// "connection closed due to policy change"; nshub may do the same later: see src/proxy/README.md.)
+import { createLogger, type Logger } from "../log/logger.ts";
+import { PolicySet } from "../policy/engine.ts";
+import type { PolicyDocuments } from "../policy/load.ts";
+import { refKey, type Decision, type PolicyWorkload } from "../policy/types.ts";
+import type { ConnectionRecord, ConnectionTable, PodRef } from "./records.ts";
+
+/** Labels per workload uid, from the registry (ZDS gives none; a local-config file may). */
+export type LabelsByUid = Record<string, Readonly<Record<string, string>>>;
+
+export class InboundAuthorizer {
+  #set: PolicySet;
+  #labels: LabelsByUid = {};
+  /**
+   * The destination object per pod. PolicySet keeps what applies to a workload per object, so a
+   * pod must be the same object from one connection to the next (new labels: new objects).
+   */
+  #dest = new WeakMap<PodRef, PolicyWorkload>();
+  readonly #log: Logger;
+  /** Policy sets applied so far in this thread (1 = the first; tests and logs). */
+  generation = 0;
+
+  constructor(
+    readonly rootNamespace: string,
+    log?: Logger,
+  ) {
+    this.#set = PolicySet.empty({ rootNamespace });
+    this.#log = log ?? createLogger("proxy/authz");
+  }
+
+  get policies(): PolicySet {
+    return this.#set;
+  }
+
+  setPolicies(set: PolicySet): void {
+    this.#set = set;
+    this.generation++;
+  }
+
+  /** Builds this thread's own set from parsed documents (what the main thread posts to Workers). */
+  setDocuments(docs: PolicyDocuments): void {
+    this.setPolicies(new PolicySet(docs, { rootNamespace: this.rootNamespace }));
+    this.#log.debug("policies applied", { generation: this.generation, policies: this.#set.size });
+  }
+
+  setLabels(labels: LabelsByUid): void {
+    this.#labels = labels;
+    this.#dest = new WeakMap();
+  }
+
+  /** The pod as the policy engine sees it: namespace, name, the registry's labels. */
+  destination(pod: PodRef): PolicyWorkload {
+    let d = this.#dest.get(pod);
+    if (!d) {
+      const labels = this.#labels[pod.uid];
+      d = Object.freeze({ namespace: pod.namespace, name: pod.name, ...(labels ? { labels } : {}) });
+      this.#dest.set(pod, d);
+    }
+    return d;
+  }
+
+  /** The decision for a plaintext inbound connection (no identity: plaintext proves none). */
+  decide(rec: ConnectionRecord): Decision {
+    return this.#set.decide({
+      sourceIp: rec.source.ip,
+      destination: this.destination(rec.pod),
+      destinationIp: rec.originalDst.ip,
+      destinationPort: rec.originalDst.port,
+      mtls: false,
+    });
+  }
+
+  /**
+   * True when the connection may go on. Otherwise its record is closed as policy_denied (the
+   * metrics count it with response_flags DENY, the access log names the policy and rule) and
+   * the caller resets the client socket: nothing reaches the app.
+   */
+  admit(rec: ConnectionRecord, table: ConnectionTable): boolean {
+    const d = this.decide(rec);
+    if (d.dryRun?.length && this.#log.enabled("debug")) {
+      this.#log.debug("dry-run policies matched", { id: rec.id, dryRun: d.dryRun.map((x) => `${x.action} ${refKey(x.policy)} rules[${x.rule}]`).join(", ") });
+    }
+    if (d.allowed) return true;
+    // No ALLOW policy matched: no single policy decided, so name the ALLOW policies that applied.
+    const policy = d.policy ? refKey(d.policy) : this.#set.applicable(this.destination(rec.pod)).allow.map((p) => refKey(p.ref)).join(",");
+    rec.denial = { code: d.code, ...(policy ? { policy } : {}), ...(d.rule !== undefined ? { rule: d.rule } : {}) };
+    table.close(rec, "policy_denied", d.reason);
+    return false;
+  }
+}
