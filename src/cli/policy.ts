@@ -5,12 +5,17 @@ import { parseSpiffeId } from "../identity/spiffe.ts";
 import { parseIpText } from "../policy/cidr.ts";
 import { DEFAULT_ROOT_NAMESPACE, PolicySet } from "../policy/engine.ts";
 import { formatLoadError, loadPolicyPath } from "../policy/load.ts";
-import { formatOrigin, refKey, type Connection, type PolicyRef } from "../policy/types.ts";
+import { checkConnection, describePolicies, type CheckAnswer, type PolicyRow } from "../policy/describe.ts";
+import { refKey, type Connection, type PolicyRef } from "../policy/types.ts";
+import { parseDaemonUrl, requestJson, runCommand, stdio, type Daemon } from "./admin-client.ts";
 
-const NOT_YET = `Not yet: --admin <url>, to ask the running proxy about the policies it enforces, comes
-when the proxy enforces them on its inbound path; today the policies are read from --policies.`;
+const proxyAt = (url: string, flag = "--admin"): Daemon => ({ kind: "proxy", url: parseDaemonUrl(url, flag) });
 
-const HELP = `usage: nshub policy check --policies <file|dir> --to <namespace>/<name> --port <n> [--from <identity|ip>]... [options]
+const ADMIN_NOTE = `With --admin <url> (the proxy's read-only admin, e.g. 127.0.0.1:15000) instead of --policies,
+the running proxy answers with the set it enforces (GET /policy/check, GET /policies); a
+destination it knows (its registry) gets its labels and IP from there.`;
+
+const HELP = `usage: nshub policy check (--policies <file|dir> | --admin <url>) --to <namespace>/<name> --port <n> [--from <identity|ip>]... [options]
 
 Decides one connection as the proxy's inbound path will: Istio's AuthorizationPolicy and
 PeerAuthentication (security.istio.io/v1, v1beta1) at L4, with ztunnel's semantics. Prints the
@@ -30,7 +35,7 @@ decision and the policy and rule that made it; sends no traffic.
 
 Exit status: 0 allowed, 1 denied, 2 usage error, 3 the policies could not be loaded.
 
-${NOT_YET}`;
+${ADMIN_NOTE}`;
 
 const TOP_HELP = `usage: nshub policy <command> [options]
 
@@ -41,7 +46,7 @@ See also: nshub policies (what is in force and where it applies).
 
   nshub policy <command> --help   that command's options`;
 
-const LIST_HELP = `usage: nshub policies --policies <file|dir> [--root-namespace <ns>] [--json]
+const LIST_HELP = `usage: nshub policies (--policies <file|dir> | --admin <url>) [--root-namespace <ns>] [--json]
 
 Lists the AuthorizationPolicies and PeerAuthentications in a policy file or folder: action or
 mTLS mode, where each applies, how many rules are enforced at L4, whether it is enforced,
@@ -54,7 +59,7 @@ dry-run or ignored (AUDIT, CUSTOM, targetRef), and the warnings istiod would giv
 
 Exit status: 0, 2 usage error, 3 the policies could not be loaded.
 
-${NOT_YET}`;
+${ADMIN_NOTE}`;
 
 function usageError(message: string): Error {
   return Object.assign(new TypeError(message), { code: "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" });
@@ -102,6 +107,7 @@ async function check(args: string[]): Promise<number> {
     strict: true,
     options: {
       policies: { type: "string" },
+      admin: { type: "string" },
       from: { type: "string", multiple: true },
       plaintext: { type: "boolean" },
       to: { type: "string" },
@@ -137,6 +143,23 @@ async function check(args: string[]): Promise<number> {
   if (!to) throw usageError("--to <namespace>/<name> is required");
   if (!values.port || !/^\d+$/.test(values.port) || Number(values.port) > 65535) throw usageError("--port <n> (0-65535) is required");
   if (values["to-ip"] !== undefined && typeof parseIpText(values["to-ip"]) === "string") throw usageError(`--to-ip: ${JSON.stringify(values["to-ip"])} is not an IP address`);
+  if (values.admin !== undefined) {
+    if (values.policies !== undefined) throw usageError("--admin and --policies: give one of them");
+    const q = new URLSearchParams();
+    for (const f of values.from ?? []) q.append("from", f);
+    q.set("to", values.to!);
+    q.set("port", values.port);
+    if (values.plaintext) q.set("plaintext", "");
+    if (values.labels !== undefined) q.set("labels", values.labels);
+    if (values["to-ip"] !== undefined) q.set("toIp", values["to-ip"]);
+    let code = 0;
+    const rc = await runCommand(stdio, "policy check", async () => {
+      const ans = await requestJson<CheckAnswer>(proxyAt(values.admin!), `/policy/check?${q}`);
+      code = printCheck(ans, values.json ?? false);
+      return 0;
+    });
+    return rc !== 0 ? rc : code;
+  }
   const set = load(values.policies, values["root-namespace"], "nshub policy check");
   if (typeof set === "number") return set;
   const conn: Connection = {
@@ -147,14 +170,17 @@ async function check(args: string[]): Promise<number> {
     destinationPort: Number(values.port),
     mtls: principal !== undefined,
   };
-  const decision = set.decide(conn);
-  const mtls = set.mtls(conn.destination, conn.destinationPort);
-  const considered = set.explain(conn).map(({ policy: p, rule }) => ({ ...p.ref, action: p.action, dryRun: p.dryRun, matchedRule: rule >= 0 ? rule : null, origin: formatOrigin(p.origin), warnings: p.warnings }));
-  if (values.json) {
-    console.log(JSON.stringify({ decision, connection: conn, mtls, considered }, null, 2));
+  return printCheck(checkConnection(set, conn), values.json ?? false);
+}
+
+/** Prints a decision (offline or the proxy's); the exit status: 0 allowed, 1 denied. */
+function printCheck(ans: CheckAnswer, json: boolean): number {
+  const { decision, connection: conn, mtls, considered } = ans;
+  if (json) {
+    console.log(JSON.stringify(ans, null, 2));
     return decision.allowed ? 0 : 1;
   }
-  const from = [principal, sourceIp].filter(Boolean).join(" from ") || "an unknown plaintext client";
+  const from = [conn.sourcePrincipal, conn.sourceIp].filter(Boolean).join(" from ") || "an unknown plaintext client";
   console.log(`${decision.allowed ? "ALLOW" : "DENY"}  ${from} → ${refKey(conn.destination)}:${conn.destinationPort} (${conn.mtls ? "mTLS" : "plaintext"})`);
   const by = (r: PolicyRef | undefined) => (r ? `${r.kind} ${refKey(r)}` : "the default");
   console.log(`  decided by  ${by(decision.policy)}${decision.rule !== undefined ? ` rules[${decision.rule}]` : ""}`);
@@ -172,46 +198,39 @@ async function check(args: string[]): Promise<number> {
 
 /** `nshub policies` */
 export async function policiesMain(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, strict: true, options: { policies: { type: "string" }, "root-namespace": { type: "string" }, json: { type: "boolean" }, help: { type: "boolean", short: "h" } } });
+  const { values } = parseArgs({ args, strict: true, options: { policies: { type: "string" }, admin: { type: "string" }, "root-namespace": { type: "string" }, json: { type: "boolean" }, help: { type: "boolean", short: "h" } } });
   if (values.help) return (console.log(LIST_HELP), 0);
+  if (values.admin !== undefined) {
+    if (values.policies !== undefined) throw usageError("--admin and --policies: give one of them");
+    return runCommand(stdio, "policies", async () => {
+      const r = await requestJson<{ rootNamespace: string; path: string; policies: PolicyRow[]; lastError?: string[] }>(proxyAt(values.admin!), "/policies");
+      if (values.json) console.log(JSON.stringify(r, null, 2));
+      else {
+        printRows(r.policies, r.path ? `the proxy's ${r.path}` : "the proxy (proxy.policies is not set)");
+        for (const e of r.lastError ?? []) console.log(`last reload refused (the set above stays in force): ${e}`);
+      }
+      return 0;
+    });
+  }
   const set = load(values.policies, values["root-namespace"], "nshub policies");
   if (typeof set === "number") return set;
-  const rows = [
-    ...set.policies.map((p) => ({
-      ...p.ref,
-      action: p.action,
-      appliesTo: set.appliesTo(p),
-      rules: p.rules.length === p.specRules ? `${p.specRules}` : `${p.rules.length} of ${p.specRules}`,
-      status: p.dryRun ? "dry-run" : "enforced",
-      origin: formatOrigin(p.origin),
-      warnings: p.warnings,
-    })),
-    ...set.peerAuthentications.map((pa) => {
-      const ports = [...pa.ports].map(([port, m]) => `${port}:${m}`).join(",");
-      const shadow = set.shadowedBy(pa);
-      return {
-        ...pa.ref,
-        action: `mTLS ${pa.mode}${ports ? ` (${ports})` : ""}`,
-        appliesTo: set.appliesTo(pa),
-        rules: "-",
-        status: shadow ? `shadowed by ${refKey(shadow)} (older)` : "enforced",
-        origin: formatOrigin(pa.origin),
-        warnings: pa.warnings,
-      };
-    }),
-    ...set.ignored.map((x) => ({ ...x.ref, action: "action" in x ? x.action : "-", appliesTo: "-", rules: "-", status: `ignored: ${x.reason}`, origin: formatOrigin(x.origin), warnings: [] as string[] })),
-  ];
+  const rows = describePolicies(set);
   if (values.json) {
     console.log(JSON.stringify({ rootNamespace: set.rootNamespace, policies: rows }, null, 2));
     return 0;
   }
+  printRows(rows, values.policies!);
+  return 0;
+}
+
+function printRows(rows: PolicyRow[], where: string): void {
   if (rows.length === 0) {
-    console.log(`no AuthorizationPolicy or PeerAuthentication in ${values.policies}: every connection is allowed`);
-    return 0;
+    console.log(`no AuthorizationPolicy or PeerAuthentication in ${where}: every connection is allowed`);
+    return;
   }
   const table = [["KIND", "NAMESPACE/NAME", "ACTION", "APPLIES TO", "RULES", "STATUS", "FILE"], ...rows.map((r) => [r.kind, `${r.namespace}/${r.name}`, r.action, r.appliesTo, r.rules, r.status, r.origin])];
   const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
   for (const row of table) console.log(row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  "));
   for (const r of rows) for (const w of r.warnings) console.log(`warning: ${r.kind} ${r.namespace}/${r.name}: ${w}`);
-  return 0;
 }
+

@@ -1,16 +1,15 @@
 // `nshub workloads`: the workload model — who is in the mesh, at which IPs, with which
-// identity — read offline from a file in ztunnel's local-config format (the file the proxy's
-// registry will watch). The running proxy's view (`--admin`) comes when the proxy uses the
-// registry; until then --admin is refused with that sentence.
+// identity — read offline from a file in ztunnel's local-config format, or the running proxy's
+// registry (`--admin`: the pods it serves merged with its proxy.workloadsFile, GET /workloads).
 import { DEFAULT_TRUST_DOMAIN, trustDomainProblem } from "../identity/spiffe.ts";
 import { LocalConfigError, readLocalConfig } from "../registry/local-config.ts";
 import { WorkloadRegistry, type IpConflict } from "../registry/registry.ts";
 import { PRECEDENCE } from "../registry/source.ts";
 import type { Workload } from "../registry/workload.ts";
-import { type Io, renderTable, stdio, UsageError } from "./admin-client.ts";
+import { type Io, parseDaemonUrl, renderTable, requestJson, stdio, UsageError } from "./admin-client.ts";
 import { runOperatorCommand } from "./operator-command.ts";
 
-const HELP = `usage: nshub workloads --file <local-config.yaml> [-n <namespace>] [--trust-domain <td>] [--json]
+const HELP = `usage: nshub workloads (--file <local-config.yaml> | --admin <url>) [-n <namespace>] [--trust-domain <td>] [--json]
 
 Lists the workload model: namespace/name, uid, IPs, node, protocol (HBONE = in the mesh) and
 the SPIFFE identity each workload has. It reads a file in ztunnel's local configuration format
@@ -23,8 +22,8 @@ use yet) and says which entry and field is wrong in a bad file (exit 1).
   --trust-domain <td>   for workloads without trustDomain (default ${DEFAULT_TRUST_DOMAIN})
   --json                machine-readable output (the model, one object per workload)
 
-The running proxy's view (--admin <url>: the pods it serves merged with the file) comes when
-the proxy is wired to the registry; --admin is refused until then.`;
+  --admin <url>         the running proxy's registry instead (its read-only admin, e.g.
+                        127.0.0.1:15000): the pods it serves (ZDS) merged with proxy.workloadsFile`;
 
 export function renderWorkloads(ws: readonly Workload[], conflicts: readonly IpConflict[] = [], notes: readonly string[] = []): string {
   if (ws.length === 0) return ["no workloads", ...notes].join("\n");
@@ -40,8 +39,17 @@ export function renderWorkloads(ws: readonly Workload[], conflicts: readonly IpC
 export async function main(args: string[], io: Io = stdio): Promise<number> {
   const cmd = { name: "workloads", help: HELP, options: { file: { type: "string" }, namespace: { type: "string", short: "n" }, "trust-domain": { type: "string" } } } as const;
   return runOperatorCommand(cmd, args, io, async (values) => {
-    if (values.admin !== undefined) throw new UsageError("--admin: the proxy does not use the workload registry yet; read a file with --file <local-config.yaml>");
-    if (values.file === undefined) throw new UsageError("--file <local-config.yaml> is required (the running proxy's view, --admin, comes when the proxy is wired)");
+    const ns = values.namespace;
+    const inNs = (w: { namespace: string }) => ns === undefined || w.namespace === ns;
+    if (values.admin !== undefined) {
+      if (values.file !== undefined) throw new UsageError("--admin and --file: give one of them");
+      const r = await requestJson<{ workloads: Workload[]; conflicts: IpConflict[] }>({ kind: "proxy", url: parseDaemonUrl(values.admin, "--admin") }, "/workloads");
+      const ws = r.workloads.filter(inNs);
+      if (values.json) io.out(JSON.stringify(ws, null, 2));
+      else io.out(renderWorkloads(ws, r.conflicts.filter((c) => inNs(c.winner) || c.others.some(inNs))));
+      return 0;
+    }
+    if (values.file === undefined) throw new UsageError("--file <local-config.yaml> or --admin <url> is required");
     const trustDomain = values["trust-domain"] ?? DEFAULT_TRUST_DOMAIN;
     const tdProblem = trustDomainProblem(trustDomain);
     if (tdProblem) throw new UsageError(`--trust-domain ${JSON.stringify(trustDomain)}: ${tdProblem}`);
@@ -57,7 +65,6 @@ export async function main(args: string[], io: Io = stdio): Promise<number> {
     const registry = new WorkloadRegistry({ trustDomain });
     await registry.addSource({ name: `file:${values.file}`, precedence: PRECEDENCE.file, start: (sink) => sink.snapshot(cfg.workloads), stop: () => undefined });
     await registry.start();
-    const ns = values.namespace;
     const ws = registry
       .list()
       .filter((w) => ns === undefined || w.namespace === ns)

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { netnsDescribe } from "../helpers/root.ts";
 import type { Pod, SimProcess } from "../helpers/netsim.ts";
-import { createProxyEnv, eventually, type ProxyEnv, type ProxyProcess } from "../fixtures/proxy-harness.ts";
+import { BUN, MAIN, createProxyEnv, eventually, type ProxyEnv, type ProxyProcess } from "../fixtures/proxy-harness.ts";
 
 const T = 120_000;
 const PORT = 5001;
@@ -138,6 +138,17 @@ netnsDescribe(`proxy (${relay} relay): L4 authorization on inbound plaintext`, (
     expect((await proxy.http("GET", proxy.admin, "/policy/check?to=x")).status).toBe(400);
     const ws = JSON.parse((await proxy.http("GET", proxy.admin, "/workloads")).body);
     expect(ws.workloads.map((w: { name: string; workloadIps: string[]; source: string }) => [w.name, w.workloadIps, w.source])).toEqual([["server-s", [S.ip], "zds"]]);
+    // The CLI against the running proxy (inside the node netns, where its admin listens).
+    const cli = (...args: string[]) => env.sim.node.exec([BUN, MAIN, ...args]);
+    const yes = await cli("policy", "check", "--admin", proxy.admin, "--from", A.ip, "--to", "default/server-s", "--port", String(PORT));
+    expect([yes.code, yes.stdout.split("\n")[0]]).toEqual([0, `ALLOW  ${A.ip} → default/server-s:${PORT} (plaintext)`]);
+    const nope = await cli("policy", "check", "--admin", proxy.admin, "--from", B.ip, "--to", "default/server-s", "--port", String(PORT));
+    expect(nope.code).toBe(1);
+    expect(nope.stdout).toContain("allow policies exist, but none allowed");
+    const list = await cli("policies", "--admin", proxy.admin);
+    expect([list.code, list.stdout]).toEqual([0, expect.stringContaining("default/allow-a")]);
+    const wl = await cli("workloads", "--admin", proxy.admin);
+    expect([wl.code, wl.stdout]).toEqual([0, expect.stringContaining("spiffe://cluster.local/ns/default/sa/default")]);
     const dump = JSON.parse((await proxy.http("GET", proxy.admin, "/config_dump")).body);
     expect(dump.registry.workloads.map((w: { name: string }) => w.name)).toEqual(["server-s"]);
     expect(dump.policies.policies.length).toBe(1);
@@ -215,6 +226,16 @@ spec:
     const r = await slow;
     expect(r.error).toBeUndefined();
     expect(r.reply).toContain(`"bytes":${bytes}`);
+  }, T);
+
+  test("a bad policy file at start: the proxy refuses to start, naming file, document and field", async () => {
+    const bad = join(env.tmp, "bad-policy.yaml");
+    writeFileSync(bad, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: default}\nspec:\n  action: ALLOW\n  rules:\n  - to:\n    - operation:\n        ports: [\"99999\"]\n");
+    const p = env.startProxy({ admin: "127.0.0.1:15100", readiness: "127.0.0.1:15121", metrics: "127.0.0.1:15120", args: ["--relay", relay], env: { NSHUB_PROXY_POLICIES: bad } });
+    expect(await p.proc.exited).toBe(1);
+    await eventually(() => p.proc.stderr().includes("nshub proxy: cannot load"), 2_000, "the refusal on stderr");
+    expect(p.proc.stderr()).toContain(`nshub proxy: cannot load the policies in ${bad}: ${bad}:`);
+    expect(p.proc.stderr()).toContain("spec.rules[0].to[0].operation.ports[0]");
   }, T);
 
   test("a bad reload is refused and the last good set stays in force", async () => {

@@ -106,11 +106,14 @@ describe("nshub policy check", () => {
     }
   });
 
-  test("--help says the running-proxy variant comes with the wiring", async () => {
+  test("--help names the running-proxy variant; --admin with nothing there is one sentence, exit 1", async () => {
     const r = await nshub("policy", "check", "--help");
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("--admin <url>");
-    expect(r.stdout).toContain("comes\nwhen the proxy enforces them");
+    expect(r.stdout).toContain("GET /policy/check");
+    const down = await nshub("policy", "check", "--admin", "127.0.0.1:1", "--to", "default/x", "--port", "80");
+    expect(down.code).toBe(1);
+    expect(down.stderr).toContain("the nshub proxy is not running");
   });
 });
 

@@ -65,18 +65,20 @@ describe("nshub workloads", () => {
     expect(r.err).toBe(`workloads file ${f}: workloads[0] (uid "x"), line 4: workloadIps[0]: expected a string, got a number (1)`);
   });
 
-  test("usage: --file is required, --admin is not served yet, bad trust domain, unknown flag", async () => {
+  test("usage: --file or --admin is required, --admin with nothing there, bad trust domain, unknown flag", async () => {
     const none = await run([]);
     expect(none.code).toBe(2);
-    expect(none.err).toContain("--file <local-config.yaml> is required");
-    const admin = await run(["--admin", ":15000"]);
-    expect(admin.code).toBe(2);
-    expect(admin.err).toContain("the proxy does not use the workload registry yet");
+    expect(none.err).toContain("--file <local-config.yaml> or --admin <url> is required");
+    // Port 1 on loopback: nobody listens there.
+    const admin = await run(["--admin", "127.0.0.1:1"]);
+    expect(admin.code).not.toBe(0);
+    expect(admin.err).toContain("the nshub proxy is not running");
+    expect((await run(["--admin", ":15000", "--file", FIXTURE])).code).toBe(2);
     expect((await run(["--file", FIXTURE, "--trust-domain", "Bad_TD:1"])).code).toBe(2);
     expect((await run(["--frob"])).code).toBe(2);
   });
 
-  test("through src/main.ts: listed in nshub --help; --help names the file format and --admin's future", async () => {
+  test("through src/main.ts: listed in nshub --help; --help names the file format and --admin", async () => {
     const top = Bun.spawnSync([process.execPath, MAIN, "--help"]);
     expect(top.stdout.toString()).toMatch(/^  workloads\s/m);
     const help = Bun.spawnSync([process.execPath, MAIN, "workloads", "--help"]);
@@ -84,7 +86,7 @@ describe("nshub workloads", () => {
     const text = help.stdout.toString();
     expect(text).toContain("LOCAL_XDS_PATH");
     expect(text).toContain("--admin");
-    expect(text).toMatch(/when\s+the proxy is wired/);
+    expect(text).toMatch(/running proxy's registry/);
     const list = Bun.spawnSync([process.execPath, MAIN, "workloads", "--file", FIXTURE]);
     expect(list.exitCode).toBe(0);
     expect(list.stdout.toString()).toContain("spiffe://cluster.local/ns/shop/sa/cart");
