@@ -7,7 +7,8 @@
 //     holds closures and caches that cannot cross threads; rebuilding 1,000 policies takes a few ms);
 //   * the registry: a WorkloadRegistry with the pods this proxy serves (ZDS: uid, name, namespace,
 //     service account, IPs) and `proxy.workloadsFile` (ztunnel's local-config format). Every
-//     change sends the labels it knows per uid to every thread (selector policies match them).
+//     change sends the labels it knows per uid to every thread (selector policies match them;
+//     no source has labels yet: ZDS gives none, ztunnel's local-config format has no field).
 import type { ProxyConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
 import { createLogger } from "../log/logger.ts";
@@ -32,6 +33,8 @@ export interface PolicyStatus {
   generation: number;
   /** The last reload's refusal (the previous set stays), if the last reload failed. */
   lastError?: string[];
+  /** What the set in force cannot do here (selector policies without labels). */
+  warnings: string[];
 }
 
 export class ProxyAuthz {
@@ -51,7 +54,7 @@ export class ProxyAuthz {
     this.authorizer = new InboundAuthorizer(cfg.rootNamespace, createLogger("proxy/authz"));
     this.registry = new WorkloadRegistry({ trustDomain: cfg.ca.trustDomain, log: createLogger("proxy/registry") });
     this.zds = new ZdsWorkloadSource({ log: createLogger("proxy/registry") });
-    this.status = { path: cfg.policies, files: [], generation: 0 };
+    this.status = { path: cfg.policies, files: [], generation: 0, warnings: [] };
   }
 
   /** Loads the policies and starts the registry; throws AuthzSetupError when the policies are bad. */
@@ -109,7 +112,12 @@ export class ProxyAuthz {
     this.#docs = { authorizationPolicies: plain.authorizationPolicies, peerAuthentications: plain.peerAuthentications };
     this.authorizer.setDocuments(this.#docs);
     this.#pool?.setPolicies(this.#docs);
-    Object.assign(this.status, { files, loadedAt: Date.now(), generation: this.authorizer.generation, lastError: undefined });
+    // No source gives pods' labels yet (ZDS: none; ztunnel's local-config format: no field), so
+    // a selector policy matches no pod: say so rather than let it look enforced.
+    const selectors = this.authorizer.policies.policies.filter((p) => p.scope === "workload" && Object.keys(p.selector ?? {}).length > 0).map((p) => `${p.ref.namespace}/${p.ref.name}`);
+    const warnings = selectors.length > 0 && Object.keys(this.#labels).length === 0 ? [`selector policies apply to no pod on this node: no workload source gives pods' labels yet (${selectors.join(", ")})`] : [];
+    for (const w of warnings) this.log.warn(w);
+    Object.assign(this.status, { files, loadedAt: Date.now(), generation: this.authorizer.generation, lastError: undefined, warnings });
     this.log.info("policies in force", { path: this.cfg.policies, policies: this.authorizer.policies.size, ignored: this.authorizer.policies.ignored.length, generation: this.authorizer.generation });
   }
 

@@ -256,4 +256,20 @@ spec:
     expect((await tryConnect(B)).ok).toBe(true);
     expect((await tryConnect(A)).ok).toBe(false);
   }, T);
+  test("a selector policy applies to no pod yet (no source gives pods' labels): not enforced, and /policies says so", async () => {
+    writePolicies(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-b-selected, namespace: default}
+spec:
+  selector: {matchLabels: {app: server}}
+  action: DENY
+  rules:
+  - from:
+    - source: {ipBlocks: ["${B.ip}/32"]}
+`);
+    await generation(6);
+    const pol = JSON.parse((await proxy.http("GET", proxy.admin, "/policies")).body);
+    expect(pol.warnings.join(" ")).toContain("default/deny-b-selected");
+    expect((await tryConnect(B)).ok).toBe(true);
+  }, T);
 });
