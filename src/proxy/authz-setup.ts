@@ -77,7 +77,6 @@ export class ProxyAuthz {
     if (cfg.workloadsFile !== "") await a.registry.addSource(new FileWorkloadSource(cfg.workloadsFile, { log: createLogger("proxy/registry") }));
     a.registry.onChange(() => a.#labelsChanged());
     await a.registry.start();
-    a.#labelsChanged();
     return a;
   }
 
@@ -127,6 +126,9 @@ export class ProxyAuthz {
       const l = this.registry.labelsOf(w.uid);
       if (l) labels[w.uid] = l;
     }
+    // Most registry changes (a pod added or gone) change no labels: keep every thread's kept
+    // decisions then.
+    if (JSON.stringify(labels) === JSON.stringify(this.#labels)) return;
     this.#labels = labels;
     this.authorizer.setLabels(labels);
     this.#pool?.setLabels(labels);
