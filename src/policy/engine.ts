@@ -91,7 +91,10 @@ export class PolicySet {
     let c = this.cache.get(w);
     if (c) return c;
     const selected = [...(this.selectors.get(w.namespace) ?? []), ...(w.namespace === this.rootNamespace ? [] : (this.selectors.get(this.rootNamespace) ?? []))]
-      .filter((p) => Object.keys(p.selector!).length > 0 && selects(p.selector!, w.labels))
+      // Labels unknown (no source gave them): a selector policy might select this workload, so
+      // it is applied, failing safe — a DENY denies, an ALLOW restricts — rather than skipped
+      // (which would let a selector DENY or ALLOW silently not protect anything).
+      .filter((p) => Object.keys(p.selector!).length > 0 && (w.labels === undefined || selects(p.selector!, w.labels)))
       .sort(byKey);
     const all = [...(this.byNamespace.get(w.namespace) ?? []), ...this.mesh, ...selected];
     c = {

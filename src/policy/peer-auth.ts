@@ -98,7 +98,9 @@ export class PeerAuthIndex {
       mesh: this.mesh,
       // a workload in the root namespace has the mesh policy as its namespace policy
       namespace: this.byNamespace.get(w.namespace),
-      workload: this.selectorsByNamespace.get(w.namespace)?.find((pa) => selects(pa.selector!, w.labels)),
+      // Labels unknown: only a STRICT selector policy is assumed to apply (fail safe: it can
+      // only refuse plaintext, never let plaintext through where STRICT was meant).
+      workload: this.selectorsByNamespace.get(w.namespace)?.find((pa) => (w.labels === undefined ? pa.mode === "STRICT" : selects(pa.selector!, w.labels))),
     };
   }
 

@@ -112,9 +112,10 @@ export class ProxyAuthz {
     this.authorizer.setDocuments(this.#docs);
     this.#pool?.setPolicies(this.#docs);
     // No source gives pods' labels yet (ZDS: none; ztunnel's local-config format: no field), so
-    // a selector policy matches no pod: say so rather than let it look enforced.
+    // the engine applies selector policies to every pod of their namespace, failing safe (a DENY
+    // denies, an ALLOW restricts, a STRICT PeerAuthentication holds): say so.
     const selectors = this.authorizer.policies.policies.filter((p) => p.scope === "workload" && Object.keys(p.selector ?? {}).length > 0).map((p) => `${p.ref.namespace}/${p.ref.name}`);
-    const warnings = selectors.length > 0 && Object.keys(this.#labels).length === 0 ? [`selector policies apply to no pod on this node: no workload source gives pods' labels yet (${selectors.join(", ")})`] : [];
+    const warnings = selectors.length > 0 && Object.keys(this.#labels).length === 0 ? [`pods' labels are unknown (no workload source gives them yet), so these selector policies apply to every pod of their namespace, failing safe: ${selectors.join(", ")}`] : [];
     for (const w of warnings) this.log.warn(w);
     Object.assign(this.status, { files, loadedAt: Date.now(), generation: this.authorizer.generation, lastError: undefined, warnings });
     this.log.info("policies in force", { path: this.cfg.policies, policies: this.authorizer.policies.size, ignored: this.authorizer.policies.ignored.length, generation: this.authorizer.generation });

@@ -256,7 +256,7 @@ spec:
     expect((await tryConnect(B)).ok).toBe(true);
     expect((await tryConnect(A)).ok).toBe(false);
   }, T);
-  test("a selector policy applies to no pod yet (no source gives pods' labels): not enforced, and /policies says so", async () => {
+  test("with pods' labels unknown, a selector DENY applies to the namespace's pods (fail safe), and /policies says so", async () => {
     writePolicies(`apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-b-selected, namespace: default}
@@ -270,6 +270,8 @@ spec:
     await generation(6);
     const pol = JSON.parse((await proxy.http("GET", proxy.admin, "/policies")).body);
     expect(pol.warnings.join(" ")).toContain("default/deny-b-selected");
-    expect((await tryConnect(B)).ok).toBe(true);
+    expect(pol.warnings.join(" ")).toContain("failing safe");
+    expect((await tryConnect(B)).ok).toBe(false);
+    expect((await tryConnect(A)).ok).toBe(true);
   }, T);
 });

@@ -382,3 +382,24 @@ test("1,000 policies in other namespaces do not change a decision in foo", () =>
   expect(s.decide(mtls(SLEEP)).code).toBe("allowed");
   expect(s.decide(mtls(id("baz", "x"))).code).toBe("not-allowed");
 });
+
+describe("a workload whose labels are unknown (no source gave them): selector policies fail safe", () => {
+  const UNLABELLED = { namespace: "foo", name: "httpbin-1" };
+  const sel = { selector: { matchLabels: { app: "httpbin" } } };
+  test("a selector DENY applies", () => {
+    const s = policySet([ap("foo", "deny-sel", { ...sel, action: "DENY", rules: [{ from: [{ source: { ipBlocks: ["10.0.1.0/24"] } }] }] })]);
+    expect(s.decide(plain("10.0.1.5", { destination: UNLABELLED })).allowed).toBe(false);
+    expect(s.decide(plain("10.0.2.5", { destination: UNLABELLED })).allowed).toBe(true);
+    // known labels the selector does not match: it does not apply
+    expect(s.decide(plain("10.0.1.5", { destination: { ...UNLABELLED, labels: { app: "other" } } })).allowed).toBe(true);
+  });
+  test("a selector ALLOW applies: it restricts instead of being skipped", () => {
+    const s = policySet([ap("foo", "allow-sel", { ...sel, rules: [{ from: [{ source: { ipBlocks: ["10.0.1.0/24"] } }] }] })]);
+    expect(s.decide(plain("10.0.2.5", { destination: UNLABELLED })).allowed).toBe(false);
+    expect(s.decide(plain("10.0.1.5", { destination: UNLABELLED })).allowed).toBe(true);
+  });
+  test("a selector STRICT PeerAuthentication applies, a selector PERMISSIVE one does not override a STRICT namespace", () => {
+    expect(policySet([pa("foo", "wl", { ...sel, mtls: { mode: "STRICT" } })]).mtlsRequired(UNLABELLED, 8080)).toBe(true);
+    expect(policySet([pa("foo", "ns", { mtls: { mode: "STRICT" } }), pa("foo", "wl", { ...sel, mtls: { mode: "PERMISSIVE" } })]).mtlsRequired(UNLABELLED, 8080)).toBe(true);
+  });
+});

@@ -46,7 +46,11 @@ test("labels from the registry select policies; new labels are seen by the next 
   const a = new InboundAuthorizer("istio-system");
   const t = new ConnectionTable();
   a.setDocuments(docs(allow("10.0.0.1", "  selector: {matchLabels: {app: cart}}\n")));
-  // Without labels the selector policy does not apply: no ALLOW policy, allowed.
+  // Labels unknown: the selector policy is applied, failing safe (only 10.0.0.1 is let in).
+  expect(connect(a, t, "10.0.0.2").admitted).toBe(false);
+  expect(connect(a, t, "10.0.0.1").admitted).toBe(true);
+  // Known labels that the selector does not match: no ALLOW policy applies, allowed.
+  a.setLabels({ u1: { app: "web" } });
   expect(connect(a, t, "10.0.0.2").admitted).toBe(true);
   a.setLabels({ u1: { app: "cart" } });
   expect(connect(a, t, "10.0.0.2").admitted).toBe(false);
