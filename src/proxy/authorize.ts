@@ -100,6 +100,9 @@ export class InboundAuthorizer {
    * the caller resets the client socket: nothing reaches the app.
    */
   admit(rec: ConnectionRecord, table: ConnectionTable): boolean {
+    // No policy of either kind in force (the default): every connection is allowed, so the
+    // accept path builds no key and looks nothing up.
+    if (this.#set.size === 0) return true;
     const d = this.decide(rec);
     if (d.dryRun?.length && this.#log.enabled("debug")) {
       this.#log.debug("dry-run policies matched", { id: rec.id, dryRun: d.dryRun.map((x) => `${x.action} ${refKey(x.policy)} rules[${x.rule}]`).join(", ") });
