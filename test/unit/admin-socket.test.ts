@@ -11,22 +11,10 @@ import { dirname, join, resolve } from "node:path";
 import { Registry } from "prom-client";
 import { serveAdmin, type AdminServers } from "../../src/admin/servers.ts";
 import type { ProxyView } from "../../src/admin/views.ts";
+import { FakeProxyView } from "../helpers/fake-proxy-view.ts";
 
 const ROOT = process.getuid?.() === 0;
 const SRC = resolve(import.meta.dir, "../../src");
-
-class FakeProxyView implements ProxyView {
-  level = "info";
-  quits: string[] = [];
-  workloads = () => [];
-  connections = () => [];
-  config = () => ({});
-  version = () => ({ version: "test" });
-  readiness = () => ({ ready: true, reason: "ready" });
-  getLogLevel = () => this.level;
-  setLogLevel = (l: string) => void (this.level = l);
-  quit = (reason: string) => void this.quits.push(reason);
-}
 
 // 0755 and not mkdtemp's 0700: a refusal of `nobody` must come from the socket's own mode.
 const dir = mkdtempSync(join(tmpdir(), "nshub-admin-socket-"));

@@ -9,27 +9,13 @@ import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createProxyAdminApp } from "../../src/admin/servers.ts";
-import type { ProxyView } from "../../src/admin/views.ts";
 import { main as logsLevel } from "../../src/cli/logs-level.ts";
 import { loadConfig } from "../../src/config/load.ts";
 import { capture, closedPort } from "../helpers/cli-io.ts";
+import { FakeProxyView } from "../helpers/fake-proxy-view.ts";
 
 const MAIN = resolve(import.meta.dir, "../../src/main.ts");
 const BUN = process.execPath;
-
-class FakeProxyView implements ProxyView {
-  level = "info";
-  workloads = () => [];
-  connections = () => [];
-  config = () => ({});
-  version = () => ({ version: "test" });
-  readiness = () => ({ ready: true, reason: "ready" });
-  getLogLevel = () => this.level;
-  setLogLevel = (l: string) => void (this.level = l);
-  quit() {}
-}
-
-
 
 const view = new FakeProxyView();
 // 0755: the `nobody` test below must be refused by the socket's own mode, not by the directory.
