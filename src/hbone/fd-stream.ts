@@ -7,7 +7,7 @@
 // destroy(err) an RST (terminate()).
 import { Duplex } from "node:stream";
 
-interface BunSocket {
+export interface BunSocket {
   write(data: Uint8Array): number;
   shutdown(): void;
   end(): void;
@@ -19,6 +19,29 @@ interface BunSocket {
 
 /** The fd must be connected (see src/sys finishConnect): Bun does not wait for a pending connect. */
 export function fdStream(fd: number): Duplex & { resetAndDestroy(): void } {
+  const { stream, handlers } = bunSocketStream();
+  Bun.connect({ fd, allowHalfOpen: true, socket: handlers } as never);
+  return stream;
+}
+
+/** Bun socket handlers (open/data/drain/end/error/close) and the Duplex they feed. */
+export interface BunSocketStream {
+  stream: Duplex & { resetAndDestroy(): void };
+  handlers: {
+    open(s: BunSocket): void;
+    data(s: BunSocket, buf: Uint8Array): void;
+    drain(s?: BunSocket): void;
+    end(s?: BunSocket): void;
+    error(s: BunSocket, err: Error): void;
+    close(s: BunSocket, err?: Error): void;
+  };
+}
+
+/**
+ * The Duplex over a Bun socket, as the handlers to give Bun (`Bun.connect`/`Bun.listen`), or to
+ * call from existing handlers for a socket that is already open (call `open` first).
+ */
+export function bunSocketStream(): BunSocketStream {
   let sock: BunSocket | undefined;
   let pending: Uint8Array | undefined;
   let pendingCb: ((e?: Error | null) => void) | undefined;
@@ -96,6 +119,5 @@ export function fdStream(fd: number): Duplex & { resetAndDestroy(): void } {
       else d.push(null);
     },
   };
-  Bun.connect({ fd, allowHalfOpen: true, socket: handlers } as never);
-  return d;
+  return { stream: d, handlers };
 }

@@ -1,5 +1,5 @@
 // The HBONE connection pool, keyed like ztunnel's WorkloadKey
-// (https://github.com/istio/ztunnel/blob/master/src/proxy/pool.rs): (source identity,
+// (https://github.com/istio/ztunnel/blob/master/src/proxy/pool.rs): (source identity, source IP,
 // destination identities, destination IP). Each connection carries at most 100 streams
 // (POOL_MAX_STREAMS_PER_CONNECTION, or fewer if the server's SETTINGS say so); beyond that a new
 // connection is dialled. Streams wait for a dial in progress instead of each dialling its own.
@@ -12,6 +12,11 @@ import { PING_INTERVAL_MS, PING_TIMEOUT_MS, POOL_IDLE_MS, POOL_MAX_STREAMS_PER_C
 
 export interface PoolRequest {
   sourceIdentity: string;
+  /**
+   * The source pod's IP: part of the key (ztunnel's WorkloadKey has it too), because a pooled
+   * connection's socket lives in that pod's netns and carries its address.
+   */
+  sourceIp?: string;
   certificate: ClientCertificate;
   /** The destination pod's IP; the tunnel goes to its :15008 (or `port`). */
   destinationIp: string;
@@ -63,8 +68,8 @@ export class HbonePool {
     this.pingTimeoutMs = o.pingTimeoutMs ?? PING_TIMEOUT_MS;
   }
 
-  static key(r: Pick<PoolRequest, "sourceIdentity" | "expectedIdentities" | "destinationIp" | "port">): string {
-    return `${r.sourceIdentity}|${[...r.expectedIdentities].sort().join(",")}|${r.destinationIp}:${r.port ?? 15008}`;
+  static key(r: Pick<PoolRequest, "sourceIdentity" | "sourceIp" | "expectedIdentities" | "destinationIp" | "port">): string {
+    return `${r.sourceIdentity}|${r.sourceIp ?? ""}|${[...r.expectedIdentities].sort().join(",")}|${r.destinationIp}:${r.port ?? 15008}`;
   }
 
   /** A CONNECT stream to `r.target` on a pooled connection; rejects with HboneError. */

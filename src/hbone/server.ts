@@ -56,8 +56,15 @@ export interface HboneServerOptions {
   authorize?(req: InboundRequest): Authorization | Promise<Authorization>;
   /** The connect to the app; a rejection answers 503. Resolve only once connected. */
   connectUpstream(req: InboundRequest): Promise<TcpSide>;
-  /** Per tunnel, when it ends (for records/metrics). */
+  /** Per tunnel, when it ends (for records/metrics). Not called when `relay` is given. */
   onTunnelEnd?(req: InboundRequest, result: TunnelResult): void;
+  /**
+   * Takes over an accepted tunnel (200 sent): the caller joins `stream` and `upstream` itself
+   * (the proxy's HboneRelay, which keeps the connection's record). Absent: joinTunnel here.
+   */
+  relay?(req: InboundRequest, stream: http2.ServerHttp2Stream, upstream: TcpSide): void;
+  /** The client went away between a successful upstream connect and the 200 (upstream closed). */
+  abandoned?(req: InboundRequest): void;
   /** SETTINGS_MAX_CONCURRENT_STREAMS (default 200, ztunnel's). */
   maxConcurrentStreams?: number;
   /** A refused connection or stream, with the status or the TLS/identity reason. */
@@ -75,6 +82,11 @@ export interface HboneServer {
   handleConnection(sock: net.Socket): void;
   /** New connections present this certificate (renewal); open ones keep theirs. */
   setCertificate(c: ServerCertificate): void;
+  /**
+   * Stops accepting and asks every session to finish (GOAWAY): open streams go on, new ones go
+   * elsewhere. The listening socket is closed.
+   */
+  stopListening(): void;
   /** Live HTTP/2 sessions and streams (pool and leak checks). */
   stats(): { sessions: number; streams: number };
   close(): Promise<void>;
@@ -118,8 +130,11 @@ export function createHboneServer(o: HboneServerOptions): HboneServer {
       tls.destroy();
     }
   });
+  // After stopListening, a connection still in its handshake gets a session too: GOAWAY at once.
+  let stopping = false;
   h2.on("session", (s: http2.ServerHttp2Session) => {
     sessions.add(s);
+    if (stopping) setImmediate(() => !s.destroyed && s.close());
     s.on("close", () => sessions.delete(s));
     s.on("error", () => {});
   });
@@ -169,9 +184,11 @@ export function createHboneServer(o: HboneServerOptions): HboneServer {
     }
     if (stream.destroyed || stream.closed) {
       upstream.destroy();
+      o.abandoned?.(req);
       return;
     }
     stream.respond({ ":status": STATUS.ok });
+    if (o.relay) return o.relay(req, stream, upstream);
     const result = await joinTunnel(stream, upstream);
     o.onTunnelEnd?.(req, result);
   }
@@ -207,6 +224,11 @@ export function createHboneServer(o: HboneServerOptions): HboneServer {
     },
     setCertificate(c) {
       h2.setSecureContext(tlsOptions(c));
+    },
+    stopListening() {
+      h2.close();
+      for (const s of sessions) if (!s.closed && !s.destroyed) s.close();
+      stopping = true;
     },
     stats: () => ({ sessions: sessions.size, streams }),
     close() {

@@ -1,6 +1,7 @@
 // L4 authorization on the inbound path: one InboundAuthorizer per data-plane thread (the main
 // thread's and each Worker's), asked by handlers.ts for every connection accepted on a pod's
-// inbound (15006) listener, before the upstream connect. It holds that thread's PolicySet
+// inbound (15006) listener and by hbone-inbound.ts for every CONNECT on its 15008 listener,
+// before the upstream connect. It holds that thread's PolicySet
 // (src/policy, immutable: a reload swaps in a new one) and the destination labels the registry
 // knows, so the decision is a synchronous, allocation-light call on the accept path.
 //
@@ -79,15 +80,19 @@ export class InboundAuthorizer {
     return d;
   }
 
-  /** The decision for a plaintext inbound connection (no identity: plaintext proves none). */
+  /**
+   * The decision for an inbound connection: plaintext (15006) proves no identity; over HBONE
+   * (15008, `rec.mtls`) the client's verified certificate gives its principal.
+   */
   decide(rec: ConnectionRecord): Decision {
     const destination = this.destination(rec.pod);
     let kept = this.#decisions.get(destination);
     if (!kept) this.#decisions.set(destination, (kept = new Map()));
-    const key = `${rec.source.ip} ${rec.originalDst.ip} ${rec.originalDst.port}`;
+    const principal = rec.mtls?.srcIdentity;
+    const key = `${principal ?? ""} ${rec.source.ip} ${rec.originalDst.ip} ${rec.originalDst.port}`;
     let d = kept.get(key);
     if (!d) {
-      d = this.#set.decide({ sourceIp: rec.source.ip, destination, destinationIp: rec.originalDst.ip, destinationPort: rec.originalDst.port, mtls: false });
+      d = this.#set.decide({ sourcePrincipal: principal, sourceIp: rec.source.ip, destination, destinationIp: rec.originalDst.ip, destinationPort: rec.originalDst.port, mtls: principal !== undefined });
       if (kept.size >= DECISIONS_PER_POD) kept.clear();
       kept.set(key, d);
     }

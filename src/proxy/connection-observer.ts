@@ -42,10 +42,10 @@ export function createConnectionObserver(opts: ConnectionObserverOptions): Conne
   const labelsFor = (rec: ConnectionRecord, peer: LabelWorkload | undefined): TrafficLabels => {
     let byPeer = labelCache.get(rec.pod);
     if (!byPeer) labelCache.set(rec.pod, (byPeer = new Map()));
-    const key = `${rec.direction}\u0000${workloadKey(peer)}`;
+    const key = `${rec.direction}\u0000${workloadKey(peer)}\u0000${rec.mtls ? `${rec.mtls.srcIdentity}\u0000${rec.mtls.dstIdentity}` : ""}`;
     let labels = byPeer.get(key);
     if (!labels) {
-      labels = opts.metrics.intern(connectionLabels({ direction: rec.direction, pod: rec.pod, peer, trustDomain: opts.trustDomain, cluster: opts.cluster }));
+      labels = opts.metrics.intern(connectionLabels({ direction: rec.direction, pod: rec.pod, peer, trustDomain: opts.trustDomain, cluster: opts.cluster, mtls: rec.mtls }));
       byPeer.set(key, labels);
     }
     return labels;
@@ -73,12 +73,15 @@ export function createConnectionObserver(opts: ConnectionObserverOptions): Conne
             addr: fmt(rec.source),
             workload: outbound ? rec.pod.name : known(labels?.source_workload),
             namespace: outbound ? rec.pod.namespace : known(labels?.source_workload_namespace),
+            identity: rec.mtls?.srcIdentity,
           },
           dst: {
             addr: fmt(rec.upstream),
             originalAddr: fmt(rec.originalDst),
             workload: outbound ? known(labels?.destination_workload) : rec.pod.name,
             namespace: outbound ? known(labels?.destination_workload_namespace) : rec.pod.namespace,
+            identity: rec.mtls?.dstIdentity,
+            hboneAddr: rec.mtls?.hboneAddr,
           },
           // From the enrolled pod's side: outbound it is the client, inbound the server.
           bytesSent: outbound ? rec.bytesSent : rec.bytesReceived,

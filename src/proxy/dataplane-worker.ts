@@ -8,6 +8,8 @@ import { InboundAuthorizer } from "./authorize.ts";
 import { createConnectionObserver } from "./connection-observer.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
 import { createProxyMetrics } from "./metrics.ts";
+import { HboneContext, peerLookup } from "./hbone-context.ts";
+import { createHboneMetrics } from "./hbone-metrics.ts";
 import { setSpliceFailureHandler, stopSpliceEngine } from "./splice-engine.ts";
 import { plainRecord, type ConnectionsAnswer, type FromWorker, type Question, type ToWorker } from "./worker-protocol.ts";
 import { nameThisThread, THREAD_NAMES } from "../util/thread-name.ts";
@@ -17,6 +19,7 @@ declare const self: Worker;
 nameThisThread(THREAD_NAMES.dataPlane);
 let manager: ProxyWorkloadManager | undefined;
 let authorizer: InboundAuthorizer | undefined;
+let hbone: HboneContext | undefined;
 let registry: Registry | undefined;
 let log = createLogger("proxy/thread");
 
@@ -72,6 +75,12 @@ function handle(m: ToWorker): void {
     case "labels":
       authorizer!.setLabels(m.labels);
       return;
+    case "cert":
+      hbone?.setCertificate(m.identity, m.pems);
+      return;
+    case "mesh":
+      hbone?.setMesh(m.entries);
+      return;
     case "ask":
       answer(m.q).then(
         (data) => post({ t: "answer", id: m.id, data }),
@@ -87,12 +96,14 @@ function init(m: Extract<ToWorker, { t: "init" }>): void {
   setLogLevel(m.logLevel);
   log = createLogger("proxy/thread", { thread: m.index });
   authorizer = new InboundAuthorizer(m.cfg.rootNamespace, createLogger("proxy/authz", { thread: m.index }));
-  const mgr = new ProxyWorkloadManager({ cfg: m.cfg, log: createLogger("proxy/pods", { thread: m.index }), thread: { index: m.index, count: m.count }, authorizer });
+  hbone = m.cfg.ca.source !== "none" ? new HboneContext(m.cfg.ca.trustDomain, { connectTimeoutMs: m.cfg.connectTimeoutMs }) : undefined;
+  const mgr = new ProxyWorkloadManager({ cfg: m.cfg, log: createLogger("proxy/pods", { thread: m.index }), thread: { index: m.index, count: m.count }, authorizer, hbone });
   manager = mgr;
   // Only the traffic metrics live here; the main thread sums them into its own at each scrape.
   registry = new Registry();
   const metrics = createProxyMetrics(registry);
-  mgr.table.addObserver(createConnectionObserver({ metrics: metrics.connections, peerLookup: (ip) => mgr.peerWorkload(ip) }));
+  if (hbone) createHboneMetrics(registry, hbone);
+  mgr.table.addObserver(createConnectionObserver({ metrics: metrics.connections, trustDomain: m.cfg.ca.trustDomain, peerLookup: peerLookup(mgr, hbone) }));
   post({ t: "ready" });
 }
 
@@ -116,6 +127,7 @@ async function answer(q: Question): Promise<unknown> {
       Bun.gc(true);
       return true;
     case "stop":
+      hbone?.close();
       stopFdPoller();
       await stopSpliceEngine();
       // The main thread terminates this thread next: write the log lines still buffered.

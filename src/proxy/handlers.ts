@@ -24,6 +24,10 @@ import { Relay, type RelaySocket } from "./relay.ts";
 import { SpliceRelay } from "./splice-relay.ts";
 import type { SpliceEngine } from "./splice-engine.ts";
 import type { PodProxy, PodRelay } from "./pod.ts";
+import { fdStream, type TcpSide } from "../hbone/index.ts";
+import { HboneRelay } from "./hbone-relay.ts";
+import { outboundMtls, relayOverHbone } from "./hbone-outbound.ts";
+import { socketStream } from "./socket-stream.ts";
 
 const TCP_KEEPIDLE = 4;
 const TCP_KEEPINTVL = 5;
@@ -42,6 +46,7 @@ export function acceptSocket(pod: PodProxy, sock: RelaySocket, direction: Direct
     return;
   }
   const { rec, transparentSource, dst } = admitted;
+  if (rec.mtls) return void hbone(pod, rec, dst, () => socketStream(sock));
   const relay = new Relay(rec, sock, table, { maxQueuedBytes: cfg.maxQueuedBytes });
   pod.track(relay);
   if (refuseSelfCall(pod, relay, dst, direction)) return;
@@ -73,6 +78,7 @@ export function acceptFd(pod: PodProxy, fd: number, direction: Direction, engine
     return;
   }
   const { rec, transparentSource, dst } = admitted;
+  if (rec.mtls) return void hbone(pod, rec, dst, () => fdStream(fd));
   const relay = new SpliceRelay(rec, fd, table, engine);
   pod.track(relay);
   if (refuseSelfCall(pod, relay, dst, direction)) return;
@@ -116,7 +122,12 @@ function admit(pod: PodProxy, fd: number, direction: Direction): { rec: Connecti
     log.warn("cannot read the addresses of an accepted connection; resetting it", { direction, error: (e as Error).message });
     return undefined;
   }
-  const rec = table.open({ pod: pod.ref, direction, source: ep(source), originalDst: ep(dst), upstream: ep(dst) });
+  // Outbound to a mesh workload goes over HBONE (hbone-outbound.ts): known before the record
+  // opens, so its metrics carry the identities from the first count.
+  const ctx = pod.deps.hbone;
+  const mesh = direction === "outbound" && ctx && !pod.isSelfCall(dst, direction) ? ctx.meshDestination(dst.ip) : undefined;
+  const mtls = mesh ? outboundMtls(ctx!, pod, dst, mesh) : undefined;
+  const rec = table.open({ pod: pod.ref, direction, source: ep(source), originalDst: ep(dst), upstream: ep(dst), mtls });
   // Authorization before anything is connected (authorize.ts): a denied record is closed there.
   const authz = pod.deps.authorizer;
   if (direction === "inbound" && authz && !authz.admit(rec, table)) return undefined;
@@ -127,6 +138,14 @@ function admit(pod: PodProxy, fd: number, direction: Direction): { rec: Connecti
   return { rec, dst, transparentSource };
 }
 
+/** The captured connection goes to a mesh workload: over HBONE, its record says which. */
+function hbone(pod: PodProxy, rec: ConnectionRecord, dst: SocketAddress, client: () => TcpSide): void {
+  const ctx = pod.deps.hbone!;
+  const relay = new HboneRelay(rec, pod.deps.table, true);
+  pod.track(relay);
+  relayOverHbone(pod, ctx, relay, client(), dst, ctx.meshDestination(dst.ip)!);
+}
+
 function refuseSelfCall(pod: PodProxy, relay: PodRelay, dst: SocketAddress, direction: Direction): boolean {
   if (!pod.isSelfCall(dst, direction)) return false;
   pod.deps.log.debug("refused a connection to the proxy's own port", { id: relay.rec.id, direction, dst: fmt(dst), source: fmt(relay.rec.source) });
@@ -135,7 +154,7 @@ function refuseSelfCall(pod: PodProxy, relay: PodRelay, dst: SocketAddress, dire
 }
 
 /** Keepalive (the accepted socket inherited it from the listener) and the record's local address. */
-function prepareUpstream(fd: number, rec: ConnectionRecord, cfg: PodProxy["deps"]["cfg"]): void {
+export function prepareUpstream(fd: number, rec: ConnectionRecord, cfg: PodProxy["deps"]["cfg"]): void {
   setKeepalive(fd, cfg.keepaliveIdleSec);
   try {
     rec.upstreamLocal = ep(localAddress(fd));
@@ -165,7 +184,7 @@ async function connectUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy[
  * progress on return). Inbound binds the client's IP with a port from INBOUND_SOURCE_PORTS,
  * another one when that is taken.
  */
-function startUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy["deps"]["cfg"], transparentSource: string | undefined): number {
+export function startUpstream(pod: PodProxy, dst: SocketAddress, cfg: PodProxy["deps"]["cfg"], transparentSource: string | undefined): number {
   const o: TcpConnectOptions = { netns: pod.netns, host: dst.ip, port: dst.port, mark: cfg.mark, transparentSource, transparentSourcePort: undefined };
   if (transparentSource === undefined) return startTcpConnect(o);
   const span = INBOUND_SOURCE_PORTS.max - INBOUND_SOURCE_PORTS.min + 1;

@@ -1,6 +1,6 @@
-// The per-pod listener table: one row per kind of listener a pod gets. Today: outbound capture
-// (15001) and inbound plaintext capture (15006). HBONE (15008, mTLS HTTP/2 CONNECT) and DNS
-// (15053, UDP+TCP on localhost) are further rows of the same table: a row says on which port and
+// The per-pod listener table: one row per kind of listener a pod gets: outbound capture (15001),
+// inbound plaintext capture (15006) and HBONE (15008, mTLS HTTP/2 CONNECT, with proxy.ca). DNS
+// (15053, UDP+TCP on localhost) would be a further row of the same table: a row says on which port and
 // address it listens and how it opens its sockets (synchronously, inside the pod's netns window)
 // and handles what it accepts; the pod proxy (pod.ts) does not know the kinds.
 import {
@@ -25,6 +25,8 @@ import { clientHandlers, type RelaySocket } from "./relay.ts";
 import { spliceEngine, type SpliceEngine } from "./splice-engine.ts";
 import type { PodProxy } from "./pod.ts";
 import type { Direction } from "./records.ts";
+import { HBONE_LISTENER } from "./hbone-inbound.ts";
+import { HBONE_PORT } from "../hbone/wire.ts";
 
 /** The address family the pod's wildcard listeners use: "::" (dual stack) when the pod has IPv6. */
 export type BindFamily = "ipv4" | "dual";
@@ -190,12 +192,13 @@ export const LISTENER_KINDS: readonly ListenerKind[] = [
     enabled: () => true,
     open: (pod, family, cfg) => openCaptureListener(pod, family, cfg, "inbound", cfg.inboundPort),
   },
-  // Next rows: { kind: "hbone", port: () => 15008, open: TLS + HTTP/2 CONNECT server },
-  //            { kind: "dns", port: () => 15053, open: UDP + TCP on 127.0.0.1 (and ::1) }.
+  // mTLS HTTP/2 CONNECT on 15008 (hbone-inbound.ts), when the proxy has workload certificates.
+  HBONE_LISTENER,
+  // Next row: { kind: "dns", port: () => 15053, open: UDP + TCP on 127.0.0.1 (and ::1) }.
 ];
 
-/** Istio's HBONE port: reserved for the HBONE row even before it exists. */
-const RESERVED_PORTS = [15008];
+/** Istio's HBONE port: a self call even when the HBONE row is off (no proxy.ca). */
+const RESERVED_PORTS = [HBONE_PORT];
 
 /**
  * Ports that must never be a relayed connection's destination (self calls): every port of the

@@ -30,6 +30,9 @@ import { authzDump, policyAdminRoutes } from "./policy-admin.ts";
 import { createCertMetrics } from "./cert-metrics.ts";
 import { CaSetupError, CertifyingWorkloadManager, openCertificateSource } from "./certificates.ts";
 import { createConnectionObserver } from "./connection-observer.ts";
+import { peerLookup } from "./hbone-context.ts";
+import { createHboneMetrics } from "./hbone-metrics.ts";
+import { ProxyHbone } from "./hbone-setup.ts";
 import { ProxyWorkloadManager } from "./manager.ts";
 import { createProxyMetrics } from "./metrics.ts";
 import { createProxyView } from "./proxy-view.ts";
@@ -39,7 +42,8 @@ import { WorkerPool, WorkerPoolWorkloadManager } from "./workers.ts";
 const HELP = `usage: nshub proxy [options]
 
 The node proxy: receives pods from the node agent over ZDS, opens each pod's listeners inside
-the pod's network namespace (outbound 15001, inbound 15006) and relays the pod's traffic.
+the pod's network namespace (outbound 15001, inbound 15006, HBONE 15008 with proxy.ca) and
+relays the pod's traffic: to mesh workloads in mutual-TLS HBONE tunnels, else in plaintext.
 
 options:
   --config <file>               YAML config (default /etc/nshub/config.yaml if present)
@@ -199,6 +203,10 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   const metricsRegistry = createRegistry({ component: "nshub-proxy" });
   const metrics = createProxyMetrics(metricsRegistry.registry);
   if (certs) createCertMetrics(metricsRegistry.registry, certs);
+  // HBONE (mTLS between pods) whenever there are certificates: 15008 in every pod, and outbound
+  // connections to mesh workloads in tunnels (hbone-setup.ts).
+  const hbone = certs ? new ProxyHbone(pc, certs, authz.registry, createLogger("proxy/hbone")) : undefined;
+  if (hbone) createHboneMetrics(metricsRegistry.registry, hbone.ctx);
   const manager = new ProxyWorkloadManager({
     cfg: pc,
     log: createLogger("proxy/pods"),
@@ -208,9 +216,10 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
       podStopped: (p) => (metrics.workloads.stopped(), authz.podStopped(p)),
     },
     authorizer: authz.authorizer,
+    hbone: hbone?.ctx,
   });
   metrics.workloads.bindCounts(() => manager.counts());
-  manager.table.addObserver(createConnectionObserver({ metrics: metrics.connections, peerLookup: (ip) => manager.peerWorkload(ip) }));
+  manager.table.addObserver(createConnectionObserver({ metrics: metrics.connections, trustDomain: pc.ca.trustDomain, peerLookup: peerLookup(manager, hbone?.ctx) }));
 
   // Data-plane workers (see workers.ts); the main thread is thread 0.
   let pool: WorkerPool | undefined;
@@ -229,6 +238,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   const workers = pool;
   // Before any pod reaches the Workers (messages arrive in order): no listener without policies.
   if (workers) authz.attachWorkers(workers);
+  if (workers) hbone?.attachWorkers(workers);
   // The Workers' traffic counters are summed into the main thread's at every scrape.
   const metricsText = workers
     ? async () => {
@@ -333,6 +343,7 @@ export async function main(args: string[], hooks: ProxyMainHooks = {}): Promise<
   const [own, others] = await Promise.all([manager.drain(pc.drainDeadlineMs), workers?.drain(pc.drainDeadlineMs)]);
   const result = { finished: own.finished + (others?.finished ?? 0), reset: own.reset + (others?.reset ?? 0) };
   log.info("drained; exiting", result);
+  hbone?.close();
   certs?.close();
   await authz.close();
   await servers.close();

@@ -8,6 +8,7 @@ import type { ProxyConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
 import { ProxyStartError, type WorkloadIdentity, type WorkloadManager } from "../zds/types.ts";
 import type { InboundAuthorizer } from "./authorize.ts";
+import type { HboneContext } from "./hbone-context.ts";
 import { LISTENER_KINDS, proxyPorts, type ListenerKind } from "./listeners.ts";
 import { PodProxy, type PodProxyDeps } from "./pod.ts";
 import { ConnectionTable } from "./records.ts";
@@ -64,6 +65,8 @@ export interface ManagerOptions {
   events?: ManagerEvents;
   /** This thread's inbound authorization (authorize.ts). */
   authorizer?: InboundAuthorizer;
+  /** This thread's HBONE state (hbone-context.ts), when the proxy has certificates. */
+  hbone?: HboneContext;
 }
 
 export class ProxyWorkloadManager implements WorkloadManager {
@@ -91,7 +94,7 @@ export class ProxyWorkloadManager implements WorkloadManager {
         onObserverError: (e) => opts.log.warn("connection observer failed", { error: (e as Error).message }),
       });
     const kinds = opts.kinds ?? LISTENER_KINDS;
-    this.#deps = { cfg: opts.cfg, table: this.table, log: opts.log, kinds, proxyPorts: proxyPorts(opts.cfg, kinds), authorizer: opts.authorizer };
+    this.#deps = { cfg: opts.cfg, table: this.table, log: opts.log, kinds, proxyPorts: proxyPorts(opts.cfg, kinds), authorizer: opts.authorizer, hbone: opts.hbone };
   }
 
   // ---- WorkloadManager ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import type { ProxyConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
 import type { WorkloadIdentity } from "../zds/types.ts";
 import type { InboundAuthorizer } from "./authorize.ts";
+import type { HboneContext } from "./hbone-context.ts";
 import type { BindFamily, ListenerKind, PodListener } from "./listeners.ts";
 import type { CloseHow, ConnectionRecord, ConnectionTable, Direction, PodRef } from "./records.ts";
 
@@ -31,6 +32,8 @@ export interface PodProxyDeps {
   proxyPorts: ReadonlySet<number>;
   /** This thread's inbound authorization (authorize.ts); none: every connection is allowed. */
   authorizer?: InboundAuthorizer;
+  /** This thread's HBONE state (certificates, mesh destinations, pool); only with proxy.ca. */
+  hbone?: HboneContext;
 }
 
 /** What the proxy found out about the pod's netns while it was inside. */

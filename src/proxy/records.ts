@@ -49,6 +49,18 @@ export interface Denial {
   code: string;
 }
 
+/**
+ * An HBONE connection's security facts (mTLS). Outbound: the pod's own identity and the one the
+ * destination must present (the one it did, once connected); inbound: the client's verified
+ * identity and the pod's.
+ */
+export interface MtlsInfo {
+  srcIdentity: string;
+  dstIdentity: string;
+  /** The tunnel's far end (outbound: `<dst pod IP>:15008`; inbound: the client's address). */
+  hboneAddr: string;
+}
+
 export interface ConnectionRecord {
   readonly id: number;
   readonly pod: PodRef;
@@ -75,6 +87,8 @@ export interface ConnectionRecord {
   error: string | undefined;
   /** Set when an authorization policy refused it. */
   denial?: Denial;
+  /** Set for a connection carried over HBONE (mutual TLS); plaintext otherwise. */
+  readonly mtls: MtlsInfo | undefined;
   /** Free slots for observers (e.g. metrics' resolved label set), keyed by observer name. */
   readonly ext: Record<string, unknown>;
 }
@@ -110,6 +124,8 @@ export function recordJson(r: ConnectionRecord): Record<string, unknown> {
     closeHow: r.closeHow ?? null,
     error: r.error ?? null,
     ...(r.denial ? { denial: r.denial } : {}),
+    security: r.mtls ? "mutual_tls" : "none",
+    ...(r.mtls ? { srcIdentity: r.mtls.srcIdentity, dstIdentity: r.mtls.dstIdentity, hboneAddr: r.mtls.hboneAddr } : {}),
   };
 }
 
@@ -156,7 +172,7 @@ export class ConnectionTable {
     return this.#observers.some((o) => o.onBytes);
   }
 
-  open(init: { pod: PodRef; direction: Direction; source: Endpoint; originalDst: Endpoint; upstream: Endpoint }): ConnectionRecord {
+  open(init: { pod: PodRef; direction: Direction; source: Endpoint; originalDst: Endpoint; upstream: Endpoint; mtls?: MtlsInfo }): ConnectionRecord {
     const rec: ConnectionRecord = {
       id: this.#nextId,
       pod: init.pod,
@@ -173,6 +189,7 @@ export class ConnectionTable {
       state: "connecting",
       closeHow: undefined,
       error: undefined,
+      mtls: init.mtls,
       ext: {},
     };
     this.#nextId += this.#idStep;

@@ -67,7 +67,8 @@ export interface LabelWorkload {
  * destination. The enrolled pod's identity is known from ZDS; the peer only when the caller
  * can tell (e.g. another pod on this node). Principals: the local pod's identity is given for
  * the destination side (ztunnel takes it from the workload); source_principal stays `unknown`
- * (ztunnel only takes it from an mTLS peer certificate, and there is no mTLS yet).
+ * for plaintext (ztunnel only takes it from an mTLS peer certificate). Over HBONE both
+ * principals are the tunnel's identities and connection_security_policy is `mutual_tls`.
  */
 export function connectionLabels(opts: {
   direction: "inbound" | "outbound";
@@ -75,6 +76,8 @@ export function connectionLabels(opts: {
   peer?: LabelWorkload;
   trustDomain?: string;
   cluster?: string;
+  /** An HBONE connection's verified identities: both principals, policy mutual_tls (ztunnel's). */
+  mtls?: { srcIdentity: string; dstIdentity: string };
 }): TrafficLabels {
   const td = opts.trustDomain ?? "cluster.local";
   const side = (prefix: "source" | "destination", w: LabelWorkload | undefined): Partial<TrafficLabels> => {
@@ -94,7 +97,10 @@ export function connectionLabels(opts: {
   };
   const [src, dst] = opts.direction === "outbound" ? [opts.pod, opts.peer] : [opts.peer, opts.pod];
   const reporter: Reporter = opts.direction === "outbound" ? "source" : "destination";
-  return trafficLabels({ ...side("source", src), ...side("destination", dst), reporter });
+  const mtls: Partial<TrafficLabels> = opts.mtls
+    ? { source_principal: opts.mtls.srcIdentity, destination_principal: opts.mtls.dstIdentity, connection_security_policy: "mutual_tls" }
+    : {};
+  return trafficLabels({ ...side("source", src), ...side("destination", dst), ...mtls, reporter });
 }
 
 export function responseFlagsFor(reason: string): ResponseFlags {

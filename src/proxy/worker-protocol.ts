@@ -6,6 +6,7 @@ import type { ConnectionRecord } from "./records.ts";
 import type { WorkloadIdentity } from "../zds/types.ts";
 import type { PolicyDocuments } from "../policy/load.ts";
 import type { LabelsByUid } from "./authorize.ts";
+import type { CertificatePems, MeshEntry } from "./hbone-context.ts";
 
 /** A connection record without its observer slots (`ext` holds live metric handles). */
 export type PlainRecord = Omit<ConnectionRecord, "ext"> & { ext: Record<string, never> };
@@ -22,6 +23,10 @@ export type ToWorker =
   | { t: "policies"; docs: PolicyDocuments }
   /** Destination labels per workload uid, from the main thread's registry. */
   | { t: "labels"; labels: LabelsByUid }
+  /** A workload certificate issued or renewed (PEMs, memory only), or forgotten (undefined). */
+  | { t: "cert"; identity: string; pems: CertificatePems | undefined }
+  /** The mesh destinations (HBONE workloads by IP), from the main thread's registry. */
+  | { t: "mesh"; entries: MeshEntry[] }
   | { t: "ask"; id: number; q: Question };
 
 export type Question =

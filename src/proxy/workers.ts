@@ -13,6 +13,7 @@ import type { WorkloadIdentity, WorkloadManager } from "../zds/types.ts";
 import type { ProxyWorkloadManager } from "./manager.ts";
 import type { PolicyDocuments } from "../policy/load.ts";
 import type { LabelsByUid } from "./authorize.ts";
+import type { CertificatePems, MeshEntry } from "./hbone-context.ts";
 import type { ConnectionsAnswer, FromWorker, PlainRecord, Question, ToWorker } from "./worker-protocol.ts";
 
 /** How long a question to a Worker may take before it is answered without that Worker. */
@@ -203,6 +204,14 @@ export class WorkerPool {
 
   setLabels(labels: LabelsByUid): void {
     for (const w of this.workers) w.send({ t: "labels", labels });
+  }
+
+  setCertificate(identity: string, pems: CertificatePems | undefined): void {
+    for (const w of this.workers) w.send({ t: "cert", identity, pems });
+  }
+
+  setMesh(entries: readonly MeshEntry[]): void {
+    for (const w of this.workers) w.send({ t: "mesh", entries: [...entries] });
   }
 
   /** Every Worker's answer; a Worker that fails or times out is logged and left out. */
