@@ -32,12 +32,19 @@ export function ipv4InSubnet(ip: string, cidr: string): boolean {
   return a >= n && a < n + size;
 }
 
-function ipv4ToInt(ip: string): number {
+/** Whether two IPv4 CIDRs share any address (one contains the other's network address). */
+export function subnetsOverlap(a: string, b: string): boolean {
+  return ipv4InSubnet(subnetInfo(a).network, b) || ipv4InSubnet(subnetInfo(b).network, a);
+}
+
+/** An IPv4 address as a number (throws on anything else). */
+export function ipv4ToInt(ip: string): number {
   const parts = ip.split(".").map(Number);
   if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) throw new NetsimError(`not an IPv4 address: ${ip}`);
   return parts.reduce((acc, o) => acc * 256 + o, 0);
 }
 
-function intToIPv4(n: number): string {
+/** A number (0..2^32-1) as a dotted IPv4 address. */
+export function intToIPv4(n: number): string {
   return [24, 16, 8, 0].map((s) => Math.floor(n / 2 ** s) % 256).join(".");
 }

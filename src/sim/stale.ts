@@ -1,6 +1,7 @@
-// Who owns a node, and the cleanup of what crashed runs left behind. Every harness instance has a
-// tag `<prefix><6 hex>` that starts the name of everything it creates (namespaces, bridge, temp
-// dir), and an owner marker MARKER_DIR/<tag>.json naming the process that runs it.
+// Who owns a node, and the cleanup of what crashed runs left behind. Every harness instance (a
+// node, or a fabric: fabric.ts) has a tag `<prefix><6 hex>` that starts the name of everything it
+// creates (namespaces, bridge, temp dir), and an owner marker MARKER_DIR/<tag>.json naming the
+// process that runs it.
 
 import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
