@@ -74,6 +74,7 @@ export class HbonePool {
 
   /** A CONNECT stream to `r.target` on a pooled connection; rejects with HboneError. */
   async connect(r: PoolRequest): Promise<http2.ClientHttp2Stream> {
+    let retried = false;
     for (;;) {
       const entry = this.reserve(r);
       let conn: HboneConnection;
@@ -89,6 +90,13 @@ export class HbonePool {
         this.release(entry);
         continue;
       }
+      // A pooled connection whose peer went away before we heard of it (its close event not yet
+      // handled): drop it and take another, rather than fail a stream on a dead connection.
+      if (dead(conn)) {
+        this.release(entry);
+        this.drop(entry);
+        continue;
+      }
       entry.open++;
       let stream: http2.ClientHttp2Stream;
       try {
@@ -96,6 +104,12 @@ export class HbonePool {
       } catch (e) {
         entry.open--;
         this.release(entry);
+        // The connection died under this stream (not a refusal): once more on a fresh one.
+        if (!retried && e instanceof HboneError && e.kind === "stream" && dead(conn)) {
+          retried = true;
+          this.drop(entry);
+          continue;
+        }
         throw e;
       }
       stream.once("close", () => {
@@ -120,7 +134,7 @@ export class HbonePool {
     const key = HbonePool.key(r);
     const list = this.entries.get(key) ?? [];
     this.entries.set(key, list);
-    let e = list.find((x) => !x.closed && x.streams < x.limit);
+    let e = list.find((x) => !x.closed && x.streams < x.limit && !(x.conn && dead(x.conn)));
     if (!e) {
       e = { key, streams: 0, open: 0, limit: this.max, closed: false };
       list.push(e);
@@ -187,4 +201,10 @@ export class HbonePool {
     // Streams still open keep running; close() lets them finish, new ones go elsewhere.
     if (e.conn && !e.conn.session.closed) e.conn.session.close();
   }
+}
+
+/** The session is gone or going (closed, destroyed, or its socket ended). */
+function dead(conn: HboneConnection): boolean {
+  const s = conn.session;
+  return s.closed || s.destroyed || s.socket?.destroyed === true;
 }

@@ -1,73 +1,301 @@
-// HBONE inside one virtual node: two enrolled pods, a proxy with a local CA (`nshub ca init`),
-// traffic from one pod to the other leaves the client pod as mTLS to the server pod's 15008 and
-// reaches the app with the client pod's IP. Judged by the app (bytes and peer), the proxy's
-// connection records (identities, security), its metrics and its access log.
+// HBONE inside one virtual node, from the compiled binary's code paths (the proxy runs from the
+// sources, like the other proxy tests): enrolled pods with the identities of a local CA
+// (test/helpers/hbone-pki.ts: `nshub ca`'s directory format), pod-to-pod traffic that leaves
+// the client pod as mTLS to the server pod's 15008, policies deciding on the client's verified
+// identity, and independent HBONE peers (Python's h2 + ssl, test/fixtures/hbone-*.py) on both
+// ends. Judged by the apps (bytes, peers, resets), the Python peers' own records, and the
+// proxy's connection records, metrics and access log. Cross-node traffic and the capture on the
+// wire are in proxy-hbone-nodes.test.ts.
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { existsSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { netnsDescribe } from "../helpers/root.ts";
-import type { Pod } from "../helpers/netsim.ts";
-import { createProxyEnv, eventually, type ProxyEnv, type ProxyProcess } from "../fixtures/proxy-harness.ts";
+import type { Pod, SimProcess } from "../helpers/netsim.ts";
+import { ID_A, ID_B, ID_C, makePki, type Pki } from "../helpers/hbone-pki.ts";
+import { createProxyEnv, eventually, type ConnJson, type ProxyEnv, type ProxyProcess } from "../fixtures/proxy-harness.ts";
 
 const T = 120_000;
-const BINARY = resolve(import.meta.dir, "../../dist/nshub");
-const WEB = "spiffe://cluster.local/ns/shop/sa/web";
-const DB = "spiffe://cluster.local/ns/shop/sa/db";
+const PY = "/usr/bin/python3";
+const FIXTURES = join(import.meta.dir, "..", "fixtures");
 
-netnsDescribe("proxy: HBONE between pods of one node", () => {
-  let env: ProxyEnv;
-  let web: Pod, db: Pod;
-  let p: ProxyProcess;
+type Rec = ConnJson & { security?: string; srcIdentity?: string; dstIdentity?: string; hboneAddr?: string };
 
-  beforeAll(async () => {
-    if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run scripts/build first`);
-    env = await createProxyEnv();
-    web = await env.sim.addPod({ name: "web-0", namespace: "shop" });
-    db = await env.sim.addPod({ name: "db-0", namespace: "shop" });
-    const caDir = join(env.tmp, "ca");
-    const r = Bun.spawnSync([BINARY, "ca", "init", "--dir", caDir], { stdout: "pipe", stderr: "pipe" });
-    if (r.exitCode !== 0) throw new Error(r.stderr.toString());
-    p = env.startProxy({ env: { NSHUB_PROXY_CA_SOURCE: "local", NSHUB_PROXY_CA_LOCAL_DIR: caDir } });
-    await p.waitReady();
-    await env.enroll(web, { serviceAccount: "web" });
-    await env.enroll(db, { serviceAccount: "db" });
-    await eventually(async () => (await p.pods()).filter((x) => x.listeners.some((l: { port: number }) => l.port === 15008)).length === 2, 20_000, "15008 in both pods");
-  }, T);
+for (const relay of ["splice", "userspace"] as const) {
+  netnsDescribe(`proxy (${relay} relay): HBONE between pods of one node`, () => {
+    let env: ProxyEnv;
+    let pki: Pki;
+    let web: Pod, db: Pod, intruder: Pod, ext: Pod;
+    let p: ProxyProcess;
+    let echo: SimProcess, sink: SimProcess, resetSink: SimProcess, ackSink: SimProcess;
+    const files: Record<string, string> = {};
 
-  afterAll(async () => {
-    await env?.destroy();
-  }, T);
+    const records = async (pred: (c: Rec) => boolean): Promise<Rec[]> => {
+      const { live, recent } = await p.connections();
+      return ([...recent, ...live] as Rec[]).filter(pred);
+    };
+    const metrics = async () => (await p.http("GET", p.metricsAddr, "/metrics")).body;
+    const lines = (s: SimProcess) =>
+      s
+        .stdout()
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l));
+    const accessLines = () =>
+      p.proc
+        .stderr()
+        .split("\n")
+        .filter((l) => l.startsWith("{") && l.includes('"scope":"access"'))
+        .map((l) => JSON.parse(l));
 
-  test(
-    "pod → pod goes over HBONE: bytes exact, the app sees the client pod's IP, both records carry both identities",
-    async () => {
-      const sink = env.tool(db, ["sink", "--port", "8080"]);
-      try {
-        await eventually(async () => (await db.exec(["ss", "-ltn"])).stdout.includes(":8080"), 10_000, "sink listening");
+    beforeAll(async () => {
+      pki = await makePki();
+      env = await createProxyEnv();
+      web = await env.sim.addPod({ name: "web-0", namespace: "ns-a" });
+      db = await env.sim.addPod({ name: "db-0", namespace: "ns-b" });
+      intruder = await env.sim.addPod({ name: "intruder-0", namespace: "ns-c" });
+      ext = await env.sim.addPod({ name: "ext-0", namespace: "ext" });
+      for (const [name, c] of Object.entries({ a: pki.a, b: pki.b, c: pki.c, bExpired: pki.bExpired, aExpired: pki.aExpired, bOther: pki.bOther, aOther: pki.aOther })) {
+        files[`${name}.crt`] = join(env.tmp, `${name}.crt`);
+        files[`${name}.key`] = join(env.tmp, `${name}.key`);
+        writeFileSync(files[`${name}.crt`]!, c.presented);
+        writeFileSync(files[`${name}.key`]!, c.keyPem, { mode: 0o600 });
+      }
+      files.root = join(env.tmp, "root.crt");
+      writeFileSync(files.root, pki.a.roots);
+      // `ext` is not enrolled: the registry knows it from a ztunnel local-config file as a mesh
+      // workload with identity B (the Python HBONE server there presents B's certificate).
+      const workloads = join(env.tmp, "workloads.yaml");
+      writeFileSync(
+        workloads,
+        `workloads:\n- uid: ext-uid\n  name: ext-0\n  namespace: ns-b\n  serviceAccount: sa-b\n  workloadIps: ["${ext.ip}"]\n  protocol: HBONE\n  node: elsewhere\n  services: {}\n`,
+      );
+      // db admits only identity A (web); intruder (C) and plaintext are refused.
+      const policies = join(env.tmp, "policies.yaml");
+      writeFileSync(
+        policies,
+        `apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: only-web, namespace: ns-b}\nspec:\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: ["cluster.local/ns/ns-a/sa/sa-a"]\n`,
+      );
+      p = env.startProxy({
+        args: ["--relay", relay],
+        env: { NSHUB_PROXY_CA_SOURCE: "local", NSHUB_PROXY_CA_LOCAL_DIR: join(pki.dir, "ca"), NSHUB_PROXY_WORKLOADS_FILE: workloads, NSHUB_PROXY_POLICIES: policies },
+      });
+      await p.waitReady();
+      await env.enroll(web, { serviceAccount: "sa-a" });
+      await env.enroll(db, { serviceAccount: "sa-b" });
+      await env.enroll(intruder, { serviceAccount: "sa-c" });
+      await eventually(async () => (await p.pods()).filter((x) => x.listeners.some((l: { port: number }) => l.port === 15008)).length === 3, 20_000, "15008 in the three pods");
+      echo = env.tool(db, ["echo", "--port", "7000"]);
+      sink = env.tool(db, ["sink", "--port", "8080"]);
+      resetSink = env.tool(db, ["sink", "--port", "8081", "--reset-after", "65536"]);
+      ackSink = env.tool(db, ["sink", "--port", "8082", "--ack-after", String(1 << 20)]);
+      for (const port of [7000, 8080, 8081, 8082]) await db.waitForTcpPort(port);
+    }, T);
+
+    afterAll(async () => {
+      await env?.destroy();
+      pki?.cleanup();
+    }, T);
+
+    test(
+      "web → db goes over HBONE: 8 MiB byte-exact with a half-close reply, the app sees web's IP, both legs record both identities, metrics and access log say mutual_tls",
+      async () => {
         const r = await env.toolRun(web, ["send", "--host", db.ip, "--port", "8080", "--bytes", String(8 << 20)]);
         expect(r.error).toBeUndefined();
-        const reply = JSON.parse(r.reply);
-        expect(reply.bytes).toBe(8 << 20);
-        expect(reply.sha256).toBe(r.sha256);
-        expect(reply.peer).toBe(web.ip);
-        const c = await p.connections();
-        const all = [...c.live, ...c.recent] as Array<Record<string, any>>;
-        const out = all.find((x) => x.direction === "outbound" && x.originalDst === `${db.ip}:8080`);
-        const inb = all.find((x) => x.direction === "inbound" && x.originalDst === `${db.ip}:8080`);
-        console.log(JSON.stringify({ out, inb }, null, 1));
-        expect(out?.security).toBe("mutual_tls");
-        expect(out?.srcIdentity).toBe(WEB);
-        expect(out?.dstIdentity).toBe(DB);
-        expect(out?.hboneAddr).toBe(`${db.ip}:15008`);
-        expect(inb?.security).toBe("mutual_tls");
-        expect(inb?.srcIdentity).toBe(WEB);
-        expect(inb?.dstIdentity).toBe(DB);
-        expect(inb?.closeHow).toBe("done");
-        expect(out?.closeHow).toBe("done");
-      } finally {
-        await sink.stop(2000);
-      }
-    },
-    T,
-  );
-});
+        expect(JSON.parse(r.reply)).toMatchObject({ bytes: 8 << 20, sha256: r.sha256, peer: web.ip });
+        const legs = await records((c) => c.originalDst === `${db.ip}:8080` && c.closeHow === "done");
+        const out = legs.find((c) => c.direction === "outbound")!;
+        const inb = legs.find((c) => c.direction === "inbound")!;
+        expect(out).toMatchObject({ security: "mutual_tls", srcIdentity: ID_A, dstIdentity: ID_B, hboneAddr: `${db.ip}:15008`, bytesSent: 8 << 20 });
+        expect(inb).toMatchObject({ security: "mutual_tls", srcIdentity: ID_A, dstIdentity: ID_B, bytesSent: 8 << 20 });
+        // the inbound leg's HBONE peer is web itself (the tunnel left web's netns), and the app
+        // connection was made from web's IP
+        expect(inb.source.startsWith(`${web.ip}:`)).toBe(true);
+        expect(inb.upstreamLocal?.startsWith(`${web.ip}:`)).toBe(true);
+
+        const m = await metrics();
+        const opened = (reporter: string) =>
+          m.split("\n").find((l) => l.startsWith("istio_tcp_connections_opened_total{") && l.includes(`reporter="${reporter}"`) && l.includes(`source_principal="${ID_A}"`) && l.includes(`destination_principal="${ID_B}"`) && l.includes('connection_security_policy="mutual_tls"'));
+        expect(opened("source")).toBeDefined();
+        expect(opened("destination")).toBeDefined();
+        expect(m).toMatch(/^nshub_hbone_pool_connections [1-9]/m);
+
+        await eventually(() => accessLines().some((l) => l["dst.addr"] === `${db.ip}:8080` && l.direction === "inbound"), 5000, "the access-log lines");
+        const log = accessLines().filter((l) => l["dst.addr"] === `${db.ip}:8080` && l.reason === "done");
+        expect(log.find((l) => l.direction === "outbound")).toMatchObject({ "src.identity": ID_A, "dst.identity": ID_B, "dst.hbone_addr": `${db.ip}:15008` });
+        expect(log.find((l) => l.direction === "inbound")).toMatchObject({ "src.identity": ID_A, "dst.identity": ID_B });
+      },
+      T,
+    );
+
+    test(
+      "resets cross the tunnel both ways",
+      async () => {
+        const before = lines(resetSink).length;
+        const r = await env.toolRun(web, ["send", "--host", db.ip, "--port", "8081", "--bytes", String(32 << 20)]);
+        expect(["ECONNRESET", "EPIPE"]).toContain(r.error);
+        await eventually(() => lines(resetSink).length > before, 5000, "sink's reset line");
+        await eventually(async () => (await records((c) => c.originalDst === `${db.ip}:8081` && c.closeHow === "reset")).length >= 2, 5000, "both legs reset");
+
+        const ackBefore = lines(ackSink).length;
+        const c = await env.toolRun(web, ["send", "--host", db.ip, "--port", "8082", "--bytes", String(64 << 20), "--reset-on-reply"]);
+        expect(c.reply).toBe("k");
+        await eventually(() => lines(ackSink).length > ackBefore, 20_000, "sink's line");
+        const line = lines(ackSink)
+          .slice(ackBefore)
+          .find((l) => l.peer === web.ip);
+        expect(line?.error).toBe("ECONNRESET");
+      },
+      T,
+    );
+
+    test(
+      "policy on the client's identity: intruder (C) is refused with 401 and reset, web (A) passes; plaintext from outside the mesh is refused too",
+      async () => {
+        const r = await env.toolRun(intruder, ["send", "--host", db.ip, "--port", "8080", "--bytes", "1000"]);
+        expect(r.error).toBeDefined();
+        const inb = await records((c) => c.direction === "inbound" && c.srcIdentity === ID_C);
+        expect(inb.map((c) => c.closeHow)).toContain("policy_denied");
+        const out = await records((c) => c.direction === "outbound" && c.srcIdentity === ID_C && c.originalDst === `${db.ip}:8080`);
+        expect(out[0]?.closeHow).toBe("connect_failed");
+        expect(out[0]?.error).toContain("answered 401");
+        const m = await metrics();
+        expect(m).toMatch(new RegExp(`istio_tcp_connections_failed_total\\{[^}]*reporter="destination"[^}]*source_principal="${ID_C.replace(/[/.]/g, "\\$&")}"[^}]*response_flags="DENY"[^}]*connection_security_policy="mutual_tls"[^}]*\\} 1`));
+        expect(m).toMatch(/nshub_hbone_failures_total\{direction="outbound",reason="status"\} [1-9]/);
+        expect(m).toMatch(/nshub_hbone_failures_total\{direction="inbound",reason="status_401"\} [1-9]/);
+
+        const before = lines(sink).length;
+        const plain = await env.toolRun(ext, ["send", "--host", db.ip, "--port", "8080", "--bytes", "1000"]);
+        expect(plain.error).toBeDefined();
+        expect(await records((c) => c.direction === "inbound" && c.source.startsWith(`${ext.ip}:`) && c.closeHow === "policy_denied")).not.toHaveLength(0);
+        expect(lines(sink).slice(before).filter((l) => l.peer === ext.ip)).toHaveLength(0);
+      },
+      T,
+    );
+
+    if (relay === "userspace") return;
+
+    test(
+      "1 GiB through one tunnel, byte-exact",
+      async () => {
+        const r = await env.toolRun(web, ["send", "--host", db.ip, "--port", "8080", "--bytes", String(1 << 30)], 110_000);
+        expect(r.error).toBeUndefined();
+        expect(JSON.parse(r.reply)).toMatchObject({ bytes: 1 << 30, sha256: r.sha256 });
+      },
+      T,
+    );
+
+    test(
+      "1,000 concurrent connections ride a handful of pooled HBONE connections",
+      async () => {
+        const mtlsOpened = (m: string) =>
+          m
+            .split("\n")
+            .filter((l) => l.startsWith("istio_tcp_connections_opened_total{") && l.includes('reporter="source"') && l.includes('connection_security_policy="mutual_tls"'))
+            .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(" ") + 1)), 0);
+        const mtlsBefore = mtlsOpened(await metrics());
+        const r = await env.toolRun(web, ["many", "--host", db.ip, "--port", "7000", "--conns", "1000", "--bytes", "2000"], 110_000);
+        expect(r).toMatchObject({ ok: 1000, failed: 0 });
+        const m = await metrics();
+        const pooled = Number(/^nshub_hbone_pool_connections (\d+)/m.exec(m)?.[1]);
+        // ≤ 100 streams per connection: at least one connection per thread that had work, and
+        // far fewer than one handshake per connection
+        expect(pooled).toBeGreaterThanOrEqual(1);
+        expect(pooled).toBeLessThanOrEqual(14);
+        // every one of them counted as mutual_tls by the source side (all threads summed)
+        expect(mtlsOpened(m) - mtlsBefore).toBe(1000);
+      },
+      T,
+    );
+
+    /** Runs the Python HBONE client in `ext` against db's 15008; returns its JSON line. */
+    async function pyClient(cert: string | undefined, size = 100_000): Promise<Record<string, any>> {
+      const args = [PY, join(FIXTURES, "hbone-client.py"), "--connect", `${db.ip}:15008`, "--ca", files.root!, "--expect", ID_B, "--authority", `${db.ip}:7000`, "--size", String(size)];
+      if (cert) args.push("--cert", files[`${cert}.crt`]!, "--key", files[`${cert}.key`]!);
+      args.push("--forwarded", `for="${ext.ip}:4000"`, "--traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+      const r = await ext.exec(args, { timeoutMs: 30_000 });
+      const last = r.stdout.trim().split("\n").pop() ?? "";
+      if (!last.startsWith("{")) throw new Error(`hbone-client.py: ${r.code} ${r.stdout} ${r.stderr}\nproxy: ${p.proc.stderr().split("\n").filter((l) => !l.includes(`"scope":"access"`)).slice(-30).join("\n")}`);
+      return JSON.parse(last);
+    }
+
+    test(
+      "an independent HBONE client (Python h2 + ssl) with A's certificate reaches db's app through 15008; without a certificate, with an expired or an untrusted one it is refused",
+      async () => {
+        const ok = await pyClient("a");
+        expect(ok).toMatchObject({ status: 200, tls: "TLSv1.3", alpn: "h2", peer: [ID_B], received: 100_000 });
+        expect(ok.sha256).toBe(ok.sent_sha256);
+        const inb = await records((c) => c.direction === "inbound" && c.originalDst === `${db.ip}:7000` && c.source.startsWith(`${ext.ip}:`));
+        expect(inb[0]).toMatchObject({ security: "mutual_tls", srcIdentity: ID_A, dstIdentity: ID_B });
+
+        const before = Number(/nshub_hbone_failures_total\{direction="inbound",reason="tls"\} (\d+)/.exec(await metrics())?.[1] ?? 0);
+        for (const cert of [undefined, "aExpired", "aOther"]) {
+          const r = await pyClient(cert);
+          // Refused in the handshake, or (TLS 1.3: the client finishes first) by the alert or
+          // close that follows it; never a response.
+          expect(r.status).toBeUndefined();
+          expect(r.error).toMatch(/^tls: |^connection closed$/);
+        }
+        await eventually(async () => Number(/nshub_hbone_failures_total\{direction="inbound",reason="tls"\} (\d+)/.exec(await metrics())?.[1] ?? 0) >= before + 3, 5000, "three refusals counted");
+        // nothing of theirs reached the app
+        expect(await records((c) => c.direction === "inbound" && c.source.startsWith(`${ext.ip}:`) && c.originalDst === `${db.ip}:7000`)).toHaveLength(1);
+      },
+      T,
+    );
+
+    /** The Python HBONE server in `ext` on 0.0.0.0:15008 with `cert`; one connection. */
+    async function pyServer(cert: string): Promise<SimProcess> {
+      const s = ext.spawn([PY, join(FIXTURES, "hbone-server.py"), "--listen", "0.0.0.0:15008", "--cert", files[`${cert}.crt`]!, "--key", files[`${cert}.key`]!, "--ca", files.root!, "--authority", `${ext.ip}:9000`]);
+      await eventually(() => s.stdout().includes('"port"') || !s.running, 10_000, "the Python server");
+      if (!s.running) throw new Error(`hbone-server.py: ${s.stderr()}`);
+      return s;
+    }
+
+    test(
+      "web → a mesh workload served by an independent HBONE server (Python): CONNECT with ztunnel's :authority and headers, echo byte-exact",
+      async () => {
+        const s = await pyServer("b");
+        try {
+          const r = await env.toolRun(web, ["many", "--host", ext.ip, "--port", "9000", "--conns", "1", "--bytes", "300000"]);
+          expect(r).toMatchObject({ ok: 1, failed: 0 });
+          await eventually(() => lines(s).some((l) => l.authority), 5000, "the server's line");
+          const line = lines(s).find((l) => l.authority)!;
+          expect(line).toMatchObject({ peer: ID_A, method: "CONNECT", authority: `${ext.ip}:9000`, scheme: null, path: null, tls: "TLSv1.3", alpn: "h2", echoed: 300000 });
+          expect(line.forwarded).toMatch(new RegExp(`^for="${web.ip.replace(/\./g, "\\.")}:\\d+"$`));
+          expect(line.baggage).toContain("k8s.namespace.name=ns-a");
+          expect(line.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/);
+        } finally {
+          await s.stop(2000);
+        }
+      },
+      T,
+    );
+
+    test(
+      "a server with the wrong identity, an expired or an untrusted certificate: the client is reset, nothing in plaintext, counted with the reason",
+      async () => {
+        for (const [cert, reason] of [
+          ["c", "identity"],
+          ["bExpired", "tls"],
+          ["bOther", "tls"],
+        ] as const) {
+          const s = await pyServer(cert);
+          try {
+            const before = Number(new RegExp(`nshub_hbone_failures_total\\{direction="outbound",reason="${reason}"\\} (\\d+)`).exec(await metrics())?.[1] ?? 0);
+            const r = await env.toolRun(web, ["many", "--host", ext.ip, "--port", "9000", "--conns", "1", "--bytes", "1000"]);
+            expect(r).toMatchObject({ ok: 0, failed: 1 });
+            const m = await metrics();
+            const after = Number(new RegExp(`nshub_hbone_failures_total\\{direction="outbound",reason="${reason}"\\} (\\d+)`).exec(m)?.[1] ?? 0);
+            expect({ cert, after, failures: m.split("\n").filter((l) => l.startsWith("nshub_hbone_failures_total")) }).toEqual({ cert, after: before + 1, failures: expect.anything() });
+            expect(lines(s).filter((l) => l.authority)).toHaveLength(0);
+          } finally {
+            await s.stop(2000);
+          }
+        }
+        const failed = await records((c) => c.direction === "outbound" && c.originalDst === `${ext.ip}:9000` && c.closeHow === "connect_failed");
+        expect(failed.map((c) => c.error).join("\n")).toContain("hbone identity");
+      },
+      T,
+    );
+  });
+}
+
