@@ -16,8 +16,9 @@
 //     "version": build information
 //   }
 //
-// conn = {id, src, originalDst, actualDst, protocol: "TCP", state, bytesSent, bytesReceived,
-// startedAt, ageSeconds}; bytes are counted from the source's (client's) side.
+// conn = {id, src, originalDst, actualDst, protocol: "TCP" | "HBONE" (with srcIdentity, dstIdentity,
+// hboneAddr), state, bytesSent, bytesReceived, startedAt, ageSeconds}; bytes are counted from the
+// source's (client's) side.
 // cert = {pem, serialNumber, validFrom, expirationTime} as ztunnel dumps it (its dump_certs):
 // pem base64 of the PEM text, the serial in decimal, times RFC 3339 UTC to the second; state
 // "Initializing", "Available" or "Unavailable: <why>". Private keys are never in it.
@@ -49,7 +50,12 @@ export interface DumpConnection {
   src: string;
   originalDst: string;
   actualDst: string;
-  protocol: "TCP";
+  /** HBONE: carried in a mutual-TLS tunnel (then the identities are set); TCP: plaintext. */
+  protocol: "TCP" | "HBONE";
+  srcIdentity?: string;
+  dstIdentity?: string;
+  /** The tunnel's far end. */
+  hboneAddr?: string;
   state: string;
   /** client → destination */
   bytesSent: number;
@@ -99,7 +105,8 @@ function dumpConnection(c: ConnectionView, now: number): DumpConnection {
     src: endpoint(c.source),
     originalDst: endpoint(c.originalDst),
     actualDst: endpoint(c.upstream),
-    protocol: "TCP",
+    protocol: c.mtls ? "HBONE" : "TCP",
+    ...(c.mtls ? { srcIdentity: c.mtls.srcIdentity, dstIdentity: c.mtls.dstIdentity, hboneAddr: c.mtls.hboneAddr } : {}),
     state: c.state,
     bytesSent: c.bytesSent,
     bytesReceived: c.bytesReceived,

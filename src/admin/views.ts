@@ -59,6 +59,8 @@ export interface ConnectionView {
   readonly startedAt: number;
   /** e.g. connecting / open / half_closed. */
   readonly state: string;
+  /** Set when the connection rides HBONE (mutual TLS): the identities on both ends. */
+  readonly mtls?: { readonly srcIdentity: string; readonly dstIdentity: string; readonly hboneAddr: string };
 }
 
 export interface Readiness {

@@ -1,5 +1,5 @@
 // `nshub connections [--watch]`: the proxy's live connections — pod, direction, source,
-// original and actual destination, bytes each way, age — from its /config_dump.
+// original and actual destination, bytes each way, age, mTLS identities — from its /config_dump.
 import type { ConfigDump, DumpConnection } from "../admin/config-dump.ts";
 import {
   DEFAULT_PROXY_ADMIN,
@@ -20,7 +20,8 @@ const HELP = `usage: nshub connections [--watch [--interval <s>] [--count <n>]] 
 
 Lists the node proxy's live connections: the pod whose listener accepted it, direction, source,
 original destination (where the client meant to go), actual destination (where the proxy
-connected), bytes each way and age.
+connected), bytes each way, age, and whether it rides HBONE (mTLS: the source and destination
+identities, as <namespace>/<service account>; --json gives the full SPIFFE IDs) or plaintext.
 
   --watch           refresh until interrupted (Ctrl-C)
   --interval <s>    refresh period with --watch (default 2)
@@ -45,6 +46,10 @@ export interface ConnectionRow {
   ageSeconds: number;
   startedAt: string;
   state: string;
+  /** "HBONE" (mutual TLS, identities below) or "TCP" (plaintext). */
+  protocol: "TCP" | "HBONE";
+  srcIdentity?: string;
+  dstIdentity?: string;
 }
 
 export function connectionRows(dump: ConfigDump): ConnectionRow[] {
@@ -65,6 +70,8 @@ export function connectionRows(dump: ConfigDump): ConnectionRow[] {
           ageSeconds: c.ageSeconds,
           startedAt: c.startedAt,
           state: c.state,
+          protocol: c.protocol ?? "TCP",
+          ...(c.srcIdentity ? { srcIdentity: c.srcIdentity, dstIdentity: c.dstIdentity } : {}),
         });
       }
     }
@@ -86,6 +93,8 @@ export function renderConnections(rows: readonly ConnectionRow[]): string {
       { header: "DST→SRC", align: "right" },
       { header: "AGE", align: "right" },
       { header: "STATE" },
+      { header: "SECURITY" },
+      { header: "IDENTITIES (SRC → DST)" },
     ],
     rows.map((r) => [
       `${r.pod.namespace}/${r.pod.name}`,
@@ -97,8 +106,16 @@ export function renderConnections(rows: readonly ConnectionRow[]): string {
       formatBytes(r.bytesReceived),
       formatAge(r.ageSeconds),
       r.state,
+      r.protocol === "HBONE" ? "mTLS" : "plaintext",
+      r.srcIdentity ? `${shortId(r.srcIdentity)} → ${shortId(r.dstIdentity ?? "")}` : "-",
     ]),
   );
+}
+
+/** spiffe://td/ns/<ns>/sa/<sa> → <ns>/<sa> (the trust domain is the node's; --json has it all). */
+function shortId(id: string): string {
+  const m = /^spiffe:\/\/[^/]+\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(id);
+  return m ? `${m[1]}/${m[2]}` : id;
 }
 
 function positive(flag: string, v: string | undefined, dflt: number, integer = false): number {

@@ -26,7 +26,7 @@ for (const relay of ["splice", "userspace"] as const) {
     let pki: Pki;
     let web: Pod, db: Pod, intruder: Pod, ext: Pod;
     let p: ProxyProcess;
-    let echo: SimProcess, sink: SimProcess, resetSink: SimProcess, ackSink: SimProcess;
+    let sink: SimProcess, resetSink: SimProcess, ackSink: SimProcess;
     const files: Record<string, string> = {};
 
     const records = async (pred: (c: Rec) => boolean): Promise<Rec[]> => {
@@ -84,7 +84,7 @@ for (const relay of ["splice", "userspace"] as const) {
       await env.enroll(db, { serviceAccount: "sa-b" });
       await env.enroll(intruder, { serviceAccount: "sa-c" });
       await eventually(async () => (await p.pods()).filter((x) => x.listeners.some((l: { port: number }) => l.port === 15008)).length === 3, 20_000, "15008 in the three pods");
-      echo = env.tool(db, ["echo", "--port", "7000"]);
+      env.tool(db, ["echo", "--port", "7000"]);
       sink = env.tool(db, ["sink", "--port", "8080"]);
       resetSink = env.tool(db, ["sink", "--port", "8081", "--reset-after", "65536"]);
       ackSink = env.tool(db, ["sink", "--port", "8082", "--ack-after", String(1 << 20)]);

@@ -85,6 +85,7 @@ view.conns = [
     bytesReceived: 12,
     startedAt: now - 5_000,
     state: "half_closed",
+    mtls: { srcIdentity: "spiffe://cluster.local/ns/default/sa/client", dstIdentity: "spiffe://cluster.local/ns/shop/sa/server", hboneAddr: "10.1.0.4:40404" },
   },
 ];
 
@@ -168,13 +169,13 @@ describe("nshub pods against a running admin server (fake ProxyView stand-in)", 
 });
 
 describe("nshub connections against a running admin server (fake ProxyView stand-in)", () => {
-  test("table: pod, direction, source, original and actual destination, bytes each way, age, state", async () => {
+  test("table: pod, direction, source, original and actual destination, bytes each way, age, state, security and identities", async () => {
     const io = capture();
     expect(await connections(["--admin", admin], io)).toBe(0);
     const lines = io.stdout.trimEnd().split("\n");
-    expect(lines[0]).toMatch(/^POD\s+DIR\s+SOURCE\s+ORIGINAL DST\s+ACTUAL DST\s+SRC→DST\s+DST→SRC\s+AGE\s+STATE$/);
-    expect(lines[1]!.split(/\s{2,}/)).toEqual(["default/client", "out", "10.1.0.4:40404", "10.1.0.5:8080", "10.1.0.5:8080", "1.5 KiB", "12 B", "1m15s", "open"]);
-    expect(lines[2]!.split(/\s{2,}/)).toEqual(["shop/server-with-a-long-name", "in", "10.1.0.4:40404", "10.1.0.5:8080", "10.1.0.5:8080", "1.5 KiB", "12 B", "5s", "half_closed"]);
+    expect(lines[0]).toMatch(/^POD\s+DIR\s+SOURCE\s+ORIGINAL DST\s+ACTUAL DST\s+SRC→DST\s+DST→SRC\s+AGE\s+STATE\s+SECURITY\s+IDENTITIES \(SRC → DST\)$/);
+    expect(lines[1]!.split(/\s{2,}/)).toEqual(["default/client", "out", "10.1.0.4:40404", "10.1.0.5:8080", "10.1.0.5:8080", "1.5 KiB", "12 B", "1m15s", "open", "plaintext", "-"]);
+    expect(lines[2]!.split(/\s{2,}/)).toEqual(["shop/server-with-a-long-name", "in", "10.1.0.4:40404", "10.1.0.5:8080", "10.1.0.5:8080", "1.5 KiB", "12 B", "5s", "half_closed", "mTLS", "default/client → shop/server"]);
     // right-aligned numbers end under their headers
     expect(lines[1]!.indexOf("1.5 KiB") + "1.5 KiB".length).toBe(lines[0]!.indexOf("SRC→DST") + "SRC→DST".length);
   });
@@ -184,7 +185,18 @@ describe("nshub connections against a running admin server (fake ProxyView stand
     expect(await connections(["--json", "--pod", "shop/server-with-a-long-name", "--admin", admin], io)).toBe(0);
     const rows = JSON.parse(io.stdout) as { id: number; direction: string; source: string; originalDst: string; actualDst: string; bytesSent: number; bytesReceived: number }[];
     expect(rows).toHaveLength(1);
-    expect(rows[0]).toMatchObject({ id: 8, direction: "inbound", source: "10.1.0.4:40404", originalDst: "10.1.0.5:8080", actualDst: "10.1.0.5:8080", bytesSent: 1536, bytesReceived: 12 });
+    expect(rows[0]).toMatchObject({
+      id: 8,
+      direction: "inbound",
+      source: "10.1.0.4:40404",
+      originalDst: "10.1.0.5:8080",
+      actualDst: "10.1.0.5:8080",
+      bytesSent: 1536,
+      bytesReceived: 12,
+      protocol: "HBONE",
+      srcIdentity: "spiffe://cluster.local/ns/default/sa/client",
+      dstIdentity: "spiffe://cluster.local/ns/shop/sa/server",
+    });
   });
 
   test("--watch --json --count 3: one JSON line per refresh, live data each time", async () => {
