@@ -5,8 +5,8 @@
 //   * the fabric is a network namespace of its own (`<tag>-fab`), a router: one veth pair per
 //     node, one end in the node's namespace, the other in the fabric's, each pair a /30 taken
 //     from a /24 (default a random 172.31.x.0/24) that overlaps no node's pod subnet;
-//   * routes: each node sends every OTHER node's pod subnet to the fabric; the fabric sends each
-//     node's pod subnet down that node's link. Forwarding is on in the fabric and in the nodes
+//   * routes: each node sends every OTHER node's pod subnet, and the links' /24 (the nodes' own
+//     addresses), to the fabric; the fabric sends each node's pod subnet down that node's link. Forwarding is on in the fabric and in the nodes
 //     (per-namespace sysctls). No NAT anywhere, so a server sees the client pod's own address;
 //   * nothing in the root namespace is touched: the veth pair is created from inside the fabric
 //     namespace with its peer placed straight into the node's, so neither end ever exists in the
@@ -153,6 +153,10 @@ export class Fabric {
         if (other === l) continue;
         await runOrThrow(["ip", "-n", l.node.node.name, "route", "add", other.node.subnet, "via", l.fabricIp, "dev", l.nodeIfname]);
       }
+      // The nodes' own addresses (their link ends) are routable too, as node IPs are in a
+      // cluster: a daemon in one node's namespace reaches a pod of another node, and the pod's
+      // reply comes back to the node's address.
+      await runOrThrow(["ip", "-n", l.node.node.name, "route", "add", this.linkSubnet, "via", l.fabricIp, "dev", l.nodeIfname]);
     }
   }
 

@@ -107,7 +107,8 @@ netnsDescribe("netsim fabric (several nodes, routed, captured)", () => {
         const addr = await l.node.node.execOrThrow(["ip", "-o", "-4", "addr", "show", "dev", l.nodeIfname]);
         expect(addr.stdout).toContain(`inet ${l.nodeIp}/30`);
       }
-      // Each node routes the OTHER node's pod subnet via its fabric end, and nothing else: no default.
+      // Each node routes the OTHER node's pod subnet and the nodes' link addresses via its fabric
+      // end, and nothing else: no default.
       for (const [l, other] of [[fabric.links[0]!, n2], [fabric.links[1]!, n1]] as const) {
         const n = l.node;
         expect((await n.node.routes()).sort()).toEqual(
@@ -115,6 +116,7 @@ netnsDescribe("netsim fabric (several nodes, routed, captured)", () => {
             `${n.subnet} dev ${n.node.bridge} proto kernel scope link src ${n.node.gateway}`,
             `${l.subnet} dev ${l.nodeIfname} proto kernel scope link src ${l.nodeIp}`,
             `${other.subnet} via ${l.fabricIp} dev ${l.nodeIfname}`,
+            `${fabric.linkSubnet} via ${l.fabricIp} dev ${l.nodeIfname}`,
           ].sort(),
         );
       }
