@@ -1,98 +1,50 @@
-// HBONE across two virtual nodes joined by a routed fabric (src/sim/fabric.ts): each node has its
-// own proxy (and the agent's ZDS role, test/fixtures/proxy-harness.ts), pods through the real
-// CNI chain, and certificates from one `nshub ca serve` (the compiled binary, in a plain pod of
-// node 1, reached by node 2's proxy across the fabric with its own node credential). Each
-// proxy's ztunnel local-config file names the other node's pods. A tcpdump in the fabric
-// namespace judges what crossed the wire.
+// HBONE across two virtual nodes joined by a routed fabric (test/fixtures/mesh-nodes.ts: each
+// node its own proxy and the agent's ZDS role, pods through the real CNI chain, certificates from
+// one `nshub ca serve` reached across the fabric, each proxy's ztunnel local-config file naming
+// the other node's pods). A tcpdump in the fabric namespace judges what crossed the wire.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
-import { existsSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
 import { netnsDescribe } from "../helpers/root.ts";
-import { createFabric, randomSubnet, subnetsOverlap, type Fabric, type Pod, type SimProcess } from "../helpers/netsim.ts";
-import { createProxyEnv, eventually, type ConnJson, type ProxyEnv, type ProxyProcess } from "../fixtures/proxy-harness.ts";
+import type { Fabric, Pod, SimProcess } from "../helpers/netsim.ts";
+import type { ConnJson, ProxyEnv, ProxyProcess } from "../fixtures/proxy-harness.ts";
+import { eventually } from "../fixtures/proxy-harness.ts";
+import { BINARY, createMeshNodes, type MeshNodes } from "../fixtures/mesh-nodes.ts";
 
 const T = 120_000;
-const BINARY = resolve(import.meta.dir, "../../dist/nshub");
 const WEB = "spiffe://cluster.local/ns/shop/sa/web";
 const DB = "spiffe://cluster.local/ns/shop/sa/db";
 
 type Rec = ConnJson & { security?: string; srcIdentity?: string; dstIdentity?: string; hboneAddr?: string };
 
 netnsDescribe("proxy: HBONE across two nodes", () => {
+  let mesh: MeshNodes;
   let n1: ProxyEnv, n2: ProxyEnv;
   let fabric: Fabric;
   let p1: ProxyProcess, p2: ProxyProcess;
-  let web: Pod, caPod: Pod, db: Pod, cache: Pod;
-  let ca: SimProcess, http: SimProcess;
+  let web: Pod, db: Pod, cache: Pod;
+  let http: SimProcess;
 
   const records = async (p: ProxyProcess, pred: (c: Rec) => boolean): Promise<Rec[]> => {
     const { live, recent } = await p.connections();
     return ([...recent, ...live] as Rec[]).filter(pred);
   };
   const metrics = async (p: ProxyProcess) => (await p.http("GET", p.metricsAddr, "/metrics")).body;
-  const certState = async (p: ProxyProcess, id: string) => ((JSON.parse((await p.http("GET", p.admin, "/certs")).body).certificates ?? []) as Array<{ identity: string; state: string }>).find((c) => c.identity === id)?.state;
 
   beforeAll(async () => {
-    if (!existsSync(BINARY)) throw new Error(`${BINARY} is missing: run scripts/build first`);
-    n1 = await createProxyEnv();
-    let subnet = randomSubnet();
-    while (subnetsOverlap(subnet, n1.sim.subnet)) subnet = randomSubnet();
-    n2 = await createProxyEnv({ sim: { subnet } });
-    fabric = await createFabric([n1.sim, n2.sim]);
-    web = await n1.sim.addPod({ name: "web-0", namespace: "shop" });
-    caPod = await n1.sim.addPod({ name: "ca-0", namespace: "infra" });
-    db = await n2.sim.addPod({ name: "db-0", namespace: "shop" });
-    cache = await n2.sim.addPod({ name: "cache-0", namespace: "shop" });
-
-    // The CA: `nshub ca serve` in a plain pod of node 1; each node has its own credential.
-    const caDir = join(n1.tmp, "ca");
-    const cli = (args: string[]) => {
-      const r = Bun.spawnSync([BINARY, ...args], { stdout: "pipe", stderr: "pipe" });
-      if (r.exitCode !== 0) throw new Error(`nshub ${args.join(" ")}: ${r.stderr}`);
-      return r.stdout.toString().trim();
-    };
-    cli(["ca", "init", "--dir", caDir]);
-    ca = caPod.spawn([BINARY, "ca", "serve", "--dir", caDir, "--address", `${caPod.ip}:15012`, "--metrics-address", "127.0.0.1:0"], { env: { ...process.env, NSHUB_LOG_FORMAT: "json" } });
-    await eventually(() => ca.stderr().includes("serving IstioCertificateService") || !ca.running, 15_000, "the CA to listen");
-    if (!ca.running) throw new Error(`ca serve: ${ca.stderr()}`);
-
-    const proxyOn = (env: ProxyEnv, node: string, others: Array<{ pod: Pod; sa: string }>) => {
-      const token = join(env.tmp, "ca-token");
-      writeFileSync(token, cli(["ca", "issue-node", "--dir", caDir, "--node", node]) + "\n", { mode: 0o600 });
-      const workloads = join(env.tmp, "workloads.yaml");
-      writeFileSync(
-        workloads,
-        "workloads:\n" +
-          others
-            .map(({ pod, sa }) => `- uid: ${pod.uid}\n  name: ${pod.podName}\n  namespace: ${pod.podNamespace}\n  serviceAccount: ${sa}\n  workloadIps: ["${pod.ip}"]\n  protocol: HBONE\n  node: ${node === "node-1" ? "node-2" : "node-1"}\n  services: {}\n`)
-            .join(""),
-      );
-      return env.startProxy({
-        env: {
-          NSHUB_PROXY_CA_SOURCE: "istio",
-          NSHUB_PROXY_CA_ADDRESS: `${caPod.ip}:15012`,
-          NSHUB_PROXY_CA_ROOT_CERT: join(caDir, "root-cert.pem"),
-          NSHUB_PROXY_CA_TOKEN_FILE: token,
-          NSHUB_PROXY_WORKLOADS_FILE: workloads,
-        },
-      });
-    };
     // Node 1 believes cache-0 runs as "cache-x": the identity check must refuse what it presents.
-    p1 = proxyOn(n1, "node-1", [
-      { pod: db, sa: "db" },
-      { pod: cache, sa: "cache-x" },
-    ]);
-    p2 = proxyOn(n2, "node-2", [{ pod: web, sa: "web" }]);
-    await Promise.all([p1.waitReady(), p2.waitReady()]);
-    await n1.enroll(web, { serviceAccount: "web" });
-    await n2.enroll(db, { serviceAccount: "db" });
-    await n2.enroll(cache, { serviceAccount: "cache" });
-    await eventually(async () => (await certState(p1, WEB)) === "valid" && (await certState(p2, DB)) === "valid", 30_000, "both nodes' certificates").catch((e) => {
-      const certLines = (p: ProxyProcess) => p.proc.stderr().split("\n").filter((l) => l.includes("proxy/certs")).slice(-3).join("\n");
-      throw new Error(`${(e as Error).message}\nnode 1: ${certLines(p1)}\nnode 2: ${certLines(p2)}\nca: ${ca.stderr().slice(-1500)}`);
+    mesh = await createMeshNodes({
+      pods: [
+        { name: "web-0", namespace: "shop", node: 1, serviceAccount: "web" },
+        { name: "db-0", namespace: "shop", node: 2, serviceAccount: "db" },
+        { name: "cache-0", namespace: "shop", node: 2, serviceAccount: "cache", registryServiceAccount: "cache-x" },
+      ],
     });
-
+    [n1, n2] = mesh.nodes;
+    [p1, p2] = mesh.proxies;
+    fabric = mesh.fabric;
+    web = mesh.pods["web-0"]!;
+    db = mesh.pods["db-0"]!;
+    cache = mesh.pods["cache-0"]!;
     n2.tool(db, ["sink", "--port", "8080"]);
     n2.tool(cache, ["echo", "--port", "7000"]);
     http = db.spawn(["/usr/bin/python3", "-m", "http.server", "8000", "--bind", "0.0.0.0", "--directory", n2.tmp]);
@@ -101,10 +53,7 @@ netnsDescribe("proxy: HBONE across two nodes", () => {
   }, T);
 
   afterAll(async () => {
-    await fabric?.destroy();
-    await ca?.stop(3000).catch(() => undefined);
-    await n2?.destroy();
-    await n1?.destroy();
+    await mesh?.destroy();
   }, T);
 
   test(
