@@ -113,9 +113,13 @@ export function bunSocketStream(): BunSocketStream {
       d.destroy(err);
     },
     close(_s: BunSocket, err?: Error) {
-      // Bun reports a reset as a close with an error; a clean close after both FINs as none.
-      // A clean close only ends the readable side: buffered bytes still reach the reader.
+      // Bun reports a reset as a close with an error, a clean close after both FINs as none —
+      // and sometimes a peer's RST as a clean close too (seen on 1.4.5: the app reset, Bun said
+      // close, the next write failed EPIPE). A close before our own FIN (or with bytes still to
+      // write) cannot be the clean end of both directions: it is passed on as a reset, not as an
+      // end of stream (which would reach the other side as a FIN first).
       if (err) d.destroy(err);
+      else if (!ended || pending) d.destroy(Object.assign(new Error("the peer closed the connection before our side finished"), { code: "ECONNRESET" }));
       else d.push(null);
     },
   };

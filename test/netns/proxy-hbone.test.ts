@@ -207,9 +207,48 @@ for (const relay of ["splice", "userspace"] as const) {
       T,
     );
 
+    test(
+      "ztunnel's statuses: a closed app port answers 503 and the client is reset at once (not a timeout); a CONNECT for another pod's IP answers 400",
+      async () => {
+        const r = await web.exec(["curl", "-sS", "-m", "8", `http://${db.ip}:5999/`], { timeoutMs: 20_000 });
+        expect([7, 52, 56]).toContain(r.code);
+        const out = await records((c) => c.direction === "outbound" && c.originalDst === `${db.ip}:5999`);
+        expect(out.map((c) => [c.closeHow, c.error])).toEqual([["connect_failed", `hbone status: CONNECT ${db.ip}:5999 answered 503`]]);
+        const inb = await records((c) => c.direction === "inbound" && c.originalDst === `${db.ip}:5999`);
+        expect(inb.map((c) => [c.closeHow, c.error])).toEqual([["connect_failed", "ECONNREFUSED"]]);
+
+        const wrong = await pyClient("a", 10, `${web.ip}:7000`);
+        expect(wrong.status).toBe(400);
+      },
+      T,
+    );
+
+    test(
+      "a pod with tunnels enrolled and deleted 8 times: its 15008 listeners come and go in both threads, the client's pooled connections to it close, no fd leaks",
+      async () => {
+        const tmp = await env.sim.addPod({ name: "tmp-0", namespace: "ns-t" });
+        env.tool(tmp, ["echo", "--port", "7000"]);
+        await tmp.waitForTcpPort(7000);
+        const hboneListeners = async () => (await tmp.exec(["ss", "-ltnH"])).stdout.split("\n").filter((l) => /:15008\s/.test(l)).length;
+        const fds0 = p.fdCount();
+        for (let i = 0; i < 8; i++) {
+          await env.enroll(tmp, { serviceAccount: "tmp" });
+          await eventually(async () => (await hboneListeners()) === 2, 10_000, `tmp's 15008 listeners (cycle ${i})`);
+          const r = await env.toolRun(web, ["many", "--host", tmp.ip, "--port", "7000", "--conns", "5", "--bytes", "1000"]);
+          expect(r).toMatchObject({ ok: 5, failed: 0 });
+          await env.unenroll(tmp);
+          await eventually(async () => (await hboneListeners()) === 0, 10_000, `tmp's 15008 listeners gone (cycle ${i})`);
+        }
+        const tunnelled = await records((c) => c.direction === "outbound" && c.originalDst === `${tmp.ip}:7000` && c.security === "mutual_tls" && c.closeHow === "done");
+        expect(tunnelled.length).toBe(40);
+        await eventually(() => p.fdCount() <= fds0, 10_000, `proxy fds back to ${fds0} (now ${p.fdCount()})`);
+      },
+      T,
+    );
+
     /** Runs the Python HBONE client in `ext` against db's 15008; returns its JSON line. */
-    async function pyClient(cert: string | undefined, size = 100_000): Promise<Record<string, any>> {
-      const args = [PY, join(FIXTURES, "hbone-client.py"), "--connect", `${db.ip}:15008`, "--ca", files.root!, "--expect", ID_B, "--authority", `${db.ip}:7000`, "--size", String(size)];
+    async function pyClient(cert: string | undefined, size = 100_000, authority = `${db.ip}:7000`): Promise<Record<string, any>> {
+      const args = [PY, join(FIXTURES, "hbone-client.py"), "--connect", `${db.ip}:15008`, "--ca", files.root!, "--expect", ID_B, "--authority", authority, "--size", String(size)];
       if (cert) args.push("--cert", files[`${cert}.crt`]!, "--key", files[`${cert}.key`]!);
       args.push("--forwarded", `for="${ext.ip}:4000"`, "--traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
       const r = await ext.exec(args, { timeoutMs: 30_000 });
