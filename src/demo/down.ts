@@ -2,7 +2,8 @@
 // from any later process, using only its recorded state and netsim's owner markers.
 import { listNetns } from "../sim/namespace.ts";
 import { cleanupStale } from "../sim/stale.ts";
-import { DEMO_PREFIX, readRecords, recordStatus, teardownRecord } from "./env.ts";
+import { DEMO_PREFIX } from "./env.ts";
+import { readRecords, recordedNodes, recordStatus, teardownRecord } from "./state.ts";
 import { plural, type Printer } from "./printer.ts";
 
 export async function down(out: Printer, json: boolean): Promise<number> {
@@ -10,17 +11,17 @@ export async function down(out: Printer, json: boolean): Promise<number> {
     console.error("nshub demo --down: needs root (it removes network namespaces)");
     return 1;
   }
-  const removed: { node: string | undefined; namespaces: string[]; processes: number; errors: string[] }[] = [];
+  const removed: { node: string | undefined; nodes: string; namespaces: string[]; processes: number; errors: string[] }[] = [];
   const skipped: string[] = [];
   for (const rec of await readRecords()) {
     const status = recordStatus(rec);
     if (status === "running") {
-      skipped.push(`a demo is running in process ${rec.ownerPid} (node ${rec.nodeNetns ?? "being built"}): it tears itself down when it ends; stop it with Ctrl-C`);
+      skipped.push(`a demo is running in process ${rec.ownerPid} (nodes ${recordedNodes(rec)}): it tears itself down when it ends; stop it with Ctrl-C`);
       continue;
     }
-    out.line(`tearing down the ${status === "kept" ? "demo left running with --keep" : "leftovers of an interrupted demo"} (node ${rec.nodeNetns ?? "?"}) …`);
+    out.line(`tearing down the ${status === "kept" ? "demo left running with --keep" : "leftovers of an interrupted demo"} (nodes ${recordedNodes(rec)}) …`);
     const r = await teardownRecord(rec);
-    removed.push({ node: rec.nodeNetns, ...r });
+    removed.push({ node: rec.nodeNetns, nodes: recordedNodes(rec), ...r });
     out.line(`  stopped ${plural(r.processes, "process", "processes")}, removed ${plural(r.namespaces.length, "namespace")}${r.namespaces.length ? ` (${r.namespaces.join(", ")})` : ""} and ${rec.workDir}`);
     for (const e of r.errors) out.line(`  ${out.mark(false)} ${e}`);
   }

@@ -1,17 +1,13 @@
 // The ground `nshub demo` stands on: which binary runs the daemons, what the machine must have,
-// the state file that lets `nshub demo --down` (a new process) find a demo kept with --keep,
-// detached daemons that outlive the demo process, and the teardown of a recorded demo.
+// and detached daemons that outlive the demo process. The state file and the teardown of a
+// recorded demo are in state.ts.
 //
-// Layout: every demo has a work dir /run/nshub-demo/demo-XXXXXX/ holding its config, sockets,
-// agent state, logs and `demo.json` (this module's DemoRecord). Its namespaces come from
-// src/sim with the prefix "nshd-" (tag nshd-<6 hex>), distinct from the tests' "nsh-".
-import { existsSync, openSync, closeSync, readFileSync, readdirSync, writeFileSync, renameSync, statSync, constants as fsConstants, accessSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, readdir, rm, rmdir } from "node:fs/promises";
+// Its namespaces come from src/sim with the prefix "nshd-" (tag nshd-<6 hex>), distinct from the
+// tests' "nsh-"; its files live in a work dir under /run/nshub-demo/ (see state.ts).
+import { existsSync, openSync, closeSync, readFileSync, statSync, constants as fsConstants, accessSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
 import { STD_CNI_DIR } from "../sim/cni-runner.ts";
-import { listNetns, NETNS_DIR } from "../sim/namespace.ts";
-import { run, type ExecResult } from "../sim/process.ts";
-import { MARKER_DIR } from "../sim/stale.ts";
+import { NETNS_DIR } from "../sim/namespace.ts";
 
 /** netsim prefix of every demo namespace (`nshd-<6 hex>-node`, `-p1`, …). */
 export const DEMO_PREFIX = "nshd-";
@@ -60,6 +56,7 @@ export const REQUIRED_TOOLS: ReadonlyArray<readonly [tool: string, pkg: string]>
   ["socat", "socat"],
   ["curl", "curl"],
   ["iperf3", "iperf3"],
+  ["tcpdump", "tcpdump"],
 ];
 export const REQUIRED_CNI_PLUGINS = ["loopback", "bridge", "host-local"] as const;
 
@@ -138,8 +135,10 @@ export function alive(pid: number, start: string | null): boolean {
 }
 
 export interface RecordedProcess {
-  /** What it is: agent, proxy, web-http, web-echo, web-iperf3. */
+  /** What it is: agent, proxy, ca, web-http, web-echo, web-iperf3, backend-http, backend-echo. */
   role: string;
+  /** The node it runs on ("node-1", "node-2"). */
+  node?: string;
   pid: number;
   start: string | null;
   netns: string;
@@ -161,13 +160,13 @@ export function childEnv(extra: Record<string, string> = {}): Record<string, str
  * Ctrl-C in the demo's terminal does not reach it: the demo stops it itself, in order.
  * `ip netns exec` execs the command, so the pid is the command's own.
  */
-export function spawnDetached(role: string, netns: string, argv: string[], log: string, env: Record<string, string>): RecordedProcess {
+export function spawnDetached(role: string, netns: string, argv: string[], log: string, env: Record<string, string>, node?: string): RecordedProcess {
   const fd = openSync(log, "a", 0o640);
   try {
     const full = ["ip", "netns", "exec", netns, ...argv];
     const proc = Bun.spawn(full, { stdio: ["ignore", fd, fd], env, detached: true });
     proc.unref();
-    return { role, pid: proc.pid, start: pidStart(proc.pid), netns, argv, log };
+    return { role, ...(node ? { node } : {}), pid: proc.pid, start: pidStart(proc.pid), netns, argv, log };
   } finally {
     closeSync(fd);
   }
@@ -200,146 +199,4 @@ export function tail(path: string, n = 15): string {
   } catch {
     return "(no log)";
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// the state file
-
-export interface DemoRecord {
-  version: 1;
-  /** The `nshub demo` process that created it, and its start time. */
-  ownerPid: number;
-  ownerStart: string | null;
-  /** Left running on purpose (--keep): only `nshub demo --down` removes it. */
-  kept: boolean;
-  startedAt: string;
-  workDir: string;
-  exe: string;
-  /** netsim tag (nshd-<6 hex>), its temp dir and its owner marker; set once the node exists. */
-  tag?: string;
-  nodeNetns?: string;
-  simTmpDir?: string;
-  pods: { namespace: string; name: string; netns: string; ip: string; uid: string }[];
-  processes: RecordedProcess[];
-}
-
-export async function createWorkDir(): Promise<string> {
-  await mkdir(DEMO_ROOT, { recursive: true, mode: 0o755 });
-  return mkdtemp(join(DEMO_ROOT, "demo-"));
-}
-
-/** Written atomically (temp file + rename): a reader never sees half a record. */
-export function writeRecord(rec: DemoRecord): void {
-  const path = join(rec.workDir, STATE_FILE_NAME);
-  writeFileSync(`${path}.tmp`, JSON.stringify(rec, null, 2) + "\n");
-  renameSync(`${path}.tmp`, path);
-}
-
-export async function readRecords(): Promise<DemoRecord[]> {
-  let dirs: string[];
-  try {
-    dirs = await readdir(DEMO_ROOT);
-  } catch {
-    return [];
-  }
-  const out: DemoRecord[] = [];
-  for (const d of dirs.sort()) {
-    if (!/^demo-[A-Za-z0-9]+$/.test(d)) continue;
-    try {
-      const rec = JSON.parse(await readFile(join(DEMO_ROOT, d, STATE_FILE_NAME), "utf8")) as DemoRecord;
-      if (rec.version === 1 && rec.workDir === join(DEMO_ROOT, d)) out.push(rec);
-    } catch {
-      // a dir without a readable record: its owner died before writing one; removeOrphanDirs
-      out.push({ version: 1, ownerPid: 0, ownerStart: null, kept: false, startedAt: "", workDir: join(DEMO_ROOT, d), exe: "", pods: [], processes: [] });
-    }
-  }
-  return out;
-}
-
-export type RecordStatus = "running" | "kept" | "crashed";
-
-/** running: its demo process still runs it; kept: --keep, owner gone; crashed: owner gone without teardown. */
-export function recordStatus(rec: DemoRecord): RecordStatus {
-  if (rec.ownerPid > 0 && alive(rec.ownerPid, rec.ownerStart)) return "running";
-  return rec.kept ? "kept" : "crashed";
-}
-
-// ---------------------------------------------------------------------------------------------
-// teardown of a recorded demo (--down, and stale ones at start)
-
-export interface TeardownReport {
-  namespaces: string[];
-  processes: number;
-  errors: string[];
-}
-
-/** Namespaces of a netsim tag (the node and its pods). */
-export async function tagNamespaces(tag: string): Promise<string[]> {
-  return (await listNetns()).filter((n) => n.startsWith(`${tag}-`));
-}
-
-/**
- * Removes everything a recorded demo made, without its NetSim object: the daemons and servers
- * (SIGTERM, then SIGKILL), whatever else still runs in its namespaces, the namespaces (pods
- * first, which takes their veths along; then the node with its bridge and rules), netsim's temp
- * dir and marker, and the work dir. Every step is tried; errors are collected.
- */
-export async function teardownRecord(rec: DemoRecord): Promise<TeardownReport> {
-  const report: TeardownReport = { namespaces: [], processes: 0, errors: [] };
-  const step = async (what: string, f: () => Promise<unknown>) => {
-    try {
-      await f();
-    } catch (e) {
-      report.errors.push(`${what}: ${(e as Error).message}`);
-    }
-  };
-  // Servers first, then the proxy (it drains), then the agent.
-  const order = (r: string) => (r === "agent" ? 2 : r === "proxy" ? 1 : 0);
-  for (const rank of [0, 1, 2]) {
-    const group = rec.processes.filter((p) => order(p.role) === rank);
-    report.processes += group.filter((p) => alive(p.pid, p.start)).length;
-    await step("stopping processes", () => stopProcesses(group));
-  }
-  if (rec.tag) {
-    const names = await tagNamespaces(rec.tag);
-    names.sort((a, b) => Number(a.endsWith("-node")) - Number(b.endsWith("-node")));
-    for (const name of names) {
-      await step(`removing netns ${name}`, async () => {
-        await deleteNetnsHard(name);
-        report.namespaces.push(name);
-      });
-    }
-    if (rec.simTmpDir && rec.simTmpDir.includes(`nshub-netsim-${rec.tag}-`)) await step("removing the node's temp dir", () => rm(rec.simTmpDir!, { recursive: true, force: true }));
-    await step("removing the netsim marker", () => rm(join(MARKER_DIR, `${rec.tag}.json`), { force: true }));
-  }
-  if (rec.workDir.startsWith(`${DEMO_ROOT}/demo-`)) await step("removing the work dir", () => rm(rec.workDir, { recursive: true, force: true }));
-  await rmdir(DEMO_ROOT).catch(() => undefined); // only when empty
-  return report;
-}
-
-/** Kills what still runs in a namespace, then deletes it (a missing one is fine). */
-export async function deleteNetnsHard(name: string): Promise<void> {
-  if (!(await listNetns()).includes(name)) return;
-  const pids = (await run(["ip", "netns", "pids", name])).stdout
-    .split("\n")
-    .map((l) => Number(l.trim()))
-    .filter((p) => Number.isInteger(p) && p > 1 && p !== process.pid);
-  await stopProcesses(pids.map((pid) => ({ pid, start: null })), 1000);
-  const r: ExecResult = await run(["ip", "netns", "del", name]);
-  if (r.code !== 0 && (await listNetns()).includes(name)) throw new Error(`ip netns del ${name}: ${r.stderr.trim()}`);
-}
-
-/** Processes whose command line mentions `needle` (e.g. a demo's work dir), except this one. */
-export function processesMentioning(needle: string): number[] {
-  const out: number[] = [];
-  for (const d of readdirSync("/proc")) {
-    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
-    try {
-      const cmd = readFileSync(`/proc/${d}/cmdline`, "utf8").replaceAll("\0", " ");
-      if (cmd.includes(needle) && alive(Number(d), null)) out.push(Number(d));
-    } catch {
-      // gone
-    }
-  }
-  return out;
 }

@@ -1,22 +1,32 @@
-// `nshub demo`: nshub working on a virtual node, in one command. The story, one file per step
+// `nshub demo`: nshub working on two virtual nodes, in one command. The story, one file per step
 // (steps/):
 //
-//   1. checks the machine (root, iproute2, iptables, ipset, socat, curl, iperf3, CNI plugins);
-//   2. builds a node out of network namespaces (src/sim, prefix "nshd-"): a namespace with a
-//      bridge and no uplink, and a private CNI dir + conflist in which nshub-cni (this binary,
-//      linked as nshub-cni) is chained after loopback, bridge and host-local;
-//   3. starts `nshub agent` and `nshub proxy` inside the node (this binary runs itself; from
-//      source, dist/nshub) as detached processes with a generated config;
-//   4. creates pods through that chain: demo/web and demo/client (enrolled namespace "demo"),
-//      other/outsider (not enrolled); shows each enrolled pod's identity and certificate
-//      (`nshub certs`: the proxy signs them with a local CA the demo made with `nshub ca init`);
+//   1. checks the machine (root, iproute2, iptables, ipset, socat, curl, iperf3, tcpdump, CNI
+//      plugins);
+//   2. builds two nodes out of network namespaces (src/sim, prefix "nshd-"), each a namespace with
+//      a bridge, its own pod subnet and no uplink, and a private CNI dir + conflist in which
+//      nshub-cni (this binary, linked as nshub-cni) is chained after loopback, bridge and
+//      host-local; joins them by a routed fabric namespace (src/sim/fabric.ts); makes the demo's
+//      CA (`nshub ca init`);
+//   3. starts `nshub agent` on each node, then the CA (`nshub ca serve` in pod
+//      istio-system/nshub-ca on node 1, a token per node from `nshub ca issue-node`), then
+//      `nshub proxy` on each node (this binary runs itself; from source, dist/nshub), detached;
+//   4. creates pods through each node's chain: demo/web and demo/client (enrolled namespace
+//      "demo") and other/outsider (not enrolled) on node 1, demo/backend on node 2; writes each
+//      proxy's workloads file with the other node's pods; shows each enrolled pod's identity and
+//      certificate (`nshub certs` on both nodes, one root);
 //   5. starts servers in demo/web: an HTTP server that answers with the client address it saw
-//      (`nshub demo --serve-http`, see serve.ts), a socat TCP echo, an iperf3 server;
-//   6. sends real traffic from demo/client: curl, a TCP echo (kept open), a 1 s iperf3 burst;
+//      (`nshub demo --serve-http`, see serve.ts), a socat TCP echo, an iperf3 server; and the
+//      HTTP server and echo in demo/backend;
+//   6. sends real traffic from demo/client to demo/web: curl, a TCP echo (kept open), iperf3;
 //   7. sends the same HTTP request from other/outsider;
-//   8. shows what the proxy saw: `nshub pods`, `nshub connections`, the captured connections,
+//   8. shows what node 1's proxy saw: `nshub pods`, `nshub connections`, the captured connections,
 //      what the servers saw, the metrics that moved;
-//   9. tears everything down (also on Ctrl-C, SIGTERM or any failure: teardown.ts) — or, with
+//   9. across the nodes: demo/client → demo/backend with a random marker, under tcpdump on the
+//      fabric: the server sees the client's IP, both proxies record mutual TLS with both
+//      identities, the marker is nowhere on the wire and every connection between the pods went
+//      to 15008 (a plaintext control from other/outsider shows the capture sees clear text);
+//  10. tears everything down (also on Ctrl-C, SIGTERM or any failure: teardown.ts) — or, with
 //      --keep, leaves it running, records it in /run/nshub-demo/ and prints how to explore it and
 //      remove it (`nshub demo --down`, down.ts, which works from any later process).
 // Then a summary of ✔/✘ checks (summary.ts); exit 0 only when all passed.
@@ -26,10 +36,12 @@ import { Printer, STEPS } from "./printer.ts";
 import { DemoError, DemoRun, Interrupted } from "./run.ts";
 import { serveHttp } from "./serve.ts";
 import { checkPrerequisites } from "./steps/prerequisites.ts";
-import { buildNode } from "./steps/node.ts";
+import { buildNodes } from "./steps/node.ts";
 import { startDaemons } from "./steps/daemons.ts";
 import { createPods } from "./steps/pods.ts";
 import { showIdentities } from "./steps/identity.ts";
+import { shareWorkloads } from "./steps/mesh.ts";
+import { crossNodes } from "./steps/cross-node.ts";
 import { startServers } from "./steps/servers.ts";
 import { sendFromOutsider, sendTraffic } from "./steps/traffic.ts";
 import { showWhatTheProxySaw } from "./steps/report.ts";
@@ -40,16 +52,20 @@ import { tearDown, type TeardownOutcome } from "./teardown.ts";
 const HELP = `usage: nshub demo [--keep] [--json]
        nshub demo --down
 
-Builds a virtual Kubernetes node out of network namespaces on this machine, starts the nshub
-agent and proxy in it, creates pods through a real CNI chain (loopback, bridge, host-local, then
-nshub-cni), sends real traffic between them (curl, a TCP echo, iperf3) and shows what the proxy
-captured: pods, their identities and certificates (from a local CA the demo makes), connections
-with the client IP the server saw, metrics. Everything stays inside
-namespaces the demo creates (the node has no uplink) and is removed at the end, also on Ctrl-C.
-Needs root, iproute2, iptables, ipset, socat, curl, iperf3 and containernetworking-plugins
-(scripts/demo installs them on Debian/Ubuntu). Takes about 5 to 10 seconds.
+Builds two virtual Kubernetes nodes out of network namespaces on this machine, joined by a
+routed fabric, starts the nshub agent and proxy on each, and a CA (nshub ca serve, in a pod)
+that gives both proxies their pods' certificates from one root. Creates pods through a real CNI
+chain (loopback, bridge, host-local, then nshub-cni), sends real traffic between them (curl, a
+TCP echo, iperf3) and shows what the proxies captured: pods, their identities and certificates,
+connections with the client IP the server saw, metrics. Then a request from a pod on node 1 to a
+pod on node 2, which the proxies carry in HBONE (mutual TLS to port 15008): both proxies' records
+with both identities, and a packet capture on the fabric in which the request's random marker
+never appears. Everything stays inside namespaces the demo creates (nothing has an uplink) and
+is removed at the end, also on Ctrl-C. Needs root, iproute2, iptables, ipset, socat, curl, iperf3,
+tcpdump and containernetworking-plugins (scripts/demo installs them on Debian/Ubuntu). Takes
+about 10 to 20 seconds.
 
-  --keep     leave the node, pods, agent and proxy running and print how to explore them
+  --keep     leave the nodes, pods, CA, agents and proxies running and print how to explore them
   --down     tear down a demo left running with --keep (works from any shell)
   --json     print a machine-readable summary on stdout (progress goes to stderr)
   -h, --help this text
@@ -84,18 +100,20 @@ export async function main(args: string[]): Promise<number> {
   return runDemo(new DemoRun({ keep: values.keep === true, json: values.json === true }));
 }
 
-/** The story, step by step (steps 1 to 8, then 9 with --keep; otherwise the teardown is step 9). */
+/** The story, step by step (steps 1 to 9, then 10 with --keep; otherwise the teardown is step 10). */
 async function story(demo: DemoRun): Promise<void> {
   await checkPrerequisites(demo);
-  await buildNode(demo);
+  await buildNodes(demo);
   await startDaemons(demo);
   await createPods(demo);
+  await shareWorkloads(demo);
   await showIdentities(demo);
   await startServers(demo);
   const before = await demo.metrics();
   await sendTraffic(demo);
   await sendFromOutsider(demo);
   await showWhatTheProxySaw(demo, before);
+  await crossNodes(demo);
   if (demo.opts.keep) keepRunning(demo);
 }
 
@@ -122,7 +140,7 @@ async function runDemo(demo: DemoRun): Promise<number> {
   process.on("SIGTERM", onTerm);
   process.on("SIGHUP", onHup);
 
-  demo.out.line(demo.out.bold("nshub demo — a virtual Kubernetes node in network namespaces, with live captured traffic"));
+  demo.out.line(demo.out.bold("nshub demo — two virtual Kubernetes nodes in network namespaces, with live captured traffic and mTLS between them"));
   demo.out.line("");
   let error: unknown;
   let kept = false;

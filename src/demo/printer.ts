@@ -1,8 +1,8 @@
 // How the demo prints: step headers, indented details, ✔/✘, bold and dim on a terminal. With
 // --json it writes to stderr, so that stdout holds only the JSON summary.
 
-/** The steps of the story, as the `[n/9]` headers count them. */
-export const STEPS = 9;
+/** The steps of the story, as the `[n/10]` headers count them. */
+export const STEPS = 10;
 
 const useColor = () => process.stdout.isTTY === true && !process.env.NO_COLOR;
 

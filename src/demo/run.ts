@@ -1,12 +1,15 @@
-// One run of `nshub demo`: what the steps share (the node, the pods, the record of what was
-// started, the checks and facts for the summary) and the few things every step does.
+// One run of `nshub demo`: what the steps share (the two nodes and the fabric between them, the
+// pods, the CA, the record of what was started, the checks and facts for the summary) and the few
+// things every step does.
 import { join } from "node:path";
+import type { Fabric } from "../sim/fabric.ts";
 import type { NetSim } from "../sim/node.ts";
 import type { Pod } from "../sim/namespace.ts";
 import type { SimProcess } from "../sim/process.ts";
-import { resolveBinary, writeRecord, type DemoBinary, type DemoRecord, type RecordedProcess } from "./env.ts";
+import { resolveBinary, type DemoBinary, type RecordedProcess } from "./env.ts";
 import { curlIn, parsePrometheus, snapshotOf, type MetricsSnapshot } from "./observe.ts";
 import { Printer } from "./printer.ts";
+import { writeRecord, type DemoRecord } from "./state.ts";
 
 export const WEB_HTTP_PORT = 8080;
 export const WEB_ECHO_PORT = 9000;
@@ -19,9 +22,14 @@ export const ECHO_TEXT = "hello through nshub";
 export const TRUST_DOMAIN = "cluster.local";
 /** demo/web's service account (CNI_ARGS K8S_POD_SERVICE_ACCOUNT); demo/client has none: "default". */
 export const WEB_SERVICE_ACCOUNT = "web";
+/** demo/backend (on node 2)'s service account. */
+export const BACKEND_SERVICE_ACCOUNT = "backend";
+/** Where `nshub ca serve` listens, in its pod istio-system/nshub-ca on node 1 (istiod's port). */
+export const CA_PORT = 15012;
+export const HBONE_PORT = 15008;
 
 export interface Check {
-  id: "enrolled" | "identity" | "captured-outbound" | "captured-inbound" | "source-ip" | "not-captured" | "bytes" | "teardown";
+  id: "enrolled" | "identity" | "captured-outbound" | "captured-inbound" | "source-ip" | "not-captured" | "bytes" | "cross-node" | "mtls" | "wire" | "teardown";
   title: string;
   ok: boolean;
   detail: string;
@@ -43,16 +51,52 @@ export interface HttpReply {
 }
 
 export interface DemoPods {
+  /** node 1 */
   web: Pod;
   client: Pod;
   outsider: Pod;
+  /** node 2 */
+  backend: Pod;
+}
+
+/** One virtual node of the demo: its netsim instance and its dir in the work dir. */
+export class DemoNode {
+  constructor(
+    /** Kubernetes node name: "node-1", "node-2". */
+    readonly name: string,
+    readonly sim: NetSim,
+    /** `<work dir>/<name>`: config, sockets, agent state, logs. */
+    readonly dir: string,
+  ) {}
+
+  /** The node's own namespace. */
+  get ns() {
+    return this.sim.node;
+  }
+
+  /** A file in this node's dir. */
+  path(file: string): string {
+    return join(this.dir, file);
+  }
+}
+
+/** The demo's CA: `nshub ca serve` in a plain pod of node 1, reached by both nodes' proxies. */
+export interface DemoCa {
+  pod: Pod;
+  /** ip:port */
+  address: string;
+  dir: string;
+  proc: RecordedProcess;
 }
 
 export class DemoRun {
   readonly out: Printer;
   readonly bin: DemoBinary;
   readonly checks: Check[] = [];
-  sim: NetSim | undefined;
+  /** node-1, node-2, in the order they were made. */
+  readonly nodes: DemoNode[] = [];
+  fabric: Fabric | undefined;
+  ca: DemoCa | undefined;
   record: DemoRecord | undefined;
   pods: Partial<DemoPods> = {};
   /** The TCP echo client of step 6, left open until step 8 shows it live. */
@@ -68,11 +112,25 @@ export class DemoRun {
     this.bin = resolveBinary();
   }
 
-  get node() {
-    return this.sim!.node;
+  /** Node 1's netsim instance (where the single-node part of the story happens). */
+  get sim(): NetSim | undefined {
+    return this.nodes[0]?.sim;
   }
 
-  /** The three pods, once step 4 made them. */
+  get n1(): DemoNode {
+    return this.nodes[0]!;
+  }
+
+  get n2(): DemoNode {
+    return this.nodes[1]!;
+  }
+
+  /** Node 1's own namespace. */
+  get node() {
+    return this.n1.ns;
+  }
+
+  /** The pods, once step 4 made them. */
   get allPods(): DemoPods {
     return this.pods as DemoPods;
   }
@@ -108,9 +166,9 @@ export class DemoRun {
     this.out.cmd(`${pod.podNamespace}/${pod.podName}: ${text}`);
   }
 
-  /** The proxy's traffic counters, or undefined when its metrics endpoint does not answer. */
-  async metrics(): Promise<MetricsSnapshot | undefined> {
-    const a = await curlIn(this.node, `${PROXY_METRICS}/metrics`);
+  /** A proxy's traffic counters (node 1's by default), or undefined when its metrics endpoint does not answer. */
+  async metrics(node: DemoNode = this.n1): Promise<MetricsSnapshot | undefined> {
+    const a = await curlIn(node.ns, `${PROXY_METRICS}/metrics`);
     if (a.status !== 200) return undefined;
     return snapshotOf(parsePrometheus(a.body));
   }

@@ -19,8 +19,11 @@ export function printSummary(demo: DemoRun, allOk: boolean, error: unknown, kept
   }
   if (demo.pods.client) {
     o.line("");
-    o.line(`  pods: ${[demo.pods.web, demo.pods.client, demo.pods.outsider].filter((p): p is Pod => p !== undefined).map((p) => `${p.podNamespace}/${p.podName} ${p.ip}`).join(", ")}`);
-    if (demo.facts.conflistPath) o.line(`  CNI chain: ${chainOf(demo.facts.conflist)} (conflist ${demo.facts.conflistPath}${kept ? "" : ", removed with the node"})`);
+    const pods = (ps: Array<Pod | undefined>) => ps.filter((p): p is Pod => p !== undefined).map((p) => `${p.podNamespace}/${p.podName} ${p.ip}`).join(", ");
+    o.line(`  node-1 pods: ${pods([demo.pods.web, demo.pods.client, demo.pods.outsider, demo.ca?.pod])}`);
+    if (demo.pods.backend) o.line(`  node-2 pods: ${pods([demo.pods.backend])}`);
+    if (demo.ca) o.line(`  CA: nshub ca serve at ${demo.ca.address} (pod istio-system/nshub-ca on node-1), one root for both nodes, a token per node`);
+    if (demo.facts.conflistPath) o.line(`  CNI chain: ${chainOf(demo.facts.conflist)} (node-1's conflist ${demo.facts.conflistPath}${kept ? "" : ", removed with the node"})`);
   }
   o.line("");
   if (demo.interruptedBy) o.line(`interrupted (${demo.interruptedBy}); everything the demo made was torn down${demo.checks.find((c) => c.id === "teardown")?.ok ? "" : " — see above for what was left"}`);
@@ -45,8 +48,10 @@ export function jsonSummary(demo: DemoRun, allOk: boolean, error: unknown, kept:
     error: error ? (error instanceof Error ? error.message : String(error)) : null,
     checks: demo.checks,
     node: demo.sim ? { netns: demo.sim.node.name, bridge: demo.sim.node.bridge, subnet: demo.sim.subnet, gateway: demo.sim.node.gateway } : null,
+    nodes: demo.nodes.map((n) => ({ name: n.name, netns: n.ns.name, bridge: n.ns.bridge, subnet: n.sim.subnet, gateway: n.ns.gateway, dir: n.dir, fabricIp: demo.fabric?.links.find((l) => l.node === n.sim)?.nodeIp ?? null })),
+    fabric: demo.fabric ? { netns: demo.fabric.ns.name, linkSubnet: demo.fabric.linkSubnet } : null,
     ...demo.facts,
-    processes: (demo.record?.processes ?? []).map((p) => ({ role: p.role, pid: p.pid, netns: p.netns, log: p.log })),
+    processes: (demo.record?.processes ?? []).map((p) => ({ role: p.role, node: p.node ?? null, pid: p.pid, netns: p.netns, log: p.log })),
     workDir: demo.record?.workDir ?? null,
     teardown: teardown ?? null,
     explore: kept ? demo.explore : [],

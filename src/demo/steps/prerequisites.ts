@@ -1,7 +1,8 @@
 // Step 1: the machine has what the demo needs, and no earlier demo is in the way.
 import { run } from "../../sim/process.ts";
 import { cleanupStale } from "../../sim/stale.ts";
-import { DEMO_PREFIX, displayPath, missingPrerequisites, missingText, readRecords, recordStatus, teardownRecord } from "../env.ts";
+import { DEMO_PREFIX, displayPath, missingPrerequisites, missingText } from "../env.ts";
+import { readRecords, recordedNodes, recordStatus, teardownRecord } from "../state.ts";
 import { plural } from "../printer.ts";
 import { DemoError, type DemoRun } from "../run.ts";
 
@@ -18,10 +19,10 @@ export async function checkPrerequisites(demo: DemoRun): Promise<void> {
   for (const rec of await readRecords()) {
     const status = recordStatus(rec);
     if (status === "running") {
-      demo.out.info(`another demo is running (pid ${rec.ownerPid}, node ${rec.nodeNetns ?? "being built"}); this one runs next to it`);
+      demo.out.info(`another demo is running (pid ${rec.ownerPid}, nodes ${recordedNodes(rec)}); this one runs next to it`);
     } else if (status === "kept") {
       throw new DemoError(
-        `a demo left running with --keep is still there (node ${rec.nodeNetns ?? "?"}, started ${rec.startedAt}).\n` +
+        `a demo left running with --keep is still there (nodes ${recordedNodes(rec)}, started ${rec.startedAt}).\n` +
           `tear it down first:  ${displayPath(demo.bin.exe)} demo --down`,
       );
     } else {
@@ -31,5 +32,5 @@ export async function checkPrerequisites(demo: DemoRun): Promise<void> {
   }
   const stale = await cleanupStale(DEMO_PREFIX);
   if (stale.length) demo.out.info(`removed ${stale.length} leftover namespaces of an earlier demo: ${stale.join(", ")}`);
-  demo.out.info("root; ip, ss, iptables, ipset, nsenter, socat, curl, iperf3; CNI plugins loopback, bridge, host-local in /usr/lib/cni: all present");
+  demo.out.info("root; ip, ss, iptables, ipset, nsenter, socat, curl, iperf3, tcpdump; CNI plugins loopback, bridge, host-local in /usr/lib/cni: all present");
 }

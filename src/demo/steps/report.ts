@@ -1,14 +1,14 @@
-// Step 8: what the proxy saw, shown with the operator's own commands where they work (`nshub pods`,
+// Step 8: what node 1's proxy saw of the traffic on node 1, shown with the operator's own commands where they work (`nshub pods`,
 // `nshub connections` inside the node), then every captured connection leg, what demo/web's
 // servers saw, and the metrics that moved. The checks are made from the same data (checks.ts).
 import { renderTable } from "../../cli/admin-client.ts";
 import { childEnv, displayPath } from "../env.ts";
 import { curlJson, deltaOf, httpClientsSeen, ipOf, readConnections, renderConnections, renderMetricsDelta, socatPeers, type Conn, type MetricsSnapshot } from "../observe.ts";
-import { PROXY_ADMIN, PROXY_METRICS, WEB_ECHO_PORT, WEB_HTTP_PORT, WEB_IPERF_PORT, type DemoRun } from "../run.ts";
+import { PROXY_ADMIN, PROXY_METRICS, WEB_ECHO_PORT, WEB_HTTP_PORT, WEB_IPERF_PORT, type DemoNode, type DemoRun } from "../run.ts";
 import { addTrafficChecks } from "./checks.ts";
 
 export async function showWhatTheProxySaw(demo: DemoRun, before: MetricsSnapshot | undefined): Promise<void> {
-  demo.step(8, "what the proxy saw");
+  demo.step(8, "what node-1's proxy saw");
   const { web, client, outsider } = demo.allPods;
   const exe = displayPath(demo.bin.exe);
   const nodeCmd = (args: string) => `ip netns exec ${demo.node.name} ${exe} ${args}`;
@@ -35,7 +35,7 @@ export async function showWhatTheProxySaw(demo: DemoRun, before: MetricsSnapshot
   const live = await nshubInNode(demo, ["connections"]);
   if (live.ok) demo.out.info(live.text);
   else {
-    const rep = await readConnections(demo.node, PROXY_ADMIN, demo.path("proxy.log"));
+    const rep = await readConnections(demo.node, PROXY_ADMIN, demo.n1.path("proxy.log"));
     demo.out.info(demo.out.dim(`(nshub connections: ${live.text.split("\n")[0]}; showing ${rep.source} instead)`));
     demo.out.info(renderConnections(rep.conns.filter((c) => c.live)));
   }
@@ -50,11 +50,11 @@ export async function showWhatTheProxySaw(demo: DemoRun, before: MetricsSnapshot
     cs.some((c) => c.pod === "demo/web" && c.direction === "inbound" && ipOf(c.src) === client.ip && c.dst === `${web.ip}:${WEB_HTTP_PORT}`) &&
     cs.some((c) => c.pod === "demo/web" && c.direction === "inbound" && ipOf(c.src) === outsider.ip) &&
     cs.some((c) => c.dst === `${web.ip}:${WEB_ECHO_PORT}` && !c.live);
-  let rep = await readConnections(demo.node, PROXY_ADMIN, demo.path("proxy.log"));
+  let rep = await readConnections(demo.node, PROXY_ADMIN, demo.n1.path("proxy.log"));
   for (let i = 0; i < 50 && !expect(rep.conns); i++) {
     demo.checkInterrupted();
     await Bun.sleep(100);
-    rep = await readConnections(demo.node, PROXY_ADMIN, demo.path("proxy.log"));
+    rep = await readConnections(demo.node, PROXY_ADMIN, demo.n1.path("proxy.log"));
   }
   // In the order the traffic was sent: curl, echo, iperf3, then the outsider; outbound leg first.
   const rank = (c: Conn) => {
@@ -75,8 +75,8 @@ export async function showWhatTheProxySaw(demo: DemoRun, before: MetricsSnapshot
   demo.facts.connections = conns;
 
   // what the servers saw
-  const seen = httpClientsSeen(demo.path("web-http.log"));
-  const echoPeers = socatPeers(demo.path("web-echo.log"));
+  const seen = httpClientsSeen(demo.n1.path("web-http.log"));
+  const echoPeers = socatPeers(demo.n1.path("web-echo.log"));
   demo.out.line("");
   demo.out.info("what demo/web's servers saw (their own logs):");
   const who = (ip: string) => (ip === client.ip ? "demo/client's pod IP" : ip === outsider.ip ? "other/outsider's pod IP" : "not a pod IP!");
@@ -105,8 +105,8 @@ export async function showWhatTheProxySaw(demo: DemoRun, before: MetricsSnapshot
   addTrafficChecks(demo, conns, seen, echoPeers, delta);
 }
 
-/** An operator command (`nshub pods`, …) run inside the node, where the admin addresses are. */
-export async function nshubInNode(demo: DemoRun, args: string[]): Promise<{ ok: boolean; text: string }> {
-  const r = await demo.node.exec([demo.bin.exe, ...args], { timeoutMs: 20_000, env: childEnv() });
+/** An operator command (`nshub pods`, …) run inside a node (node 1 by default), where the admin addresses are. */
+export async function nshubInNode(demo: DemoRun, args: string[], node: DemoNode = demo.n1): Promise<{ ok: boolean; text: string }> {
+  const r = await node.ns.exec([demo.bin.exe, ...args], { timeoutMs: 20_000, env: childEnv() });
   return { ok: r.code === 0, text: (r.code === 0 ? r.stdout : r.stderr || r.stdout).trimEnd() };
 }

@@ -52,7 +52,7 @@ async function curlWeb(demo: DemoRun, pod: Pod, fact: "http" | "outsiderHttp"): 
   demo.facts[fact] = { from: `${pod.podNamespace}/${pod.podName}`, url, reply };
 }
 
-async function httpFrom(pod: Pod, url: string): Promise<HttpReply> {
+export async function httpFrom(pod: Pod, url: string): Promise<HttpReply> {
   const r = await pod.exec(["curl", "-sS", "-m", "10", url], { timeoutMs: 20_000, env: childEnv() });
   try {
     const j = JSON.parse(r.stdout) as HttpReply;
