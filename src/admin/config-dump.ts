@@ -17,7 +17,7 @@
 //   }
 //
 // conn = {id, src, originalDst, actualDst, protocol: "TCP" | "HBONE" (with srcIdentity, dstIdentity,
-// hboneAddr), state, bytesSent, bytesReceived, startedAt, ageSeconds}; bytes are counted from the
+// tunnelAddr), state, bytesSent, bytesReceived, startedAt, ageSeconds}; bytes are counted from the
 // source's (client's) side.
 // cert = {pem, serialNumber, validFrom, expirationTime} as ztunnel dumps it (its dump_certs):
 // pem base64 of the PEM text, the serial in decimal, times RFC 3339 UTC to the second; state
@@ -54,8 +54,8 @@ export interface DumpConnection {
   protocol: "TCP" | "HBONE";
   srcIdentity?: string;
   dstIdentity?: string;
-  /** The tunnel's far end. */
-  hboneAddr?: string;
+  /** The tunnel's TCP endpoint: the destination pod's <IP>:15008. */
+  tunnelAddr?: string;
   state: string;
   /** client → destination */
   bytesSent: number;
@@ -106,7 +106,7 @@ function dumpConnection(c: ConnectionView, now: number): DumpConnection {
     originalDst: endpoint(c.originalDst),
     actualDst: endpoint(c.upstream),
     protocol: c.mtls ? "HBONE" : "TCP",
-    ...(c.mtls ? { srcIdentity: c.mtls.srcIdentity, dstIdentity: c.mtls.dstIdentity, hboneAddr: c.mtls.hboneAddr } : {}),
+    ...(c.mtls ? { srcIdentity: c.mtls.srcIdentity, dstIdentity: c.mtls.dstIdentity, tunnelAddr: c.mtls.tunnelAddr } : {}),
     state: c.state,
     bytesSent: c.bytesSent,
     bytesReceived: c.bytesReceived,

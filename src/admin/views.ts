@@ -60,7 +60,7 @@ export interface ConnectionView {
   /** e.g. connecting / open / half_closed. */
   readonly state: string;
   /** Set when the connection rides HBONE (mutual TLS): the identities on both ends. */
-  readonly mtls?: { readonly srcIdentity: string; readonly dstIdentity: string; readonly hboneAddr: string };
+  readonly mtls?: { readonly srcIdentity: string; readonly dstIdentity: string; readonly tunnelAddr: string };
 }
 
 export interface Readiness {

@@ -40,6 +40,7 @@ export interface PoolOptions {
 
 interface Entry {
   key: string;
+  sourceIp: string | undefined;
   conn?: HboneConnection;
   dialing?: Promise<HboneConnection>;
   /** Streams open or promised (waiting on the dial). */
@@ -130,13 +131,22 @@ export class HbonePool {
     for (const list of this.entries.values()) for (const e of [...list]) this.drop(e);
   }
 
+  /**
+   * Closes the connections made for these source IPs (a source pod that left: its sockets
+   * live in its netns and would keep that alive until they idle out).
+   */
+  closeSources(ips: Iterable<string>): void {
+    const gone = new Set(ips);
+    for (const list of [...this.entries.values()]) for (const e of [...list]) if (e.sourceIp !== undefined && gone.has(e.sourceIp)) this.drop(e);
+  }
+
   private reserve(r: PoolRequest): Entry {
     const key = HbonePool.key(r);
     const list = this.entries.get(key) ?? [];
     this.entries.set(key, list);
     let e = list.find((x) => !x.closed && x.streams < x.limit && !(x.conn && dead(x.conn)));
     if (!e) {
-      e = { key, streams: 0, open: 0, limit: this.max, closed: false };
+      e = { key, sourceIp: r.sourceIp, streams: 0, open: 0, limit: this.max, closed: false };
       list.push(e);
       this.dial(e, r);
     }

@@ -75,13 +75,15 @@ export function createConnectionObserver(opts: ConnectionObserverOptions): Conne
             namespace: outbound ? rec.pod.namespace : known(labels?.source_workload_namespace),
             identity: rec.mtls?.srcIdentity,
           },
+          // Over HBONE, ztunnel's dst.addr is the tunnel's TCP endpoint (<pod IP>:15008) and
+          // dst.hbone_addr the target inside it (the :authority).
           dst: {
-            addr: fmt(rec.upstream),
-            originalAddr: fmt(rec.originalDst),
+            addr: rec.mtls ? rec.mtls.tunnelAddr : fmt(rec.upstream),
+            originalAddr: rec.mtls ? undefined : fmt(rec.originalDst),
             workload: outbound ? known(labels?.destination_workload) : rec.pod.name,
             namespace: outbound ? known(labels?.destination_workload_namespace) : rec.pod.namespace,
             identity: rec.mtls?.dstIdentity,
-            hboneAddr: rec.mtls?.hboneAddr,
+            hboneAddr: rec.mtls ? fmt(rec.upstream) : undefined,
           },
           // From the enrolled pod's side: outbound it is the client, inbound the server.
           bytesSent: outbound ? rec.bytesSent : rec.bytesReceived,

@@ -81,7 +81,7 @@ function serverFor(pod: PodProxy, ctx: HboneContext, identity: string, cert: Par
       source,
       originalDst: req.target,
       upstream: req.target,
-      mtls: { srcIdentity: req.peerIdentity, dstIdentity: identity, hboneAddr: fmt(source) },
+      mtls: { srcIdentity: req.peerIdentity, dstIdentity: identity, tunnelAddr: fmt({ ip: req.target.ip, port: HBONE_PORT }) },
     });
     records.set(req, { rec });
     return rec;

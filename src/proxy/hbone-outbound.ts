@@ -15,7 +15,7 @@ import { fmt, type ConnectionRecord } from "./records.ts";
 
 /** The record's mTLS facts for an outbound HBONE connection (before the tunnel exists). */
 export function outboundMtls(ctx: HboneContext, pod: PodProxy, dst: SocketAddress, mesh: MeshEntry): ConnectionRecord["mtls"] {
-  return { srcIdentity: ctx.identityOf(pod.ref), dstIdentity: mesh.identities[0] ?? "", hboneAddr: fmt({ ip: dst.ip, port: HBONE_PORT }) };
+  return { srcIdentity: ctx.identityOf(pod.ref), dstIdentity: mesh.identities[0] ?? "", tunnelAddr: fmt({ ip: dst.ip, port: HBONE_PORT }) };
 }
 
 /**

@@ -145,6 +145,8 @@ export class PodProxy {
     this.#closed = true;
     this.#listenersClosed = this.stopAccepting();
     this.closeConnections(how);
+    // Its pooled HBONE connections were made in its netns (and would keep it alive).
+    this.deps.hbone?.pool.closeSources(this.net.addresses);
     this.netns.close();
     return this.#listenersClosed;
   }

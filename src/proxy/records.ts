@@ -57,8 +57,8 @@ export interface Denial {
 export interface MtlsInfo {
   srcIdentity: string;
   dstIdentity: string;
-  /** The tunnel's far end (outbound: `<dst pod IP>:15008`; inbound: the client's address). */
-  hboneAddr: string;
+  /** The tunnel's TCP endpoint: the destination pod's `<IP>:15008` (both directions). */
+  tunnelAddr: string;
 }
 
 export interface ConnectionRecord {
@@ -125,7 +125,7 @@ export function recordJson(r: ConnectionRecord): Record<string, unknown> {
     error: r.error ?? null,
     ...(r.denial ? { denial: r.denial } : {}),
     security: r.mtls ? "mutual_tls" : "none",
-    ...(r.mtls ? { srcIdentity: r.mtls.srcIdentity, dstIdentity: r.mtls.dstIdentity, hboneAddr: r.mtls.hboneAddr } : {}),
+    ...(r.mtls ? { srcIdentity: r.mtls.srcIdentity, dstIdentity: r.mtls.dstIdentity, tunnelAddr: r.mtls.tunnelAddr } : {}),
   };
 }
 

@@ -175,7 +175,7 @@ netnsDescribe("nshub demo (dist/nshub, real namespaces, CNI plugins, agent, prox
         marker: string;
         reply: { server: string; client: string; path: string };
         serverSaw: { http: string[]; echo: string[] };
-        node1Outbound: { security: string; srcIdentity: string; dstIdentity: string; hboneAddr: string };
+        node1Outbound: { security: string; srcIdentity: string; dstIdentity: string; tunnelAddr: string };
         node2Inbound: { security: string; srcIdentity: string; dstIdentity: string; source: string };
         control: { reply: { path: string } };
       };
@@ -228,7 +228,7 @@ netnsDescribe("nshub demo (dist/nshub, real namespaces, CNI plugins, agent, prox
     expect(x.reply.client.split(":")[0]).toBe(client);
     expect(x.serverSaw.http).toContain(client);
     expect(x.serverSaw.echo).toContain(client);
-    expect(x.node1Outbound).toMatchObject({ security: "mutual_tls", srcIdentity: "spiffe://cluster.local/ns/demo/sa/default", dstIdentity: "spiffe://cluster.local/ns/demo/sa/backend", hboneAddr: `${backend}:15008` });
+    expect(x.node1Outbound).toMatchObject({ security: "mutual_tls", srcIdentity: "spiffe://cluster.local/ns/demo/sa/default", dstIdentity: "spiffe://cluster.local/ns/demo/sa/backend", tunnelAddr: `${backend}:15008` });
     expect(x.node2Inbound).toMatchObject({ security: "mutual_tls", srcIdentity: "spiffe://cluster.local/ns/demo/sa/default", dstIdentity: "spiffe://cluster.local/ns/demo/sa/backend" });
     expect(x.node2Inbound.source.split(":")[0]).toBe(client);
     // … and on the wire it was never readable; every connection between the pods went to 15008.

@@ -14,7 +14,7 @@ const T = 120_000;
 const WEB = "spiffe://cluster.local/ns/shop/sa/web";
 const DB = "spiffe://cluster.local/ns/shop/sa/db";
 
-type Rec = ConnJson & { security?: string; srcIdentity?: string; dstIdentity?: string; hboneAddr?: string };
+type Rec = ConnJson & { security?: string; srcIdentity?: string; dstIdentity?: string; tunnelAddr?: string };
 
 netnsDescribe("proxy: HBONE across two nodes", () => {
   let mesh: MeshNodes;
@@ -82,7 +82,7 @@ netnsDescribe("proxy: HBONE across two nodes", () => {
       expect(wire.containsBytes(new Uint8Array([0x16, 0x03, 0x01]))).toBe(true); // a TLS handshake record
 
       const out = await records(p1, (c) => c.direction === "outbound" && c.originalDst === `${db.ip}:8080` && c.closeHow === "done");
-      expect(out[0]).toMatchObject({ security: "mutual_tls", srcIdentity: WEB, dstIdentity: DB, hboneAddr: `${db.ip}:15008` });
+      expect(out[0]).toMatchObject({ security: "mutual_tls", srcIdentity: WEB, dstIdentity: DB, tunnelAddr: `${db.ip}:15008` });
       const inb = await records(p2, (c) => c.direction === "inbound" && c.originalDst === `${db.ip}:8080` && c.closeHow === "done");
       expect(inb[0]).toMatchObject({ security: "mutual_tls", srcIdentity: WEB, dstIdentity: DB });
       expect(inb[0]!.source.startsWith(`${web.ip}:`)).toBe(true);

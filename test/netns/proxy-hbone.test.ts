@@ -18,7 +18,7 @@ const T = 120_000;
 const PY = "/usr/bin/python3";
 const FIXTURES = join(import.meta.dir, "..", "fixtures");
 
-type Rec = ConnJson & { security?: string; srcIdentity?: string; dstIdentity?: string; hboneAddr?: string };
+type Rec = ConnJson & { security?: string; srcIdentity?: string; dstIdentity?: string; tunnelAddr?: string };
 
 for (const relay of ["splice", "userspace"] as const) {
   netnsDescribe(`proxy (${relay} relay): HBONE between pods of one node`, () => {
@@ -105,8 +105,8 @@ for (const relay of ["splice", "userspace"] as const) {
         const legs = await records((c) => c.originalDst === `${db.ip}:8080` && c.closeHow === "done");
         const out = legs.find((c) => c.direction === "outbound")!;
         const inb = legs.find((c) => c.direction === "inbound")!;
-        expect(out).toMatchObject({ security: "mutual_tls", srcIdentity: ID_A, dstIdentity: ID_B, hboneAddr: `${db.ip}:15008`, bytesSent: 8 << 20 });
-        expect(inb).toMatchObject({ security: "mutual_tls", srcIdentity: ID_A, dstIdentity: ID_B, bytesSent: 8 << 20 });
+        expect(out).toMatchObject({ security: "mutual_tls", srcIdentity: ID_A, dstIdentity: ID_B, tunnelAddr: `${db.ip}:15008`, bytesSent: 8 << 20 });
+        expect(inb).toMatchObject({ security: "mutual_tls", srcIdentity: ID_A, dstIdentity: ID_B, tunnelAddr: `${db.ip}:15008`, bytesSent: 8 << 20 });
         // the inbound leg's HBONE peer is web itself (the tunnel left web's netns), and the app
         // connection was made from web's IP
         expect(inb.source.startsWith(`${web.ip}:`)).toBe(true);
@@ -119,10 +119,12 @@ for (const relay of ["splice", "userspace"] as const) {
         expect(opened("destination")).toBeDefined();
         expect(m).toMatch(/^nshub_hbone_pool_connections [1-9]/m);
 
-        await eventually(() => accessLines().some((l) => l["dst.addr"] === `${db.ip}:8080` && l.direction === "inbound"), 5000, "the access-log lines");
-        const log = accessLines().filter((l) => l["dst.addr"] === `${db.ip}:8080` && l.reason === "done");
-        expect(log.find((l) => l.direction === "outbound")).toMatchObject({ "src.identity": ID_A, "dst.identity": ID_B, "dst.hbone_addr": `${db.ip}:15008` });
-        expect(log.find((l) => l.direction === "inbound")).toMatchObject({ "src.identity": ID_A, "dst.identity": ID_B });
+        await eventually(() => accessLines().some((l) => l["dst.hbone_addr"] === `${db.ip}:8080` && l.direction === "inbound"), 5000, "the access-log lines");
+        const log = accessLines().filter((l) => l["dst.hbone_addr"] === `${db.ip}:8080` && l.reason === "done");
+        // ztunnel's fields: dst.addr the tunnel (pod:15008), dst.hbone_addr the target inside it
+        for (const direction of ["outbound", "inbound"]) {
+          expect(log.find((l) => l.direction === direction)).toMatchObject({ "src.identity": ID_A, "dst.identity": ID_B, "dst.addr": `${db.ip}:15008`, "dst.hbone_addr": `${db.ip}:8080` });
+        }
       },
       T,
     );
@@ -224,24 +226,39 @@ for (const relay of ["splice", "userspace"] as const) {
     );
 
     test(
-      "a pod with tunnels enrolled and deleted 8 times: its 15008 listeners come and go in both threads, the client's pooled connections to it close, no fd leaks",
+      "a pod with tunnels both ways enrolled and deleted 8 times: its 15008 listeners come and go in both threads, its own pooled tunnels close with it, no fd leaks",
       async () => {
         const tmp = await env.sim.addPod({ name: "tmp-0", namespace: "ns-t" });
         env.tool(tmp, ["echo", "--port", "7000"]);
+        env.tool(web, ["echo", "--port", "7001"]);
         await tmp.waitForTcpPort(7000);
+        await web.waitForTcpPort(7001);
         const hboneListeners = async () => (await tmp.exec(["ss", "-ltnH"])).stdout.split("\n").filter((l) => /:15008\s/.test(l)).length;
-        const fds0 = p.fdCount();
+        const tunnelsFromTmp = async () => (await tmp.exec(["ss", "-tnH", "state", "established", "( dport = :15008 )"])).stdout.split("\n").filter(Boolean).length;
+        // The first cycle may create what lives on (a thread's first dial, its pool's timers);
+        // a leak grows with every cycle after it.
+        let fds0 = 0;
         for (let i = 0; i < 8; i++) {
+          if (i === 1) {
+            await Bun.sleep(500);
+            fds0 = p.fdCount();
+          }
           await env.enroll(tmp, { serviceAccount: "tmp" });
           await eventually(async () => (await hboneListeners()) === 2, 10_000, `tmp's 15008 listeners (cycle ${i})`);
           const r = await env.toolRun(web, ["many", "--host", tmp.ip, "--port", "7000", "--conns", "5", "--bytes", "1000"]);
           expect(r).toMatchObject({ ok: 5, failed: 0 });
+          // tmp as a client too (to web: db admits only web): its pooled tunnels live in tmp's netns
+          const c = await env.toolRun(tmp, ["many", "--host", web.ip, "--port", "7001", "--conns", "3", "--bytes", "1000"]);
+          expect(c).toMatchObject({ ok: 3, failed: 0 });
+          expect(await tunnelsFromTmp()).toBeGreaterThan(0);
           await env.unenroll(tmp);
           await eventually(async () => (await hboneListeners()) === 0, 10_000, `tmp's 15008 listeners gone (cycle ${i})`);
+          // ...and are closed with it (they would keep its netns alive until they idle out)
+          await eventually(async () => (await tunnelsFromTmp()) === 0, 10_000, `tmp's pooled tunnels closed (cycle ${i})`);
         }
         const tunnelled = await records((c) => c.direction === "outbound" && c.originalDst === `${tmp.ip}:7000` && c.security === "mutual_tls" && c.closeHow === "done");
         expect(tunnelled.length).toBe(40);
-        await eventually(() => p.fdCount() <= fds0, 10_000, `proxy fds back to ${fds0} (now ${p.fdCount()})`);
+        await eventually(() => p.fdCount() <= fds0, 10_000, `proxy fds back to ${fds0} after 7 more cycles (now ${p.fdCount()})`);
       },
       T,
     );

@@ -85,7 +85,7 @@ view.conns = [
     bytesReceived: 12,
     startedAt: now - 5_000,
     state: "half_closed",
-    mtls: { srcIdentity: "spiffe://cluster.local/ns/default/sa/client", dstIdentity: "spiffe://cluster.local/ns/shop/sa/server", hboneAddr: "10.1.0.4:40404" },
+    mtls: { srcIdentity: "spiffe://cluster.local/ns/default/sa/client", dstIdentity: "spiffe://cluster.local/ns/shop/sa/server", tunnelAddr: "10.1.0.4:40404" },
   },
 ];
 

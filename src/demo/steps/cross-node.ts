@@ -26,7 +26,7 @@ interface Rec {
   security?: string;
   srcIdentity?: string;
   dstIdentity?: string;
-  hboneAddr?: string;
+  tunnelAddr?: string;
 }
 
 export async function crossNodes(demo: DemoRun): Promise<void> {
@@ -91,8 +91,8 @@ export async function crossNodes(demo: DemoRun): Promise<void> {
   demo.out.info(`both proxies' records of the traffic to demo/backend (GET /connections?recent on each node):`);
   demo.out.info(
     renderTable(
-      [{ header: "NODE" }, { header: "POD" }, { header: "DIRECTION" }, { header: "SOURCE" }, { header: "ORIGINAL DST" }, { header: "SECURITY" }, { header: "SOURCE IDENTITY" }, { header: "DESTINATION IDENTITY" }, { header: "HBONE (hboneAddr)" }],
-      shown.map(([n, r]) => [n.name, `${r.pod.namespace}/${r.pod.name}`, r.direction, r.source, r.originalDst, r.security ?? "?", short(r.srcIdentity), short(r.dstIdentity), r.hboneAddr ? `${r.direction === "outbound" ? "to" : "from"} ${r.hboneAddr}` : "-"]),
+      [{ header: "NODE" }, { header: "POD" }, { header: "DIRECTION" }, { header: "SOURCE" }, { header: "ORIGINAL DST" }, { header: "SECURITY" }, { header: "SOURCE IDENTITY" }, { header: "DESTINATION IDENTITY" }, { header: "TUNNEL" }],
+      shown.map(([n, r]) => [n.name, `${r.pod.namespace}/${r.pod.name}`, r.direction, r.source, r.originalDst, r.security ?? "?", short(r.srcIdentity), short(r.dstIdentity), r.tunnelAddr ?? "-"]),
     ),
     8,
   );
@@ -114,10 +114,10 @@ export async function crossNodes(demo: DemoRun): Promise<void> {
       ? `demo/client (node-1, ${client.ip}) → demo/backend (node-2) ${httpDst} answered; demo/backend saw ${client.ip} = demo/client's pod IP (HTTP answer, HTTP and echo server logs)`
       : `demo/backend answered ${JSON.stringify(reply)}; its logs saw HTTP [${httpSeen.join(", ")}], echo [${echoSeen.join(", ")}]; demo/client is ${client.ip}`,
   });
-  const outOk = out?.security === "mutual_tls" && out.srcIdentity === clientId && out.dstIdentity === backendId && out.hboneAddr === `${backend.ip}:${HBONE_PORT}`;
+  const outOk = out?.security === "mutual_tls" && out.srcIdentity === clientId && out.dstIdentity === backendId && out.tunnelAddr === `${backend.ip}:${HBONE_PORT}`;
   const inOk = inb?.security === "mutual_tls" && inb.srcIdentity === clientId && inb.dstIdentity === backendId;
   const mtlsOk = outOk && inOk && principals !== undefined;
-  const desc = (r: Rec | undefined) => (r ? `${r.security}, ${r.srcIdentity ?? "-"} → ${r.dstIdentity ?? "-"}${r.hboneAddr ? ` via ${r.hboneAddr}` : ""}` : "no record");
+  const desc = (r: Rec | undefined) => (r ? `${r.security}, ${r.srcIdentity ?? "-"} → ${r.dstIdentity ?? "-"}${r.tunnelAddr ? ` via ${r.tunnelAddr}` : ""}` : "no record");
   demo.checks.push({
     id: "mtls",
     title: "mutual TLS across the nodes, both identities",
