@@ -24,11 +24,8 @@ netnsDescribe("proxy: HBONE across two nodes", () => {
   let web: Pod, db: Pod, cache: Pod;
   let http: SimProcess;
 
-  const records = async (p: ProxyProcess, pred: (c: Rec) => boolean): Promise<Rec[]> => {
-    const { live, recent } = await p.connections();
-    return ([...recent, ...live] as Rec[]).filter(pred);
-  };
-  const metrics = async (p: ProxyProcess) => (await p.http("GET", p.metricsAddr, "/metrics")).body;
+  const records = (p: ProxyProcess, pred: (c: Rec) => boolean) => p.records<Rec>(pred);
+  const metrics = (p: ProxyProcess) => p.metrics();
 
   beforeAll(async () => {
     // Node 1 believes cache-0 runs as "cache-x": the identity check must refuse what it presents.

@@ -29,11 +29,8 @@ for (const relay of ["splice", "userspace"] as const) {
     let sink: SimProcess, resetSink: SimProcess, ackSink: SimProcess;
     const files: Record<string, string> = {};
 
-    const records = async (pred: (c: Rec) => boolean): Promise<Rec[]> => {
-      const { live, recent } = await p.connections();
-      return ([...recent, ...live] as Rec[]).filter(pred);
-    };
-    const metrics = async () => (await p.http("GET", p.metricsAddr, "/metrics")).body;
+    const records = (pred: (c: Rec) => boolean) => p.records<Rec>(pred);
+    const metrics = () => p.metrics();
     const lines = (s: SimProcess) =>
       s
         .stdout()

@@ -75,11 +75,8 @@ netnsDescribe("proxy: L4 authorization on HBONE across two nodes", () => {
       .filter((l) => l.startsWith("{"))
       .map((l) => JSON.parse(l))
       .filter((l) => l.peer === ip).length;
-  const records = async (p: ProxyProcess, pred: (c: Rec) => boolean): Promise<Rec[]> => {
-    const { live, recent } = await p.connections();
-    return ([...recent, ...live] as Rec[]).filter(pred);
-  };
-  const metrics = async (p: ProxyProcess) => (await p.http("GET", p.metricsAddr, "/metrics")).body;
+  const records = (p: ProxyProcess, pred: (c: Rec) => boolean) => p.records<Rec>(pred);
+  const metrics = (p: ProxyProcess) => p.metrics();
 
   beforeAll(async () => {
     mesh = await createMeshNodes({
