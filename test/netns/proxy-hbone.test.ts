@@ -349,6 +349,33 @@ for (const relay of ["splice", "userspace"] as const) {
       },
       T,
     );
+
+    // Last: it stops the proxy.
+    test(
+      "SIGTERM drains open tunnels: 15008 stops accepting, transfers in flight finish intact, exit 0 with nothing reset",
+      async () => {
+        const transfers = Array.from({ length: 4 }, () => env.toolRun(web, ["send", "--host", db.ip, "--port", "8080", "--bytes", String(16 << 20), "--chunk-delay-ms", "100"], T));
+        await eventually(async () => (await records((c) => c.state === "open" && c.security === "mutual_tls" && c.originalDst === `${db.ip}:8080`)).length >= 8, 10_000, "4 tunnels open (both legs)");
+        p.proc.proc.kill("SIGTERM");
+        // 15008 closes in db at once (both threads), while the tunnels go on
+        await eventually(async () => !/:15008\s/.test((await db.exec(["ss", "-ltnH"])).stdout), 5_000, "db's 15008 listeners closed");
+        expect((await records((c) => c.state !== "closed" && c.security === "mutual_tls")).length).toBeGreaterThan(0);
+        for (const t of await Promise.all(transfers)) {
+          expect(t.error).toBeUndefined();
+          expect(JSON.parse(t.reply)).toMatchObject({ bytes: 16 << 20, sha256: t.sha256, peer: web.ip });
+        }
+        expect(await p.proc.exited).toBe(0);
+        const drained = p.proc
+          .stderr()
+          .split("\n")
+          .filter((l) => l.startsWith("{"))
+          .map((l) => JSON.parse(l))
+          .find((l) => l.msg === "drained; exiting");
+        expect(drained).toMatchObject({ reset: 0 });
+        expect(drained.finished).toBeGreaterThanOrEqual(8);
+      },
+      T,
+    );
   });
 }
 
