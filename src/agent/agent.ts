@@ -33,7 +33,7 @@ import {
   type Reply,
   type UnenrollInput,
 } from "./pod-entry.ts";
-import type { EnrollmentPolicy } from "./policy.ts";
+import type { Decision, PodPolicy } from "./policy.ts";
 import { PodLocks } from "./pod-locks.ts";
 import { NetnsReconciler } from "./reconcile.ts";
 import { fdPath, locateNetns, recoverPods, type LocatedNetns, type NetnsContext } from "./recovery.ts";
@@ -42,7 +42,9 @@ import { readStateFile, writeStateFile, type PodStateName } from "./state.ts";
 import { checkEnroll, checkPodAdd, checkPodDelete, checkUnenroll, clip } from "./validate.ts";
 
 export interface AgentOptions {
-  policy: EnrollmentPolicy;
+  policy: PodPolicy;
+  /** After a pod's enrollment changed (the Kubernetes annotation follows it; kube-enrollment.ts). */
+  onEnrollment?(pod: { uid: string; namespace: string; name: string }, enrolled: boolean): void;
   dataplane: Dataplane;
   stateFile: string;
   procRoot: string;
@@ -134,7 +136,7 @@ export class Agent {
     for (const e of [...this.pods.values()]) {
       const desired = this.desired(e);
       if (e.state !== "not-enrolled") {
-        if (!desired.enroll) {
+        if (!desired.enroll && !desired.unknown) {
           await disenroll(e, `the enrollment policy no longer covers it: ${desired.reason}`, false, this.ctx);
           continue;
         }
@@ -175,12 +177,61 @@ export class Agent {
   async podAdd(req: PodAddInput): Promise<Reply> {
     this.assertReady();
     checkPodAdd(req);
+    await this.opts.policy.ready?.(req.namespace, req.name);
     if (!req.uid) {
       const d = this.opts.policy.decide(req.namespace, req.name);
       if (!d.enroll) return { state: "not-enrolled", reason: `${d.reason} (no pod UID given: not cached)`, pod: viewOf(newEntry(req, undefined)) };
       throw precondition(`pod ${req.namespace}/${req.name} has no UID (CNI_ARGS K8S_POD_UID is missing), so it cannot be enrolled (${d.reason})`);
     }
-    return this.locks.run(req.uid, () => this.podAddLocked(req));
+    const r = await this.locks.run(req.uid, () => this.podAddLocked(req));
+    this.notify(req.uid);
+    return r;
+  }
+
+  /**
+   * Applies the policy again to a pod the agent knows (its labels changed): enrolls or
+   * disenrolls it as the policy now says; operator overrides still win. False when unknown.
+   */
+  async reapply(uid: string): Promise<boolean> {
+    this.assertReady();
+    if (!this.pods.has(uid)) return false;
+    await this.locks.run(uid, async () => {
+      const e = this.pods.get(uid);
+      if (!e) return;
+      const d = this.desired(e);
+      if (d.unknown) return;
+      if (e.state !== "not-enrolled" && !d.enroll) {
+        await disenroll(e, `the enrollment policy no longer covers it: ${d.reason}`, true, this.ctx);
+        this.persist();
+      } else if (e.state === "not-enrolled" && d.enroll) {
+        await this.enrollEntry(e, await locateNetns(e, "", this.ctx), "policy");
+      }
+    });
+    this.notify(uid);
+    return true;
+  }
+
+  /** Enrolls a running pod the agent never saw a CNI ADD for (it ran before the agent). */
+  async adopt(pod: { uid: string; namespace: string; name: string; serviceAccount: string; ips: readonly string[] }): Promise<void> {
+    this.assertReady();
+    await this.locks.run(pod.uid, async () => {
+      if (this.pods.has(pod.uid)) return;
+      const e = newEntry({ uid: pod.uid, namespace: pod.namespace, name: pod.name, serviceAccount: pod.serviceAccount, netnsPath: "", ips: [...pod.ips], containerId: "" }, undefined);
+      const loc = await locateNetns(e, "", this.ctx);
+      if (e.ips.length === 0) e.ips = loc.ips;
+      e.netnsPath = loc.path;
+      await this.enrollEntry(e, loc, "policy");
+    });
+    this.notify(pod.uid);
+  }
+
+  stateOf(uid: string): PodEntry["state"] | undefined {
+    return this.pods.get(uid)?.state;
+  }
+
+  private notify(uid: string): void {
+    const e = this.pods.get(uid);
+    if (e && this.opts.onEnrollment) this.opts.onEnrollment({ uid, namespace: e.namespace, name: e.name }, e.state === "enrolled");
   }
 
   private async podAddLocked(req: PodAddInput): Promise<Reply> {
@@ -268,7 +319,7 @@ export class Agent {
         `the agent does not know pod ${req.namespace}/${req.name} (it learns pods from their CNI ADD); to enroll a pod it has never seen, give its uid (--uid) and, unless a process's cgroup names that uid, its netns (--netns)`,
       );
     }
-    return this.locks.run(uid, async () => {
+    const r = await this.locks.run(uid, async () => {
       let e = this.pods.get(uid);
       if (e && (e.state === "enrolled" || e.state === "pending")) {
         e.override = "enroll";
@@ -285,6 +336,8 @@ export class Agent {
       if (!e.netnsPath) e.netnsPath = loc.path;
       return this.enrollEntry(e, loc, "operator");
     });
+    this.notify(uid);
+    return r;
   }
 
   async unenroll(req: UnenrollInput): Promise<Reply> {
@@ -292,7 +345,7 @@ export class Agent {
     checkUnenroll(req);
     const known = this.find(req.namespace, req.name, req.uid);
     if (!known) throw new AgentError("not-found", `pod ${req.namespace}/${req.name}${req.uid ? ` (uid ${req.uid})` : ""} is not known to the agent`);
-    return this.locks.run(known.uid, async () => {
+    const r = await this.locks.run(known.uid, async () => {
       const e = this.pods.get(known.uid);
       if (!e) throw new AgentError("not-found", `pod ${req.namespace}/${req.name} was deleted meanwhile`);
       if (e.state === "not-enrolled") {
@@ -305,6 +358,8 @@ export class Agent {
       this.persist();
       return reply(e);
     });
+    this.notify(known.uid);
+    return r;
   }
 
   listPods(namespace = ""): PodView[] {
@@ -339,7 +394,7 @@ export class Agent {
     if (!this.#ready) throw new AgentError("unavailable", "the agent is still rebuilding its pod cache");
   }
 
-  private desired(e: PodEntry): { enroll: boolean; reason: string } {
+  private desired(e: PodEntry): Decision {
     if (e.override === "enroll") return { enroll: true, reason: "enrolled by an operator (nshub enroll)" };
     if (e.override === "unenroll") return { enroll: false, reason: "unenrolled by an operator (nshub unenroll)" };
     return this.opts.policy.decide(e.namespace, e.name);

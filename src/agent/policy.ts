@@ -16,6 +16,23 @@ export interface Decision {
   enroll: boolean;
   /** Which rule decided, in words (shown in replies, logs and `nshub pods`). */
   reason: string;
+  /**
+   * The policy cannot tell now (the Kubernetes API not listed yet, or unreachable with the pod
+   * unknown): a pod keeps its state; a new one is not enrolled until it can tell.
+   */
+  unknown?: boolean;
+}
+
+/**
+ * What the agent asks whether a pod should be enrolled: the YAML patterns below, or the
+ * Kubernetes API's labels (kube-enrollment.ts).
+ */
+export interface PodPolicy {
+  decide(namespace: string, name: string): Decision;
+  /** Nothing would ever be enrolled by it (the agent warns at start). */
+  readonly empty: boolean;
+  /** Awaited before a CNI ADD is decided (the API's watch may lag behind the runtime). */
+  ready?(namespace: string, name: string): Promise<void>;
 }
 
 interface Rule {
@@ -24,7 +41,7 @@ interface Rule {
   re: RegExp;
 }
 
-export class EnrollmentPolicy {
+export class EnrollmentPolicy implements PodPolicy {
   private constructor(
     private readonly nsInclude: Rule[],
     private readonly nsExclude: Rule[],
