@@ -178,6 +178,10 @@ export class Agent {
     this.assertReady();
     checkPodAdd(req);
     await this.opts.policy.ready?.(req.namespace, req.name);
+    if (!req.serviceAccount) {
+      const sa = this.opts.policy.podInfo?.(req.namespace, req.name)?.serviceAccount;
+      if (sa) req = { ...req, serviceAccount: sa };
+    }
     if (!req.uid) {
       const d = this.opts.policy.decide(req.namespace, req.name);
       if (!d.enroll) return { state: "not-enrolled", reason: `${d.reason} (no pod UID given: not cached)`, pod: viewOf(newEntry(req, undefined)) };

@@ -84,6 +84,12 @@ export class KubeEnrollment {
     return ambientDecision(pod, this.api.namespaceLabels(namespace));
   }
 
+  /** The pod's service account from the API (a CNI ADD from containerd's CRI does not carry it). */
+  podInfo(namespace: string, name: string): { serviceAccount?: string } | undefined {
+    const pod = this.api.pod(namespace, name);
+    return pod ? { serviceAccount: pod.serviceAccount || undefined } : undefined;
+  }
+
   /** Before a CNI ADD is decided: the watch may not have delivered the new pod yet. */
   async ready(namespace: string, name: string): Promise<void> {
     if (this.api.pod(namespace, name)) return;

@@ -7,6 +7,7 @@
 //   5. ready
 // SIGTERM/SIGINT: stop serving, close the pods' netns fds and exit 0. Rules, the host probe set
 // and the state file stay, so a restarted agent takes over without disturbing any pod.
+import { hostname } from "node:os";
 import { parseArgs } from "node:util";
 import type { Server } from "bun";
 import { ConfigError, configWarnings, loadConfig } from "../config/load.ts";
@@ -19,7 +20,10 @@ import { createApiApp, serveApi } from "./api.ts";
 import { RulesDataplane } from "./dataplane.ts";
 import { errText } from "./errors.ts";
 import { HostNetnsError } from "./host-netns.ts";
-import { EnrollmentPolicy } from "./policy.ts";
+import { EnrollmentPolicy, type PodPolicy } from "./policy.ts";
+import { KubeEnrollment } from "./kube-enrollment.ts";
+import { KubeView } from "./kube-view.ts";
+import { loadClusterConfig } from "../k8s/index.ts";
 import { StateFileError } from "./state.ts";
 
 const HELP = `usage: nshub agent [options]
@@ -81,11 +85,20 @@ export async function main(args: string[]): Promise<number> {
   if (values["log-level"] !== undefined) overrides.logLevel = values["log-level"];
 
   let cfg;
-  let policy: EnrollmentPolicy;
+  let policy: PodPolicy;
+  let kube: { view: KubeView; enrollment: KubeEnrollment } | undefined;
   try {
     cfg = loadConfig({ file: values.config, overrides });
-    policy = EnrollmentPolicy.fromConfig(cfg.agent.enrollment);
     parseHostPort(cfg.agent.adminAddress);
+    const k = cfg.agent.kubernetes;
+    if (k.enabled) {
+      // A kubeconfig or cluster it cannot read is a configuration error (exit 2).
+      const cluster = loadClusterConfig({ kubeconfig: k.kubeconfig || undefined });
+      const nodeName = k.nodeName || process.env.NODE_NAME || hostname();
+      const view = new KubeView(cluster, nodeName, createLogger("agent/k8s"));
+      kube = { view, enrollment: new KubeEnrollment(view, createLogger("agent/k8s")) };
+      policy = kube.enrollment;
+    } else policy = EnrollmentPolicy.fromConfig(cfg.agent.enrollment);
   } catch (e) {
     if (e instanceof ConfigError || e instanceof Error) {
       console.error(`nshub agent: ${e.message}`);
@@ -100,6 +113,7 @@ export async function main(args: string[]): Promise<number> {
   homeNetns();
   for (const w of configWarnings(cfg, "agent")) log.warn(w);
   if (policy.empty) log.warn("agent.enrollment has no include pattern: no pod is enrolled unless an operator runs nshub enroll");
+  if (kube) log.info("enrollment from the Kubernetes API", { server: kube.view.client.server, node: kube.view.nodeName });
 
   // Another agent still serving these sockets (a rollout with surge) keeps them. Refuse before
   // step 3 touches the host: its rebuild resets the probe set and rewrites the state file.
@@ -114,6 +128,7 @@ export async function main(args: string[]): Promise<number> {
 
   const agent = new Agent({
     policy,
+    onEnrollment: kube ? (p, enrolled) => void kube.enrollment.annotate(p.namespace, p.name, enrolled) : undefined,
     dataplane: new RulesDataplane({ dnsCapture: a.dnsCapture, hostProbeSnat: a.hostProbeSnat, probeAddress: a.probeSnatAddress }),
     stateFile: a.stateFile,
     procRoot: a.procRoot,
@@ -130,6 +145,7 @@ export async function main(args: string[]): Promise<number> {
   const metrics = createAgentRegistry(adminDeps);
   const stopAll = async () => {
     listening = false;
+    await kube?.view.stop();
     await api?.stop(true);
     await zds?.stop();
     agent.stop();
@@ -146,6 +162,17 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
 
+  // With Kubernetes: the watches start first; the rebuild keeps every pod as it was while the
+  // API is not listed yet (an "unknown" decision), and the first complete lists re-apply the
+  // labels to every pod of this node (enrolling running ones, unenrolling opted-out ones).
+  kube?.view.start().then(
+    () => {
+      kube.enrollment.start(agent);
+      log.info("Kubernetes API listed: applying its labels to this node's pods", { pods: kube.view.pods$.size, namespaces: kube.view.namespaces$.size });
+      void kube.enrollment.applyAll();
+    },
+    () => undefined,
+  );
   try {
     await agent.rebuild();
   } catch (e) {

@@ -33,6 +33,8 @@ export interface PodPolicy {
   readonly empty: boolean;
   /** Awaited before a CNI ADD is decided (the API's watch may lag behind the runtime). */
   ready?(namespace: string, name: string): Promise<void>;
+  /** What the policy's source knows of the pod (Kubernetes: its service account). */
+  podInfo?(namespace: string, name: string): { serviceAccount?: string } | undefined;
 }
 
 interface Rule {

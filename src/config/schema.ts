@@ -36,6 +36,19 @@ export const agentSchema = z
     hostProbeSnat: z.boolean().default(true),
     probeSnatAddress: ipv4.default("169.254.7.127"),
     enrollment: enrollmentSchema,
+    /**
+     * Enrollment from the Kubernetes API (istio.io/dataplane-mode labels) instead of the
+     * patterns above: off by default. In a pod the service account is used; outside, `kubeconfig`
+     * (or KUBECONFIG, ~/.kube/config). `nodeName`: default NODE_NAME (the downward API), else
+     * the host name.
+     */
+    kubernetes: z
+      .strictObject({
+        enabled: z.boolean().default(false),
+        kubeconfig: z.string().default(""),
+        nodeName: z.string().default(""),
+      })
+      .prefault({}),
   })
   .prefault({});
 
