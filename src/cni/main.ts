@@ -5,10 +5,19 @@
 // stdout carries only the result (or the spec's error JSON); logs go to a file (netconf
 // `logFile`, else config `cni.logFile`; "stderr" for stderr) and never to stdout.
 //
+// The pod: the one CNI_ARGS names (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID,
+// K8S_POD_SERVICE_ACCOUNT: kubelet through containerd's CRI or CRI-O). A runtime outside
+// Kubernetes (`ctr run --cni`, cnitool) passes none of them: the container is then a pod named
+// after CNI_CONTAINERID in namespace `containerNamespace` (netconf; default "default"), with
+// CNI_CONTAINERID as its UID (spec.ts containerPod). The enrollment policy decides for it as for
+// any pod, and ADD, CHECK and DEL name the same pod, so a DEL without CNI_NETNS (ctr sends none)
+// still removes it.
+//
 // Commands:
 //   ADD     PodAdd. enrolled / not enrolled → prevResult; pending (no proxy acked) → error 11;
 //           agent unreachable or too slow → error 11 (the runtime retries the sandbox).
-//   DEL     PodDelete. Idempotent. When the agent cannot be reached DEL still succeeds (logged):
+//   DEL     PodDelete (by UID; CNI_NETNS may be empty). Idempotent. When the agent cannot be
+//           reached DEL still succeeds (logged):
 //           failing it would block the pod's teardown for as long as the agent is down, and the
 //           agent drops pods whose netns is gone when it rebuilds its cache on start.
 //   CHECK   validates the input; the pod must not be pending in the agent (error 11 then).
@@ -26,7 +35,9 @@ import {
   CniCode,
   CniFailure,
   compareVersions,
+  containerPod,
   CURRENT_VERSION,
+  DEFAULT_CONTAINER_NAMESPACE,
   isSupportedVersion,
   k8sPodFromArgs,
   parseCniArgs,
@@ -53,10 +64,14 @@ It reads the CNI_* environment and the network configuration on stdin, tells the
 about the pod, and prints the previous plugin's result unchanged.
 
 netconf keys (all optional):
-  agentSocket  the agent's API socket (default: cni.agentSocket in the nshub config)
-  timeoutMs    how long to wait for the agent (default 5000)
-  logFile      log file (default: cni.logFile, /var/log/nshub/cni.log); "stderr" for stderr
-  logLevel     trace | debug | info | warn | error
+  agentSocket         the agent's API socket (default: cni.agentSocket in the nshub config)
+  timeoutMs           how long to wait for the agent (default 5000)
+  logFile             log file (default: cni.logFile, /var/log/nshub/cni.log); "stderr" for stderr
+  logLevel            trace | debug | info | warn | error
+  containerNamespace  namespace of a container whose CNI_ARGS name no Kubernetes pod (no
+                      K8S_POD_NAMESPACE/K8S_POD_NAME, e.g. ctr run --cni): it is the pod
+                      <containerNamespace>/<CNI_CONTAINERID as a DNS name>, uid CNI_CONTAINERID
+                      (default "${DEFAULT_CONTAINER_NAMESPACE}")
 
 supported CNI versions: ${SUPPORTED_VERSIONS.join(", ")}`;
 
@@ -98,9 +113,12 @@ export async function runCni(io: CniIo): Promise<number> {
     cniVersion = conf.cniVersion;
     const cfg = await pluginConfig(conf, io.env);
     log = openLog(cfg, io);
-    const k8s = k8sPodFromArgs(parseCniArgs(env.args));
-    log = log.child({ command: env.command, containerId: short(env.containerId), ...(k8s ? { pod: `${k8s.namespace}/${k8s.name}`, uid: k8s.uid } : {}) });
-    const out = await dispatch(env, conf, k8s, cfg, log);
+    const args = parseCniArgs(env.args);
+    const k8s = k8sPodFromArgs(args);
+    // Commands without a pod (STATUS, GC, VERSION) have no container id to name one after.
+    const pod = k8s ?? (env.containerId !== "" ? containerPod(env.containerId, conf.plugin.containerNamespace ?? DEFAULT_CONTAINER_NAMESPACE) : undefined);
+    log = log.child({ command: env.command, containerId: short(env.containerId), ...(pod ? { pod: `${pod.namespace}/${pod.name}`, uid: pod.uid, ...(k8s ? {} : { namedBy: "CNI_CONTAINERID" }) } : {}) });
+    const out = await dispatch(env, conf, pod, cfg, log);
     // The result is printed exactly as it came (byte for byte: prevResult is passed on unchanged).
     if (out !== undefined) await io.stdout(out);
     log.info(`${env.command} done`, { ms: Math.round(performance.now() - started) });
@@ -161,15 +179,16 @@ function openLog(cfg: EffectiveConfig, io: CniIo): Logger {
   return createLogger("cni");
 }
 
-async function dispatch(env: CniEnv, conf: NetConf, k8s: K8sPod | undefined, cfg: EffectiveConfig, log: Logger): Promise<string | undefined> {
+async function dispatch(env: CniEnv, conf: NetConf, pod: K8sPod | undefined, cfg: EffectiveConfig, log: Logger): Promise<string | undefined> {
+  // ADD, DEL and CHECK require CNI_CONTAINERID (parseEnv), so they always have a pod.
   switch (env.command) {
     case "ADD":
-      return cmdAdd(env, conf, k8s, cfg, log);
+      return cmdAdd(env, conf, pod!, cfg, log);
     case "DEL":
-      await cmdDel(env, k8s, cfg, log);
+      await cmdDel(env, pod!, cfg, log);
       return undefined;
     case "CHECK":
-      await cmdCheck(env, conf, k8s, cfg, log);
+      await cmdCheck(env, conf, pod!, cfg, log);
       return undefined;
     case "STATUS":
       await cmdStatus(conf, cfg, log);
@@ -182,13 +201,9 @@ async function dispatch(env: CniEnv, conf: NetConf, k8s: K8sPod | undefined, cfg
   }
 }
 
-async function cmdAdd(env: CniEnv, conf: NetConf, k8s: K8sPod | undefined, cfg: EffectiveConfig, log: Logger): Promise<string> {
+async function cmdAdd(env: CniEnv, conf: NetConf, k8s: K8sPod, cfg: EffectiveConfig, log: Logger): Promise<string> {
   const prev = parsePrevResult(conf.prevResult, "ADD", conf.cniVersion);
   const result = conf.prevResultRaw!;
-  if (!k8s) {
-    log.debug("not a Kubernetes pod (no K8S_POD_NAMESPACE/K8S_POD_NAME in CNI_ARGS): passing through");
-    return result;
-  }
   let reply;
   try {
     reply = await podAdd(agentOptions(cfg), {
@@ -220,11 +235,7 @@ async function cmdAdd(env: CniEnv, conf: NetConf, k8s: K8sPod | undefined, cfg: 
   }
 }
 
-async function cmdDel(env: CniEnv, k8s: K8sPod | undefined, cfg: EffectiveConfig, log: Logger): Promise<void> {
-  if (!k8s) {
-    log.debug("not a Kubernetes pod: nothing to do");
-    return;
-  }
+async function cmdDel(env: CniEnv, k8s: K8sPod, cfg: EffectiveConfig, log: Logger): Promise<void> {
   try {
     const r = await podDelete(agentOptions(cfg), { uid: k8s.uid, namespace: k8s.namespace, name: k8s.name, containerId: env.containerId, netnsPath: env.netns });
     log.info(r.deleted ? "pod deleted" : "nothing to delete", { reason: r.reason });
@@ -239,10 +250,9 @@ async function cmdDel(env: CniEnv, k8s: K8sPod | undefined, cfg: EffectiveConfig
   }
 }
 
-async function cmdCheck(env: CniEnv, conf: NetConf, k8s: K8sPod | undefined, cfg: EffectiveConfig, log: Logger): Promise<void> {
+async function cmdCheck(env: CniEnv, conf: NetConf, k8s: K8sPod, cfg: EffectiveConfig, log: Logger): Promise<void> {
   if (compareVersions(conf.cniVersion, "0.4.0") < 0) throw new CniFailure(CniCode.IncompatibleVersion, `CHECK needs cniVersion 0.4.0 or later, the netconf says ${conf.cniVersion}`);
   parsePrevResult(conf.prevResult, "CHECK", conf.cniVersion);
-  if (!k8s) return;
   let pods;
   try {
     pods = (await listPods(agentOptions(cfg), { namespace: k8s.namespace })).pods;

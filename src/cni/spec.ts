@@ -128,7 +128,7 @@ export function parseCniArgs(args: string): Map<string, string> {
   return out;
 }
 
-/** The Kubernetes pod named by CNI_ARGS, or undefined when this is not a Kubernetes pod. */
+/** The pod the agent is told about: the Kubernetes pod CNI_ARGS names, or a container named after its id (containerPod). */
 export interface K8sPod {
   namespace: string;
   name: string;
@@ -144,12 +144,52 @@ export function k8sPodFromArgs(args: Map<string, string>): K8sPod | undefined {
   return { namespace, name, uid: args.get("K8S_POD_UID") ?? "", serviceAccount: args.get("K8S_POD_SERVICE_ACCOUNT") ?? "" };
 }
 
+/** The namespace of a container CNI_ARGS names no Kubernetes pod for, unless the netconf's `containerNamespace` says otherwise. */
+export const DEFAULT_CONTAINER_NAMESPACE = "default";
+
+/** Longest CNI_CONTAINERID used as the pod UID as it is (the agent's UID rule); a longer one is hashed. */
+export const CONTAINER_UID_MAX = 128;
+
+/**
+ * The pod a container is enrolled as when CNI_ARGS names no Kubernetes pod (no
+ * K8S_POD_NAMESPACE/K8S_POD_NAME: `ctr run --cni`, cnitool, a runtime outside Kubernetes). The
+ * same CNI_CONTAINERID gives the same pod on ADD, CHECK and DEL, so a DEL finds it without
+ * CNI_NETNS (ctr sends none):
+ *
+ *   namespace        `namespace` (netconf `containerNamespace`, default "default")
+ *   name             CNI_CONTAINERID as a DNS-1123 subdomain: lower case, any character other
+ *                    than a-z 0-9 '.' '-' becomes '-', each dot-separated part trimmed of '-',
+ *                    at most 253 characters (ctr: "<containerd namespace>-<container id>")
+ *   uid              CNI_CONTAINERID itself (at most 128 characters), else the SHA-256 of it in hex
+ *   service account  "" (the agent's default, "default")
+ */
+export function containerPod(containerId: string, namespace: string = DEFAULT_CONTAINER_NAMESPACE): K8sPod {
+  if (containerId === "") throw new CniFailure(CniCode.InvalidEnv, "CNI_CONTAINERID is empty: a container needs it to be named");
+  const uid = containerId.length <= CONTAINER_UID_MAX ? containerId : new Bun.CryptoHasher("sha256").update(containerId).digest("hex");
+  return { namespace, name: dns1123Name(containerId), uid, serviceAccount: "" };
+}
+
+/** A container id (letters, digits, '_', '.', '-', starting with a letter or digit) as a DNS-1123 subdomain. */
+export function dns1123Name(id: string): string {
+  const labels = (s: string) =>
+    s
+      .split(".")
+      .map((l) => l.replace(/^-+|-+$/g, ""))
+      .filter((l) => l !== "")
+      .join(".");
+  let name = labels(id.toLowerCase().replace(/[^a-z0-9.-]/g, "-"));
+  if (name.length > 253) name = labels(name.slice(0, 253));
+  return name === "" ? "container" : name;
+}
+
 // ---------------------------------------------------------------------------------------------
 // network configuration
 
 /** nshub-cni's own keys in its netconf entry (all optional; defaults come from the nshub config). */
 export interface PluginKeys {
   agentSocket?: string;
+  /** The namespace of containers CNI_ARGS names no Kubernetes pod for (containerPod). */
+  containerNamespace?: string;
   timeoutMs?: number;
   logFile?: string;
   logLevel?: "trace" | "debug" | "info" | "warn" | "error";
@@ -210,6 +250,15 @@ export function parseNetConf(text: string): NetConf {
       throw new CniFailure(CniCode.InvalidNetconf, `network configuration: agentSocket must be an absolute path, got ${JSON.stringify(c.agentSocket)}`);
     }
     plugin.agentSocket = c.agentSocket;
+  }
+  if (c.containerNamespace !== undefined) {
+    if (typeof c.containerNamespace !== "string" || c.containerNamespace.length > 63 || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(c.containerNamespace)) {
+      throw new CniFailure(
+        CniCode.InvalidNetconf,
+        `network configuration: containerNamespace must be a Kubernetes namespace name (a DNS-1123 label of at most 63 characters), got ${JSON.stringify(c.containerNamespace)}`,
+      );
+    }
+    plugin.containerNamespace = c.containerNamespace;
   }
   if (c.timeoutMs !== undefined) {
     if (typeof c.timeoutMs !== "number" || !Number.isInteger(c.timeoutMs) || c.timeoutMs <= 0 || c.timeoutMs > 120_000) {

@@ -149,10 +149,43 @@ describe("success paths", () => {
     expect(agent.listPods().map((p) => `${p.namespace}/${p.name}:${p.state}`)).toContain("default/plain:not-enrolled");
   });
 
-  test("ADD of a non-Kubernetes container passes through without asking the agent", async () => {
-    const r = await cni({ ...env("ADD", "IgnoreUnknown=1"), CNI_NETNS: "/x" }, conf({ agentSocket: join(dir, "nothing.sock") }));
-    expect(r.code).toBe(0);
-    expect(r.stdout).toBe(PREV);
+  test("ADD of a container CNI_ARGS names no pod for (ctr run --cni): the agent gets default/<container id>, uid = the container id", async () => {
+    // As ctr sends it: no CNI_ARGS at all, CNI_CONTAINERID "<containerd namespace>-<id>".
+    const r = await cni({ ...env("ADD", ""), CNI_CONTAINERID: "default-Web_1" }, conf());
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 0, stdout: PREV });
+    const p = agent.listPods().find((x) => x.uid === "default-Web_1");
+    expect(p && [p.namespace, p.name, p.serviceAccount, p.state, p.containerId, p.ips]).toEqual(["default", "default-web-1", "default", "not-enrolled", "default-Web_1", ["10.7.0.9"]]);
+  });
+
+  test("the netconf's containerNamespace names its namespace, and the policy decides for it as for any pod", async () => {
+    // Namespace "mesh" is enrolled by the stub's policy: the agent goes for the netns (missing here).
+    const r = await cni({ ...env("ADD", "IgnoreUnknown=1"), CNI_CONTAINERID: "k8s.io-ctr-7" }, conf({ containerNamespace: "mesh" }));
+    expect(r.json).toEqual({ cniVersion: "1.0.0", code: 100, msg: "pod mesh/k8s.io-ctr-7: the nshub agent refused it: CNI_NETNS /var/run/netns/does-not-exist does not exist" });
+    const bad = await cni({ ...env("ADD", ""), CNI_CONTAINERID: "c1" }, conf({ containerNamespace: "Not_A_Namespace" }));
+    // (A netconf refused before its cniVersion is taken: the error says the plugin's current version, as for every bad key.)
+    expect(bad.json).toEqual({
+      cniVersion: "1.1.0",
+      code: 7,
+      msg: 'network configuration: containerNamespace must be a Kubernetes namespace name (a DNS-1123 label of at most 63 characters), got "Not_A_Namespace"',
+    });
+  });
+
+  test("CHECK and DEL of such a container: same pod; DEL with no CNI_NETNS (as ctr sends it) removes it, again is fine", async () => {
+    expect(await cni({ ...env("CHECK", ""), CNI_CONTAINERID: "default-Web_1" }, conf())).toMatchObject({ code: 0, stdout: "" });
+    const del = await cni({ ...env("DEL", ""), CNI_CONTAINERID: "default-Web_1", CNI_NETNS: undefined }, conf());
+    expect({ code: del.code, stdout: del.stdout }).toEqual({ code: 0, stdout: "" });
+    expect(agent.listPods().map((p) => p.uid)).not.toContain("default-Web_1");
+    const again = await cni({ ...env("DEL", ""), CNI_CONTAINERID: "default-Web_1", CNI_NETNS: undefined }, conf({}, null));
+    expect({ code: again.code, stdout: again.stdout }).toEqual({ code: 0, stdout: "" });
+    const log = readFileSync(logFile, "utf8");
+    expect(log).toContain("removed (was not-enrolled)");
+    expect(log).toContain("pod default-Web_1 is not known to the agent: nothing to delete");
+  });
+
+  test("such a container fails closed like a pod: agent unreachable → 11", async () => {
+    const r = await cni({ ...env("ADD", ""), CNI_CONTAINERID: "default-web2" }, conf({ agentSocket: join(dir, "nothing.sock") }));
+    expect(r.json?.code).toBe(11);
+    expect(r.json?.msg).toBe(`pod default/default-web2: cannot reach the nshub agent at ${join(dir, "nothing.sock")}: the socket does not exist (ENOENT): is the agent running?`);
   });
 
   test("an old-shape (0.4.0) prevResult passes through unchanged too", async () => {
@@ -187,6 +220,6 @@ describe("success paths", () => {
     // "stderr" sends them to stderr instead
     const r = await cni(env("ADD", "IgnoreUnknown=1"), conf({ logFile: "stderr", logLevel: "debug" }));
     expect(r.stdout).toBe(PREV);
-    expect(r.stderr).toContain("not a Kubernetes pod");
+    expect(r.stderr).toContain('"pod":"default/abc123","uid":"abc123","namedBy":"CNI_CONTAINERID"');
   });
 });

@@ -4,6 +4,9 @@ import { describe, expect, test } from "bun:test";
 import {
   CniCode,
   CniFailure,
+  containerPod,
+  DEFAULT_CONTAINER_NAMESPACE,
+  dns1123Name,
   isIPv6,
   k8sPodFromArgs,
   parseCidr,
@@ -75,6 +78,38 @@ describe("CNI_ARGS", () => {
     expect(k8sPodFromArgs(parseCniArgs("K8S_POD_NAMESPACE=a;K8S_POD_NAME=b;K8S_POD_SERVICE_ACCOUNT=sa"))?.serviceAccount).toBe("sa");
   });
 
+  test("a container CNI_ARGS names no pod for is named after CNI_CONTAINERID: same pod every time, Kubernetes names", () => {
+    // ctr run --cni: CNI_ARGS empty, CNI_CONTAINERID "<containerd namespace>-<container id>".
+    expect(containerPod("default-web1")).toEqual({ namespace: "default", name: "default-web1", uid: "default-web1", serviceAccount: "" });
+    expect(containerPod("default-web1", "ctr")).toEqual({ namespace: "ctr", name: "default-web1", uid: "default-web1", serviceAccount: "" });
+    expect(DEFAULT_CONTAINER_NAMESPACE).toBe("default");
+    const hex = "0123456789abcdef".repeat(4);
+    expect(containerPod(hex)).toEqual({ namespace: "default", name: hex, uid: hex, serviceAccount: "" });
+    // Upper case, '_', and '-' or '.' where a DNS name cannot have them; the uid stays the id.
+    const cases: Array<[string, string]> = [
+      ["Default_Web.1", "default-web.1"],
+      ["k8s.io-pause", "k8s.io-pause"],
+      ["a..b", "a.b"],
+      ["x-.-y_", "x.y"],
+      ["A_", "a"],
+      ["n.-_.m", "n.m"],
+    ];
+    for (const [id, name] of cases) {
+      expect(dns1123Name(id)).toBe(name);
+      expect(containerPod(id).uid).toBe(id);
+    }
+    // Longer than the agent's UID rule (128): the uid is the id's SHA-256; the name is cut at 253.
+    const long = "c".repeat(129);
+    expect(containerPod("c".repeat(128)).uid).toBe("c".repeat(128));
+    expect(containerPod(long).uid).toBe(new Bun.CryptoHasher("sha256").update(long).digest("hex"));
+    const veryLong = `x${"ab-".repeat(85)}`; // 256 characters, the 253rd a '-'
+    const name = containerPod(veryLong).name;
+    expect(name).toBe(`x${"ab-".repeat(83)}ab`);
+    expect(name.length).toBeLessThanOrEqual(253);
+    expect(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/.test(name)).toBe(true);
+    expect(failure(() => containerPod("")).code).toBe(4);
+  });
+
   test("a pair without '=' → code 4", () => {
     const f = failure(() => parseCniArgs("K8S_POD_NAME=x;oops"));
     expect(f.code).toBe(4);
@@ -111,12 +146,18 @@ describe("netconf", () => {
     expect(failure(() => parseNetConf(conf({ agentSocket: "rel.sock" }))).message).toContain("agentSocket must be an absolute path");
     expect(failure(() => parseNetConf(conf({ timeoutMs: -1 }))).message).toContain("timeoutMs must be an integer from 1 to 120000");
     expect(failure(() => parseNetConf(conf({ logLevel: "loud" }))).code).toBe(7);
-    expect(parseNetConf(conf({ agentSocket: "/run/a.sock", timeoutMs: 2000, logFile: "stderr", logLevel: "debug", ipMasq: true })).plugin).toEqual({
+    for (const bad of ["", "Default", "a_b", "-a", "a.b", "x".repeat(64), 7]) {
+      const f = failure(() => parseNetConf(conf({ containerNamespace: bad })));
+      expect([f.code, f.message]).toEqual([7, `network configuration: containerNamespace must be a Kubernetes namespace name (a DNS-1123 label of at most 63 characters), got ${JSON.stringify(bad)}`]);
+    }
+    expect(parseNetConf(conf({ agentSocket: "/run/a.sock", timeoutMs: 2000, logFile: "stderr", logLevel: "debug", containerNamespace: "ctr-1", ipMasq: true })).plugin).toEqual({
       agentSocket: "/run/a.sock",
+      containerNamespace: "ctr-1",
       timeoutMs: 2000,
       logFile: "stderr",
       logLevel: "debug",
     });
+    expect(parseNetConf(conf({ containerNamespace: "x".repeat(63) })).plugin.containerNamespace).toBe("x".repeat(63));
   });
 
   test("prevResult is kept as its exact source text (escapes, spacing and number forms untouched)", () => {
