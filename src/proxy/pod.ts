@@ -9,6 +9,7 @@ import type { Logger } from "../log/logger.ts";
 import type { WorkloadIdentity } from "../zds/types.ts";
 import type { InboundAuthorizer } from "./authorize.ts";
 import type { HboneContext } from "./hbone-context.ts";
+import { spliceEngine } from "./splice-engine.ts";
 import type { BindFamily, ListenerKind, PodListener } from "./listeners.ts";
 import type { CloseHow, ConnectionRecord, ConnectionTable, Direction, PodRef } from "./records.ts";
 
@@ -86,6 +87,10 @@ export class PodProxy {
       serviceAccount: info?.serviceAccount ?? "",
     };
     let pod: PodProxy | undefined;
+    // Threads are born in their creator's netns and stay there: this thread's splice relay
+    // thread must start here, at home, not inside the pod's netns window below (it would keep
+    // that netns alive until the proxy exits; found by test/netns/containerd.test.ts).
+    if (deps.cfg.relay === "splice" && deps.kinds.some((k) => k.enabled(deps.cfg))) spliceEngine({ pipeSize: deps.cfg.maxQueuedBytes, onWarning: (m) => deps.log.warn(m) });
     withNetns(netns, () => {
       const net = inspectNetns();
       pod = new PodProxy(ref, netns, net, deps, Date.now());

@@ -305,13 +305,10 @@ netnsDescribe("containerd (ctr run --cni, and the CRI) with nshub-cni chained af
       await eventually(async () => (await proxyPods()).length === 0, "the proxy to drop the pod");
     }, T);
 
-    // KNOWN BUG (src/proxy, not the CNI path): the proxy starts each data-plane thread's splice
-    // relay thread lazily, inside the first pod's netns window (PodProxy.start → withNetns →
-    // openCaptureListener → spliceEngine() → new Worker), so the relay threads ("nshub-relay")
-    // are born in that pod's netns and stay there: it outlives the pod (and its veth stays on the
-    // bridge) until the proxy exits. With `--relay userspace` it is released at once. When fixed,
-    // this test fails: make it a plain test.
-    test.failing("its netns is released once the agent and the proxy let go (the veth leaves the bridge)", async () => {
+    // The proxy's splice relay threads used to be born inside the first pod's netns window and
+    // kept that netns (and its veth on the bridge) alive until the proxy exited; they now start
+    // before the proxy enters a pod's netns (src/proxy/pod.ts).
+    test("its netns is released once the agent and the proxy let go (the veth leaves the bridge)", async () => {
       await vethGone(link, [], 3_000);
     }, T);
   });
