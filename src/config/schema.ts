@@ -137,6 +137,19 @@ export const proxySchema = z
     rootNamespace: z.string().min(1).default("istio-system"),
     /** A ztunnel local-config file (`workloads:`) merged into the workload registry; "" = none. */
     workloadsFile: z.string().default(""),
+    /**
+     * Watch the Kubernetes API (src/registry/kube-source.ts, src/policy/kube-source.ts): every
+     * pod joins the workload registry (annotated `ambient.istio.io/redirection: enabled` →
+     * HBONE, with its labels), and AuthorizationPolicy/PeerAuthentication objects are enforced
+     * together with `policies` (both sets merged). In a pod the service account is used;
+     * outside, `kubeconfig` (or KUBECONFIG, ~/.kube/config). Off by default.
+     */
+    kubernetes: z
+      .strictObject({
+        enabled: z.boolean().default(false),
+        kubeconfig: z.string().default(""),
+      })
+      .prefault({}),
     ca: caSchema,
   })
   .prefault({});

@@ -22,8 +22,8 @@ export const ALLOWED: Record<string, readonly string[]> = {
   zds: ["gen", "sys", "util", "log"],
   admin: ["log", "config", "util", "sys", "types"],
   identity: ["gen", "sys", "util", "log", "config"],
-  registry: ["identity", "util", "log", "config"],
-  policy: ["identity", "registry", "util", "log", "config"],
+  registry: ["identity", "util", "log", "config", "k8s"],
+  policy: ["identity", "registry", "util", "log", "config", "k8s"],
   hbone: ["identity", "registry", "policy", "sys", "util", "log", "config"],
   k8s: ["util", "log", "config"],
   // the processes: agent and proxy never import each other
