@@ -159,13 +159,14 @@ describe("splice relay", () => {
 
   test("abort resets both sides at once and closes the record with the given reason", async () => {
     let serverClose: string | undefined;
-    const up = server({ close: (_s, e) => (serverClose = e ? (e.code ?? "error") : "clean") });
+    let got = 0;
+    const up = server({ data: (_s, d) => (got += d.byteLength), close: (_s, e) => (serverClose = e ? (e.code ?? "error") : "clean") });
     const p = spliceProxy(up.port);
     const c = await client(p.port);
     c.sock.write("x");
     // The byte must have crossed before the abort (under load the relay thread may not have
     // moved it yet when the record opens: seen once in a full run).
-    await waitFor(() => p.relays[0]?.rec.state === "open" && up.sockets.length === 1 && up.received() === 1);
+    await waitFor(() => p.relays[0]?.rec.state === "open" && up.sockets.length === 1 && got === 1);
     p.relays[0]!.abort("drained");
     expect(p.closed[0]!.how).toBe("drained");
     expect(p.closed[0]!.rec.bytesSent).toBe(1);
