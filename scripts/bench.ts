@@ -1,12 +1,16 @@
 #!/usr/bin/env bun
-// The nshub benchmark (issue 8). Run through `scripts/bench` (root), which installs the tools and
-// builds dist/nshub first. Measures three paths — direct, nshub, HAProxy — in one run, interleaved,
-// each repeated ≥ 3 times, plus enrollment time, proxy resync and memory, and writes
-// docs/BENCHMARKS.md (see scripts/bench-lib/report.ts for the page, docs/BENCHMARKS.md "Method").
+// The nshub benchmark (issues 8 and 18). Run through `scripts/bench` (root), which installs the
+// tools and builds dist/nshub first. Measures, in one run, interleaved, each repeated ≥ 3 times:
+// direct, nshub and HAProxy (default, splice-auto, splice forced) between pods of one node, and
+// (phase "mtls", scripts/bench-lib/mtls.ts) direct, nshub HBONE and an HAProxy TLS chain between
+// two nodes joined by a fabric, plus HBONE on one node; then enrollment time, proxy resync and
+// memory, idle HBONE streams; and writes docs/BENCHMARKS.md (see scripts/bench-lib/report.ts and
+// mtls-report.ts for the page, docs/BENCHMARKS.md "Method").
 //
 // Network safety (docs/TESTING.md): everything runs inside namespaces this script creates
-// (one virtual node without uplink, its pods); every load is bounded; all of it is torn down in
-// `finally` (and on SIGINT/SIGTERM). Nothing here asserts a timing.
+// (virtual nodes without uplink, their pods, the fabric joining two of them); every load is
+// bounded; all of it is torn down in `finally` (and on SIGINT/SIGTERM). Nothing here asserts a
+// timing.
 //
 //   usage: scripts/bench [--quick] [--reps N] [--out FILE] [--json FILE] [--no-profile] [--profile]
 import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -18,10 +22,15 @@ import { randomUUID } from "node:crypto";
 import { createAgentClient } from "../src/agent/client.ts";
 import { PodState } from "../src/gen/nshub/agent/v1/agent_pb.ts";
 import { createSim, run, type NetSim, type Pod, type SimProcess } from "../src/sim/index.ts";
-import { patchOutboundRedirect, renderHaproxyConfig } from "./bench-lib/haproxy.ts";
+import { renderHaproxyConfig } from "./bench-lib/haproxy.ts";
+import { applyHaproxyPodRules, haproxyCommand, haproxyMaxconn, startHaproxy, waitHaproxyPort } from "./bench-lib/haproxy-proc.ts";
+import { parseShowInfo, pipesInfo } from "./bench-lib/haproxy-tls.ts";
+import { MtlsBench } from "./bench-lib/mtls.ts";
+import { profileMtls } from "./bench-lib/mtls-profile.ts";
+import { mtlsTargets } from "./bench-lib/mtls-report.ts";
 import { parseCniTimingLog, parseIperf3Json, parseSockperf, parseWrk } from "./bench-lib/parse.ts";
 import { carryOverKept, checkTargets, derive, fmt, renderReport } from "./bench-lib/report.ts";
-import { emptyPerPath, PATHS, PATH_LABEL, RELAYS, type BenchParams, type BenchResults, type EnrollmentRun, type PathCheck, type PathName, type ProcCpu, type RelayAbRun, type RelayKind } from "./bench-lib/results.ts";
+import { emptyPerPath, MTLS_PATHS, PATHS, PATH_LABEL, pushRun, RELAYS, type AnyPath, type BenchParams, type PathName, type BenchResults, type EnrollmentRun, type MtlsPath, type PathCheck, type ProcCpu, type RelayAbRun, type RelayKind } from "./bench-lib/results.ts";
 import { rotate } from "./bench-lib/stats.ts";
 import { cpuSeconds, cpuWithChildren, fdCount, machineCpu, machineInfo, sampleRssKiB, threadCount, threadCpuByName, threadCpuSample } from "./bench-lib/sys.ts";
 import { profileProxy } from "./bench-lib/profile.ts";
@@ -102,7 +111,8 @@ if (flags.help) {
                  below 1 (a shared machine; the wait is not part of the reported runtime)
   --from-json F  measure nothing: re-render the page from results saved with --json (after a
                  change to the page's text; the numbers stay those of that run)
-  --phases LIST  only these phases (development): traffic,relay,enroll,scale,idle (default: all);
+  --phases LIST  only these phases (development): traffic,relay,enroll,scale,idle,mtls (default: all;
+                 mtls = the two-node mTLS paths in the traffic loop and their idle streams);
                  a partial run is marked as such on the page`);
   process.exit(0);
 }
@@ -111,7 +121,7 @@ const params: BenchParams = quick
   ? { reps: 3, tpSeconds: 3, latSeconds: 2, cpsSeconds: 2, wrkWarmupSeconds: 2, wrkConnections: 16, msgSize: 64, enrollSeq: 20, enrollConc: 10, scalePods: 60, idleConns: 2000 }
   : { reps: 3, tpSeconds: 10, latSeconds: 5, cpsSeconds: 5, wrkWarmupSeconds: 10, wrkConnections: 16, msgSize: 64, enrollSeq: 100, enrollConc: 50, scalePods: 500, idleConns: 10_000 };
 if (flags.reps !== undefined) params.reps = Math.max(1, Number(flags.reps));
-const PHASES = ["traffic", "relay", "enroll", "scale", "idle"] as const;
+const PHASES = ["traffic", "relay", "enroll", "scale", "idle", "mtls"] as const;
 const phases = new Set((flags.phases ?? PHASES.join(",")).split(",").map((x) => x.trim()));
 for (const p of phases) if (!(PHASES as readonly string[]).includes(p)) throw new Error(`unknown phase ${p} (phases: ${PHASES.join(", ")})`);
 const phase = (p: (typeof PHASES)[number]) => phases.has(p);
@@ -130,6 +140,8 @@ function log(msg: string): void {
 // state shared with cleanup
 
 let sim: NetSim | undefined;
+/** The two-node mTLS comparison (phase "mtls"). */
+let mtls: MtlsBench | undefined;
 let workDir: string | undefined;
 let cleaning: Promise<void> | undefined;
 /** What was measured so far: written to a temp file when the run fails. */
@@ -139,6 +151,10 @@ let waitedMs = 0;
 
 async function cleanup(): Promise<void> {
   cleaning ??= (async () => {
+    if (mtls) {
+      log("cleanup: the mTLS nodes and their fabric");
+      await mtls.destroy();
+    }
     if (sim) {
       log("cleanup: deleting pods and the virtual node");
       const s = sim;
@@ -206,20 +222,21 @@ async function proxyGc(): Promise<void> {
   if (r.stdout.trim() !== "200") throw new Error(`POST /debug/gc on the proxy answered ${r.stdout.trim() || r.stderr.trim()}`);
 }
 
-function cpuDelta(pid: number | undefined, before: ProcCpu | undefined): ProcCpu | undefined {
-  if (pid === undefined || before === undefined) return undefined;
-  try {
-    const now = cpuSeconds(pid);
-    return { user: now.user - before.user, sys: now.sys - before.sys };
-  } catch {
-    return undefined;
-  }
+/** The proxy process, or the two of a two-proxy path (their CPU is summed). */
+type Pids = number | number[] | undefined;
+const pidList = (pids: Pids): number[] => (pids === undefined ? [] : typeof pids === "number" ? [pids] : pids);
+
+function cpuDelta(pids: Pids, before: ProcCpu | undefined): ProcCpu | undefined {
+  const now = cpuNow(pids);
+  if (now === undefined || before === undefined) return undefined;
+  return { user: now.user - before.user, sys: now.sys - before.sys };
 }
 
-function cpuNow(pid: number | undefined): ProcCpu | undefined {
-  if (pid === undefined) return undefined;
+function cpuNow(pids: Pids): ProcCpu | undefined {
+  const list = pidList(pids);
+  if (list.length === 0) return undefined;
   try {
-    return cpuSeconds(pid);
+    return list.map(cpuSeconds).reduce((a, b) => ({ user: a.user + b.user, sys: a.sys + b.sys }));
   } catch {
     return undefined;
   }
@@ -348,7 +365,7 @@ function logTimeMs(text: string, msg: RegExp, scope?: string): number | undefine
 // pods, servers, HAProxy
 
 interface Pair {
-  path: PathName;
+  path: AnyPath;
   a: Pod;
   b: Pod;
 }
@@ -393,7 +410,7 @@ async function checkPath(pair: Pair): Promise<PathCheck> {
       ok = peerSeen === pair.a.ip && (redirected ?? 0) > 0;
       note = "captured in A, and B's server sees A's address (nshub preserves the source on inbound)";
       break;
-    case "haproxy":
+    default: // haproxy and its splice variants
       ok = peerSeen === pair.b.ip && (redirected ?? 0) > 0;
       note = "captured in A, and B's server sees B's own address (HAProxy's upstream socket inside B)";
       break;
@@ -401,25 +418,17 @@ async function checkPath(pair: Pair): Promise<PathCheck> {
   return { path: pair.path, peerSeen, redirectPackets: redirected, ok, note };
 }
 
-async function setupHaproxy(dir: string, pods: Pod[]): Promise<{ proc: SimProcess; rules: BenchResults["rules"] }> {
+async function setupHaproxy(dir: string, pods: Pod[], splice?: "auto" | "always"): Promise<{ proc: SimProcess; rules: BenchResults["rules"] }> {
   let rules: BenchResults["rules"];
-  for (const p of pods) {
-    await applyPodRules(p.netnsPath);
-    const listing = (await p.execOrThrow([iptablesCmd, "-t", "nat", "-S", "NSHUB_OUTPUT"])).stdout;
-    const patch = patchOutboundRedirect(listing);
-    await p.execOrThrow([iptablesCmd, "-t", "nat", "-R", "NSHUB_OUTPUT", String(patch.position), ...patch.after.split(" ")]);
-    rules = patch;
-  }
-  const cfg = join(dir, "haproxy.cfg");
+  for (const p of pods) rules = await applyHaproxyPodRules(p, iptablesCmd);
   // HAProxy needs about 2 fds per connection; the bench never has more than a few dozen at once.
-  const maxconn = Math.max(1000, Math.min(20_000, Math.floor((fdLimit - 1000) / 2)));
-  writeFileSync(cfg, renderHaproxyConfig({ pods: pods.map((p, i) => ({ netns: p.name, label: `pod${i}` })), maxconn }));
-  const check = await run(["haproxy", "-c", "-f", cfg]);
-  if (check.code !== 0) throw new Error(`haproxy -c failed: ${check.stdout}${check.stderr}`);
-  const proc = sim!.node.spawn([...MANY_FDS, "haproxy", "-db", "-f", cfg]);
+  const name = `haproxy${splice ? `-splice-${splice}` : ""}`;
+  const statsSocket = join(dir, `${name}.sock`);
+  const config = renderHaproxyConfig({ pods: pods.map((p, i) => ({ netns: p.name, label: `pod${i}` })), maxconn: haproxyMaxconn(fdLimit, splice), splice, statsSocket });
+  const proc = await startHaproxy(sim!.node, join(dir, `${name}.cfg`), config, MANY_FDS);
   for (const p of pods) {
-    await p.waitForTcpPort(15001, { timeoutMs: 10_000 });
-    await p.waitForTcpPort(15006, { timeoutMs: 10_000 });
+    await waitHaproxyPort(proc, p, 15001);
+    await waitHaproxyPort(proc, p, 15006);
   }
   return { proc, rules };
 }
@@ -427,16 +436,29 @@ async function setupHaproxy(dir: string, pods: Pod[]): Promise<{ proc: SimProces
 // ---------------------------------------------------------------------------------------------
 // traffic measures
 
-async function runIperf(pair: Pair, streams: number, proxyPid: number | undefined, seconds = params.tpSeconds): Promise<{ iperf: ReturnType<typeof parseIperf3Json>; proxyCpu?: ProcCpu; wallSec: number; benchCpuSec: number }> {
+type Probe = () => Promise<Record<string, number | undefined> | undefined>;
+
+async function runIperf(
+  pair: Pair,
+  streams: number,
+  proxyPid: Pids,
+  seconds = params.tpSeconds,
+  probe?: Probe,
+): Promise<{ iperf: ReturnType<typeof parseIperf3Json>; proxyCpu?: ProcCpu; wallSec: number; benchCpuSec: number; probe?: Record<string, number | undefined>; machineBusy: number }> {
   const before = cpuNow(proxyPid);
   const bench0 = process.cpuUsage();
+  const m0 = machineCpu();
   const w0 = performance.now();
-  const r = await pair.a.exec([...NOBODY, "iperf3", "-c", pair.b.ip, "-p", String(PORTS.iperf), "-t", String(seconds), "-O", "1", "-P", String(streams), "-J"], {
+  const running = pair.a.exec([...NOBODY, "iperf3", "-c", pair.b.ip, "-p", String(PORTS.iperf), "-t", String(seconds), "-O", "1", "-P", String(streams), "-J"], {
     timeoutMs: (seconds + 30) * 1000,
   });
+  const sampled = probe ? Bun.sleep(((seconds + 1) * 1000) / 2).then(probe).catch(() => undefined) : undefined;
+  const r = await running;
   const wallSec = (performance.now() - w0) / 1000;
   const proxyCpu = cpuDelta(proxyPid, before);
-  return { iperf: parseIperf3Json(r.stdout), proxyCpu, wallSec, benchCpuSec: benchCpuSince(bench0) };
+  const m1 = machineCpu();
+  const machineBusy = (m1.busySec - m0.busySec) / Math.max(m1.totalSec - m0.totalSec, 1e-9);
+  return { iperf: parseIperf3Json(r.stdout), proxyCpu, wallSec, benchCpuSec: benchCpuSince(bench0), probe: await sampled, machineBusy };
 }
 
 async function runSockperf(pair: Pair): Promise<ReturnType<typeof parseSockperf>> {
@@ -450,24 +472,28 @@ async function runSockperf(pair: Pair): Promise<ReturnType<typeof parseSockperf>
 
 async function runWrk(
   pair: Pair,
-  proxyPid: number | undefined,
+  proxyPid: Pids,
   seconds = params.cpsSeconds,
-): Promise<{ wrk: ReturnType<typeof parseWrk>; proxyCpu?: ProcCpu; proxyThreads?: Record<string, ProcCpu>; timeWaitA?: number; benchCpuSec: number; wallSec: number }> {
-  const threads0 = proxyPid === undefined ? undefined : threadCpuSample(proxyPid);
+  probe?: Probe,
+): Promise<{ wrk: ReturnType<typeof parseWrk>; proxyCpu?: ProcCpu; proxyThreads?: Record<string, ProcCpu>; timeWaitA?: number; benchCpuSec: number; wallSec: number; probe?: Record<string, number | undefined> }> {
+  const threads0 = typeof proxyPid === "number" ? threadCpuSample(proxyPid) : undefined;
   const before = cpuNow(proxyPid);
   const bench0 = process.cpuUsage();
   const w0 = performance.now();
-  const r = await pair.a.exec(
+  const running = pair.a.exec(
     [...NOBODY, "wrk", "-t1", `-c${params.wrkConnections}`, `-d${seconds}s`, "--timeout", "5s", "-H", "Connection: close", `http://${pair.b.ip}:${PORTS.http}/`],
     { timeoutMs: (seconds + 30) * 1000 },
   );
+  // Half-way through: what the path's own counters say (TLS handshakes, pooled connections).
+  const sampled = probe ? Bun.sleep((seconds * 1000) / 2).then(probe).catch(() => undefined) : undefined;
+  const r = await running;
   const proxyCpu = cpuDelta(proxyPid, before);
-  const proxyThreads = threads0 && proxyPid !== undefined ? threadCpuByName(threads0, threadCpuSample(proxyPid)) : undefined;
+  const proxyThreads = threads0 && typeof proxyPid === "number" ? threadCpuByName(threads0, threadCpuSample(proxyPid)) : undefined;
   const wallSec = (performance.now() - w0) / 1000;
   if (r.code !== 0) throw new Error(`wrk exited ${r.code}: ${r.stderr.slice(-500)}`);
   const tw = await pair.a.exec(["ss", "-Htan", "state", "time-wait"]);
   const timeWaitA = tw.code === 0 ? tw.stdout.split("\n").filter((l) => l.trim() !== "").length : undefined;
-  return { wrk: parseWrk(r.stdout), proxyCpu, proxyThreads, timeWaitA, benchCpuSec: benchCpuSince(bench0), wallSec };
+  return { wrk: parseWrk(r.stdout), proxyCpu, proxyThreads, timeWaitA, benchCpuSec: benchCpuSince(bench0), wallSec, probe: await sampled };
 }
 
 /** CPU seconds (user + system) this process used since `start` (a process.cpuUsage() value). */
@@ -580,6 +606,8 @@ async function main(): Promise<number> {
     log(`load average ${load1Text()}; starting`);
   }
   workDir = mkdtempSync(join(tmpdir(), "nshub-bench-"));
+  // The binary measured: a rebuild during the run would give later-started processes other code.
+  const binary0 = statSync(NSHUB);
   const machine = await machineInfo(REPO, BUN);
   const loadStart = load1Text();
   const results: BenchResults = {
@@ -625,11 +653,13 @@ async function main(): Promise<number> {
   results.memory = memory;
   log(`proxy ready (pid ${proxy.pid}); RSS with no pod ${fmt(memory.rss0KiB! / 1024, 1)} MiB`);
 
-  // --- the three pod pairs -----------------------------------------------------------------------
-  const pairs: Record<PathName, Pair> = {
+  // --- the pod pairs of this node ----------------------------------------------------------------
+  const pairs: Record<PathName | "haproxy-splice" | "haproxy-splice-always", Pair> = {
     direct: { path: "direct", a: await sim.addPod({ name: "direct-a", namespace: PLAIN_NS }), b: await sim.addPod({ name: "direct-b", namespace: PLAIN_NS }) },
     nshub: { path: "nshub", a: await sim.addPod({ name: "nshub-a", namespace: ENROLLED_NS }), b: await sim.addPod({ name: "nshub-b", namespace: ENROLLED_NS }) },
     haproxy: { path: "haproxy", a: await sim.addPod({ name: "haproxy-a", namespace: PLAIN_NS }), b: await sim.addPod({ name: "haproxy-b", namespace: PLAIN_NS }) },
+    "haproxy-splice": { path: "haproxy-splice", a: await sim.addPod({ name: "hsplice-a", namespace: PLAIN_NS }), b: await sim.addPod({ name: "hsplice-b", namespace: PLAIN_NS }) },
+    "haproxy-splice-always": { path: "haproxy-splice-always", a: await sim.addPod({ name: "hsplicef-a", namespace: PLAIN_NS }), b: await sim.addPod({ name: "hsplicef-b", namespace: PLAIN_NS }) },
   };
   // Pods keep the kernel's default sysctls (ephemeral ports 32768-60999: nshub's inbound takes its
   // transparent source ports below that range).
@@ -637,8 +667,12 @@ async function main(): Promise<number> {
   await pairs.nshub.a.waitForTcpPort(15001);
   await pairs.nshub.b.waitForTcpPort(15006);
   const hap = await setupHaproxy(workDir, [pairs.haproxy.a, pairs.haproxy.b]);
+  const hapSplice = await setupHaproxy(workDir, [pairs["haproxy-splice"].a, pairs["haproxy-splice"].b], "auto");
+  const hapSpliceAlways = await setupHaproxy(workDir, [pairs["haproxy-splice-always"].a, pairs["haproxy-splice-always"].b], "always");
   results.rules = hap.rules;
   results.haproxyThreads = threadCount(hap.proc.pid);
+  results.haproxySpliceThreads = threadCount(hapSplice.proc.pid);
+  results.haproxySpliceAlwaysThreads = threadCount(hapSpliceAlways.proc.pid);
   results.proxyThreads = threadCount(proxy.pid);
   try {
     const pc = (JSON.parse((await nodeHttp("/config_dump")).body) as { config: { proxy: { workers: number; relay: RelayKind } } }).config.proxy;
@@ -647,13 +681,52 @@ async function main(): Promise<number> {
   } catch (e) {
     results.errors.push(`reading the proxy's threads and relay from /config_dump: ${(e as Error).message}`);
   }
-  const proxyPidOf = (p: PathName) => (p === "nshub" ? proxy.pid : p === "haproxy" ? hap.proc.pid : undefined);
 
-  for (const p of PATHS) {
+  // --- the two-node mTLS comparison (issue 18) ----------------------------------------------------
+  if (phase("mtls")) {
+    const m = new MtlsBench({
+      workDir,
+      nshub: NSHUB,
+      nshubCni: NSHUB_CNI,
+      bun: BUN,
+      tools: TOOLS,
+      prefix: "nbn-",
+      avoidSubnets: [sim.subnet],
+      fdPrefix: MANY_FDS,
+      nobody: NOBODY,
+      fdLimit,
+      iptablesCmd,
+      env: daemonEnv(),
+      ports: { http: PORTS.http, idle: PORTS.idle },
+      startServers,
+      log,
+    });
+    mtls = m;
+    await m.setup();
+    results.mtls = m.results;
+  }
+  const isMtls = (p: AnyPath): p is MtlsPath => (MTLS_PATHS as readonly AnyPath[]).includes(p);
+  const pairOf = (p: AnyPath): Pair => (isMtls(p) ? { path: p, ...mtls!.pairs[p] } : pairs[p as keyof typeof pairs]);
+  // A function: the nshub proxy is restarted by later phases.
+  const proxyPidOf = (p: AnyPath): number | number[] | undefined =>
+    isMtls(p) ? mtls!.pids(p) : p === "nshub" ? proxy.pid : p === "haproxy" ? hap.proc.pid : p === "haproxy-splice" ? hapSplice.proc.pid : p === "haproxy-splice-always" ? hapSpliceAlways.proc.pid : undefined;
+  const probeOf = (p: AnyPath) => (isMtls(p) ? () => mtls!.probe(p) : undefined);
+  // Whether splice-auto really splices: HAProxy's pipes in use half-way through each transfer.
+  const iperfProbeOf = (p: AnyPath): Probe | undefined =>
+    p === "haproxy-splice" || p === "haproxy-splice-always"
+      ? async () => pipesInfo(parseShowInfo(await haproxyCommand(join(workDir!, `haproxy-splice-${p === "haproxy-splice" ? "auto" : "always"}.sock`), "show info")))
+      : undefined;
+  const onePaths = [...PATHS, "haproxy-splice", "haproxy-splice-always"] as const;
+  const allPaths: AnyPath[] = [...onePaths, ...(mtls ? MTLS_PATHS : [])];
+
+  for (const p of onePaths) {
     const c = await checkPath(pairs[p]);
     results.checks.push(c);
-    log(`path check ${p}: ${c.ok ? "ok" : "FAILED"} (peer ${c.peerSeen}, redirected ${c.redirectPackets ?? "-"})`);
-    if (!c.ok) results.errors.push(`path check failed for ${p}: ${c.note}; peer seen ${c.peerSeen}, redirect packets ${c.redirectPackets}`);
+  }
+  if (mtls) results.checks.push(...(await mtls.checks()));
+  for (const c of results.checks) {
+    log(`path check ${c.path}: ${c.ok ? "ok" : "FAILED"} (peer ${c.peerSeen}, redirected ${c.redirectPackets ?? "-"}${c.wire ? `; wire: ${c.wire}` : ""}${c.security ? `; ${c.security}` : ""})`);
+    if (!c.ok) results.errors.push(`path check failed for ${c.path}: ${c.note}; peer seen ${c.peerSeen}, redirect packets ${c.redirectPackets}${c.wire ? `, wire: ${c.wire}` : ""}${c.security ? `, ${c.security}` : ""}`);
   }
   if (results.checks.some((c) => !c.ok)) throw new Error("a path does not behave as intended; refusing to measure it");
 
@@ -661,10 +734,10 @@ async function main(): Promise<number> {
   // One short unmeasured pass per path first: nshub's JavaScript is compiled on its first
   // connections (JIT), and every path gets the same warm-up so none starts cold.
   if (phase("traffic")) {
-    for (const p of PATHS) {
+    for (const p of allPaths) {
       try {
-        await runIperf(pairs[p], 1, proxyPidOf(p), WARMUP_SECONDS);
-        await runWrk(pairs[p], proxyPidOf(p), params.wrkWarmupSeconds!);
+        await runIperf(pairOf(p), 1, proxyPidOf(p), WARMUP_SECONDS);
+        await runWrk(pairOf(p), proxyPidOf(p), params.wrkWarmupSeconds!);
       } catch (e) {
         results.errors.push(`warm-up ${p}: ${(e as Error).message}`);
       }
@@ -673,13 +746,13 @@ async function main(): Promise<number> {
     log(`warm-up: each path ${WARMUP_SECONDS} s of iperf3 and ${params.wrkWarmupSeconds!} s of wrk, not measured`);
   }
   for (let rep = 1; rep <= (phase("traffic") ? params.reps : 0); rep++) {
-    const order = rotate(PATHS, rep - 1);
+    const order = rotate(allPaths, rep - 1);
     for (const streams of [1, 4] as const) {
       for (const p of order) {
         try {
           const l = load1();
-          const r = await runIperf(pairs[p], streams, proxyPidOf(p));
-          results.throughput[String(streams) as "1" | "4"][p].push({ rep, load1: l, ...r });
+          const r = await runIperf(pairOf(p), streams, proxyPidOf(p), params.tpSeconds, iperfProbeOf(p));
+          pushRun(results.throughput[String(streams) as "1" | "4"], p, { rep, load1: l, ...r });
           log(`rep ${rep} iperf3 -P ${streams} ${PATH_LABEL[p]}: ${fmt(r.iperf.bitsPerSecond / 1e9, 2)} Gb/s${r.proxyCpu ? ` (proxy CPU ${fmt(r.proxyCpu.user, 1)}u+${fmt(r.proxyCpu.sys, 1)}s)` : ""}`);
         } catch (e) {
           results.errors.push(`rep ${rep} iperf3 -P ${streams} ${p}: ${(e as Error).message}`);
@@ -691,8 +764,8 @@ async function main(): Promise<number> {
     for (const p of order) {
       try {
         const l = load1();
-        const s = await runSockperf(pairs[p]);
-        results.latency[p].push({ rep, load1: l, sockperf: s });
+        const s = await runSockperf(pairOf(p));
+        pushRun(results.latency, p, { rep, load1: l, sockperf: s });
         log(`rep ${rep} sockperf ${PATH_LABEL[p]}: p50 ${fmt(s.p50Us, 1)} p99 ${fmt(s.p99Us, 1)} p99.9 ${fmt(s.p999Us, 1)} µs (${s.observations} obs)`);
       } catch (e) {
         results.errors.push(`rep ${rep} sockperf ${p}: ${(e as Error).message}`);
@@ -703,8 +776,8 @@ async function main(): Promise<number> {
     for (const p of order) {
       try {
         const l = load1();
-        const w = await runWrk(pairs[p], proxyPidOf(p));
-        results.cps[p].push({ rep, load1: l, ...w });
+        const w = await runWrk(pairOf(p), proxyPidOf(p), params.cpsSeconds, probeOf(p));
+        pushRun(results.cps, p, { rep, load1: l, ...w });
         const e = w.wrk.errors;
         log(`rep ${rep} wrk ${PATH_LABEL[p]}: ${fmt(w.wrk.requestsPerSecond, 0)} conn/s (errors c${e.connect} r${e.read} w${e.write} t${e.timeout}, non2xx ${w.wrk.non2xx3xx})`);
       } catch (e) {
@@ -899,6 +972,29 @@ async function main(): Promise<number> {
     await server.stop();
   }
 
+  // --- the mTLS path: what node 2's proxy counted, idle HBONE streams ------------------------------------
+  if (mtls) {
+    try {
+      mtls.results.audit = await mtls.audit();
+      log(`mTLS audit: node 2's proxy accepted ${mtls.results.audit.mutualTls} connections in mutual TLS, ${mtls.results.audit.plaintext} in plaintext`);
+      if (mtls.results.audit.plaintext > 0) results.errors.push(`mTLS audit: node 2's proxy accepted ${mtls.results.audit.plaintext} plaintext connections (every connection to its pods should be HBONE)`);
+    } catch (e) {
+      results.errors.push(`mTLS audit: ${(e as Error).message}`);
+    }
+    try {
+      // Each idle stream holds one fd in each proxy (node 1: the captured socket; node 2: the upstream).
+      const headroom = fdLimit - Math.max(...mtls.proxies.map((x) => fdCount(x.pid))) - 500;
+      const n = Math.min(params.idleConns, Math.floor(headroom / 500) * 500);
+      const idle = await mtls.idleStreams(n, PORTS.idle);
+      mtls.results.idle = idle;
+      results.errors.push(...idle.errors);
+      const per = ((idle.rssAfterKiB[0] + idle.rssAfterKiB[1] - idle.rssBeforeKiB[0] - idle.rssBeforeKiB[1]) * 1024) / Math.max(idle.held, 1);
+      log(`idle HBONE streams: ${idle.held} of ${idle.clientConns} held on ${idle.poolConnections ?? "?"} pooled connections; proxies' RSS ${idle.rssBeforeKiB.map((x) => fmt(x / 1024, 1)).join(" + ")} → ${idle.rssAfterKiB.map((x) => fmt(x / 1024, 1)).join(" + ")} MiB: ${fmt(per / 1000, 2)} KB per stream`);
+    } catch (e) {
+      results.errors.push(`idle HBONE streams: ${(e as Error).message}`);
+    }
+  }
+
   // --- profile, when a traffic target is missed ------------------------------------------------------------
   const dd = derive(results);
   const trafficMissed = checkTargets(results, dd)
@@ -932,9 +1028,25 @@ async function main(): Promise<number> {
   results.load = { start: loadStart, end: load1Text() };
   results.fdLimit = fdLimit;
   results.nshubBinaryBytes = statSync(NSHUB).size;
+  const binary1 = statSync(NSHUB);
+  if (binary1.mtimeMs !== binary0.mtimeMs || binary1.size !== binary0.size) {
+    results.errors.push(`dist/nshub was replaced during the run (at ${new Date(binary1.mtimeMs).toISOString()}): processes started after that ran the new binary`);
+  }
   notes.push(...analysis(results, { binaryBytes: results.nshubBinaryBytes }));
 
+  // --- the mTLS profile, when one of issue 18's targets is missed ---------------------------------------------
+  if (mtls && !flags["no-profile"] && (flags.profile ?? (!quick && mtlsTargets(results, derive(results)).some((t) => t.met === false)))) {
+    try {
+      log("profiling the mTLS paths (an issue 18 target was missed or --profile)");
+      mtls.results.profile = await profileMtls({ mtls, seconds: quick ? 3 : 6, nobody: NOBODY, iperfPort: PORTS.iperf, httpPort: PORTS.http, workDir, fdPrefix: MANY_FDS, log });
+    } catch (e) {
+      results.errors.push(`mTLS profile: ${(e as Error).message}`);
+    }
+  }
+
   await hap.proc.stop();
+  await hapSplice.proc.stop();
+  await hapSpliceAlways.proc.stop();
   results.finishedAt = new Date().toISOString();
 
   await cleanup();

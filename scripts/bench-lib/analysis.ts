@@ -98,7 +98,9 @@ export function analysis(r: BenchResults, ctx: AnalysisContext = {}): string[] {
     notes.push(
       `**Proxy CPU per GB (1 stream).** nshub used ${fmt(cpuN, 2)} CPU-seconds per GB relayed, HAProxy ${fmt(cpuH, 2)} (${fmt(cpuN / cpuH, 2)}×; 4 streams: ${fmt(d.tpCpuPerGB["4"].nshub, 2)} vs ${fmt(d.tpCpuPerGB["4"].haproxy, 2)}). ` +
         "On a CPU-bound machine throughput follows this cost: what the proxy spends per byte is not available to iperf3 and the kernel. " +
-        `(nshub ran its ${r.proxyRelay ?? "userspace"} relay; HAProxy runs with its default 16 KiB buffers and without splice. With \`option splice-request\` and \`splice-response\` forced, a hand-run \`--quick\` pair on this machine (2026-11-24) gave HAProxy 4.1–6.4 Gb/s for 1 stream and 7.1 for 4, and 1.58 CPU-s/GB: about what nshub's splice relay reaches.)`,
+        (Number.isFinite(d.tpCpuPerGB["1"]["haproxy-splice-always"])
+          ? `(nshub ran its ${r.proxyRelay ?? "userspace"} relay; the HAProxy path runs with its default 16 KiB buffers and without splice. With splicing forced (\`option splice-request\` + \`splice-response\`, same run) HAProxy used ${fmt(d.tpCpuPerGB["1"]["haproxy-splice-always"], 2)} CPU-s/GB for 1 stream and ${fmt(d.tpCpuPerGB["4"]["haproxy-splice-always"], 2)} for 4, with \`option splice-auto\` ${fmt(d.tpCpuPerGB["1"]["haproxy-splice"], 2)} and ${fmt(d.tpCpuPerGB["4"]["haproxy-splice"], 2)}: nshub / HAProxy spliced ${fmt(cpuN / d.tpCpuPerGB["1"]["haproxy-splice-always"], 2)}× for 1 stream.)`
+          : `(nshub ran its ${r.proxyRelay ?? "userspace"} relay; HAProxy runs with its default 16 KiB buffers and without splice. With \`option splice-request\` and \`splice-response\` forced, a hand-run \`--quick\` pair on this machine (2026-11-24) gave HAProxy 4.1–6.4 Gb/s for 1 stream and 7.1 for 4, and 1.58 CPU-s/GB: about what nshub's splice relay reaches.)`),
     );
   }
 

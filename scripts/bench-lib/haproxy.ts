@@ -49,6 +49,13 @@ export interface HaproxyConfigOptions {
   nbthread?: number;
   /** Runtime stats socket (for `show info`). */
   statsSocket?: string;
+  /**
+   * Kernel splicing (socket → pipe → socket, as nshub's splice relay always does), in the
+   * defaults: "auto" = `option splice-auto` (HAProxy splices when it judges it worth it),
+   * "always" = `option splice-request` + `option splice-response` (every transfer it can).
+   * Undefined = HAProxy's default: copies through its 16 KiB buffers.
+   */
+  splice?: "auto" | "always";
 }
 
 /** haproxy.cfg binding each pod's outbound and inbound listener inside the pod's netns. */
@@ -67,6 +74,7 @@ export function renderHaproxyConfig(o: HaproxyConfigOptions): string {
     "  timeout connect 5s",
     "  timeout client 120s",
     "  timeout server 120s",
+    ...(o.splice === "auto" ? ["  option splice-auto"] : o.splice === "always" ? ["  option splice-request", "  option splice-response"] : []),
   ];
   for (const p of o.pods) {
     for (const [dir, port] of [

@@ -243,3 +243,34 @@ export function perfSyscallShares(text: string): Array<{ name: string; pct: numb
   }
   return [...best].map(([name, pct]) => ({ name, pct })).sort((a, b) => b.pct - a.pct);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus text (the proxy's /metrics)
+
+/** The sum of every sample of metric `name` (all label sets); undefined when there is none. */
+export function metricSum(text: string, name: string): number | undefined {
+  let sum: number | undefined;
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(name) || (line[name.length] !== "{" && line[name.length] !== " ")) continue;
+    const v = Number(line.slice(line.lastIndexOf(" ") + 1));
+    if (Number.isFinite(v)) sum = (sum ?? 0) + v;
+  }
+  return sum;
+}
+
+/**
+ * Connections the proxy opened as `reporter` ("destination": inbound legs, "source": outbound),
+ * by security: `connection_security_policy="mutual_tls"` and anything else (plaintext), from
+ * `istio_tcp_connections_opened_total`.
+ */
+export function securityCounts(text: string, reporter: "source" | "destination"): { mutualTls: number; plaintext: number } {
+  const out = { mutualTls: 0, plaintext: 0 };
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("istio_tcp_connections_opened_total{") || !line.includes(`reporter="${reporter}"`)) continue;
+    const v = Number(line.slice(line.lastIndexOf(" ") + 1));
+    if (!Number.isFinite(v)) continue;
+    if (line.includes('connection_security_policy="mutual_tls"')) out.mutualTls += v;
+    else out.plaintext += v;
+  }
+  return out;
+}

@@ -43,14 +43,14 @@ export interface ProfileOptions {
   log: (msg: string) => void;
 }
 
-function hotFunctions(md: string, rows: number): string | undefined {
+export function hotFunctions(md: string, rows: number): string | undefined {
   const i = md.indexOf("## Hot Functions");
   if (i < 0) return undefined;
   const lines = md.slice(i).split("\n").filter((l) => l.startsWith("|"));
   return lines.slice(0, rows + 2).join("\n");
 }
 
-function perfTable(text: string, rows: number): string {
+export function perfTable(text: string, rows: number): string {
   return text
     .split("\n")
     .filter((l) => l.trim() !== "" && !l.startsWith("#"))

@@ -2,9 +2,58 @@
 import type { Iperf3Result, SockperfResult, WrkResult } from "./parse.ts";
 import type { MachineInfo } from "./sys.ts";
 
+/** The main comparison's paths, pod pairs on one node (issue 8). */
 export const PATHS = ["direct", "nshub", "haproxy"] as const;
 export type PathName = (typeof PATHS)[number];
-export const PATH_LABEL: Record<PathName, string> = { direct: "direct", nshub: "nshub", haproxy: "HAProxy" };
+/**
+ * Paths added for issue 18, measured in the same interleaved loop when their set-up ran:
+ * HAProxy with `option splice-auto` (one node, as "haproxy"), and the mTLS comparison on two
+ * virtual nodes joined by the fabric (scripts/bench-lib/mtls.ts): direct across the nodes, nshub
+ * HBONE across the nodes, the HAProxy TLS chain across the nodes, and nshub HBONE between two
+ * pods of one node (no same-node shortcut).
+ */
+export const EXTRA_PATHS = ["haproxy-splice", "haproxy-splice-always", "direct-nodes", "hbone-nodes", "haproxy-tls", "hbone-local"] as const;
+export type ExtraPath = (typeof EXTRA_PATHS)[number];
+export type AnyPath = PathName | ExtraPath;
+export const ALL_PATHS: readonly AnyPath[] = [...PATHS, ...EXTRA_PATHS];
+export const MTLS_PATHS = ["direct-nodes", "hbone-nodes", "haproxy-tls", "hbone-local"] as const satisfies readonly ExtraPath[];
+export type MtlsPath = (typeof MTLS_PATHS)[number];
+export const PATH_LABEL: Record<AnyPath, string> = {
+  direct: "direct",
+  nshub: "nshub",
+  haproxy: "HAProxy",
+  "haproxy-splice": "HAProxy splice-auto",
+  "haproxy-splice-always": "HAProxy splice forced",
+  "direct-nodes": "direct, 2 nodes",
+  "hbone-nodes": "nshub HBONE, 2 nodes",
+  "haproxy-tls": "HAProxy TLS chain, 2 nodes",
+  "hbone-local": "nshub HBONE, same node",
+};
+/** What a path's **added** latency is measured against: direct between the same kind of pods. */
+export const BASELINE: Record<AnyPath, AnyPath> = {
+  direct: "direct",
+  nshub: "direct",
+  haproxy: "direct",
+  "haproxy-splice": "direct",
+  "haproxy-splice-always": "direct",
+  "direct-nodes": "direct-nodes",
+  "hbone-nodes": "direct-nodes",
+  "haproxy-tls": "direct-nodes",
+  "hbone-local": "direct",
+};
+/**
+ * The HAProxy configurations of the one-node comparison: default, `option splice-auto`, and
+ * splicing forced (`option splice-request` + `option splice-response`); nshub is held to the
+ * stronger one in each measure.
+ */
+export const HAPROXY_VARIANTS = ["haproxy", "haproxy-splice", "haproxy-splice-always"] as const satisfies readonly AnyPath[];
+export type HaproxyVariant = (typeof HAPROXY_VARIANTS)[number];
+/** Runs per path: the main paths always (maybe empty), the extra ones when measured. */
+export type PerPath<T> = Record<PathName, T> & Partial<Record<ExtraPath, T>>;
+/** A path's runs (empty when the path was not measured, e.g. in results from before it existed). */
+export function runsOf<T>(rec: PerPath<T[]>, p: AnyPath): T[] {
+  return (rec as Partial<Record<AnyPath, T[]>>)[p] ?? [];
+}
 
 export interface ProcCpu {
   user: number;
@@ -22,6 +71,10 @@ export interface ThroughputRun {
   wallSec?: number;
   /** CPU seconds the bench's own process used during the run (it should only be waiting). */
   benchCpuSec?: number;
+  /** A sample half-way through the run (HAProxy splice-auto: its pipes in use). */
+  probe?: Record<string, number | undefined>;
+  /** Share of the machine's CPU time that was busy during the run (all processes, 0..1). */
+  machineBusy?: number;
 }
 
 export interface LatencyRun {
@@ -39,6 +92,11 @@ export interface CpsRun {
   proxyCpu?: ProcCpu;
   /** The proxy's CPU seconds during the run per thread name (nshub: nshub-dataplane, nshub-relay, JITWorker…). */
   proxyThreads?: Record<string, ProcCpu>;
+  /**
+   * A sample taken half-way through the run (mTLS paths): the HAProxy TLS chain's `show info`
+   * TLS counters of both instances, nshub's pooled HBONE connections.
+   */
+  probe?: Record<string, number | undefined>;
   /** TCP sockets in TIME_WAIT in pod A right after the run (wrk's and, on a proxied path, the proxy's upstream sockets there). */
   timeWaitA?: number;
   /** CPU seconds the bench's own process used during the run; wrk ran `wallSec`. */
@@ -110,13 +168,17 @@ export interface MemoryResult {
 }
 
 export interface PathCheck {
-  path: PathName;
+  path: AnyPath;
   /** Client address the HTTP server in B saw for a request from A. */
   peerSeen: string;
   /** Packets that hit A's outbound REDIRECT rule (undefined: no rules in A). */
   redirectPackets?: number;
   ok: boolean;
   note: string;
+  /** mTLS paths: what the fabric capture saw of this path's check request (flows, marker in clear or not). */
+  wire?: string;
+  /** nshub HBONE paths: the security the proxies recorded for the check connection (both legs). */
+  security?: string;
 }
 
 export interface ProfileResult {
@@ -199,9 +261,14 @@ export interface BenchResults {
   relayAB?: RelayAbRun[];
   checks: PathCheck[];
   rules: { position: number; before: string; after: string } | undefined;
-  throughput: Record<"1" | "4", Record<PathName, ThroughputRun[]>>;
-  latency: Record<PathName, LatencyRun[]>;
-  cps: Record<PathName, CpsRun[]>;
+  throughput: Record<"1" | "4", PerPath<ThroughputRun[]>>;
+  latency: PerPath<LatencyRun[]>;
+  cps: PerPath<CpsRun[]>;
+  /** HAProxy with `option splice-auto` ("haproxy-splice") and with splice-request + splice-response ("haproxy-splice-always"): thread counts. */
+  haproxySpliceThreads?: number;
+  haproxySpliceAlwaysThreads?: number;
+  /** The mTLS comparison on two nodes (issue 18; absent when its set-up did not run). */
+  mtls?: MtlsResults;
   enrollment: {
     sequential?: EnrollmentRun;
     concurrent?: EnrollmentRun;
@@ -222,4 +289,68 @@ export interface BenchResults {
 
 export function emptyPerPath<T>(): Record<PathName, T[]> {
   return { direct: [], nshub: [], haproxy: [] };
+}
+
+/** Idle HBONE streams through the two-node mTLS path: both proxies' memory. */
+export interface IdleStreamsResult {
+  /** Streams the client opened / that reached the server in B (the divisor). */
+  clientConns: number;
+  held: number;
+  /** RSS (KiB) of node 1's and node 2's proxy before and after, each after a full GC. */
+  rssBeforeKiB: [number, number];
+  rssAfterKiB: [number, number];
+  fdsBefore: [number, number];
+  fdsAfter: [number, number];
+  /** node 1's pooled HBONE connections carrying them (`nshub_hbone_pool_connections`). */
+  poolConnections?: number;
+  connectMs?: number;
+  errors: string[];
+}
+
+/** perf of one process during a run (the mTLS profile). */
+export interface ProcessProfile {
+  who: string;
+  /** What ran through the path while perf sampled (absent = iperf3). */
+  load?: "iperf3" | "wrk";
+  cpu: { user: number; sys: number; wallSec: number };
+  byDso?: string;
+  topSymbols?: string;
+  byThread?: string;
+}
+
+export interface MtlsProfile {
+  what: string;
+  /** iperf3 -P 1 through the path while perf ran, Gb/s. */
+  gbps: Partial<Record<"hbone-nodes" | "haproxy-tls", number>>;
+  procs: ProcessProfile[];
+  /** Bun's sampling profiler (`--cpu-prof-md`) on node 1's proxy from source: per load, the hot-functions table. */
+  js?: Array<{ load: string; hot: string }>;
+  notes: string[];
+}
+
+export interface MtlsResults {
+  /** Trust domain and how certificates were made. */
+  trustDomain: string;
+  /** node 1's and node 2's proxies: data-plane threads, relay, process threads. */
+  proxyWorkers?: number;
+  proxyRelay?: RelayKind;
+  /** HAProxy TLS chain: threads of each instance. */
+  haproxyThreads?: [number, number];
+  /** The fabric link subnet and the nodes' pod subnets. */
+  nodes: { subnet: string; pods: string[] }[];
+  /** The wire's summary of all checks (the fabric capture). */
+  wire?: string;
+  /**
+   * After the measured runs, node 2's proxy metrics: connections it accepted for its pods, by
+   * security (mutual_tls vs plaintext): every HBONE-path connection must be mutual_tls.
+   */
+  audit?: { mutualTls: number; plaintext: number };
+  idle?: IdleStreamsResult;
+  profile?: MtlsProfile;
+}
+
+/** Appends a run to a path's list, creating the list for an extra path. */
+export function pushRun<T>(rec: PerPath<T[]>, p: AnyPath, run: T): void {
+  const m = rec as Partial<Record<AnyPath, T[]>>;
+  (m[p] ??= []).push(run);
 }
