@@ -67,9 +67,11 @@ options:
   -h, --help                    this text
 
 Authorization: proxy.policies (NSHUB_PROXY_POLICIES) names Istio AuthorizationPolicy and
-PeerAuthentication YAML (a file or a folder), enforced on inbound plaintext and reloaded on change;
-a bad file at start stops the proxy. proxy.workloadsFile adds a ztunnel local-config file to the
-workload registry (GET /workloads).
+PeerAuthentication YAML (a file or a folder), enforced on every inbound connection (plaintext
+and HBONE) and reloaded on change; a bad file at start stops the proxy. proxy.workloadsFile adds
+a ztunnel local-config file to the workload registry (GET /workloads). proxy.kubernetes.enabled
+(NSHUB_PROXY_KUBERNETES_ENABLED) adds the cluster's pods (annotated ones are mesh workloads) and
+Istio's policy objects from the Kubernetes API.
 
 Workload certificates (one per identity, for the pods' SPIFFE IDs) are off by default; turn them
 on with proxy.ca in the config file or NSHUB_PROXY_CA_* (source istio or local: see the README).

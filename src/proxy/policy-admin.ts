@@ -69,7 +69,7 @@ export function policyAdminRoutes(authz: ProxyAuthz, pool?: WorkerPool): AppExte
     endpoints: [
       { method: "GET", path: "/policies", description: "the authorization policies in force, where each applies, and each thread's policy generation" },
       { method: "GET", path: "/policy/check", description: "decide one connection with the running set: ?from=<ip|identity>&to=<ns>/<name>&port=N[&plaintext]" },
-      { method: "GET", path: "/workloads", description: "the workload registry: the pods served (ZDS) merged with proxy.workloadsFile" },
+      { method: "GET", path: "/workloads", description: "the workload registry: the pods served (ZDS) merged with the Kubernetes API's pods (proxy.kubernetes) and proxy.workloadsFile" },
     ],
     routes(app: Hono) {
       app.get("/policies", async (c) => {
