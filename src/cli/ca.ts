@@ -7,6 +7,7 @@ import { createLogger } from "../log/logger.ts";
 import { CA_FILES, initCaDir, loadCaDir } from "../identity/ca-dir.ts";
 import { DEFAULT_LIFETIME_SECONDS, formatSeconds, MAX_LIFETIME_SECONDS, parseDuration } from "../identity/ca-signer.ts";
 import { startCaServer } from "../identity/ca-server.ts";
+import { DEFAULT_NODE_AGENTS, DEFAULT_TOKEN_AUDIENCES, loadKubeCluster, parseServiceAccountRef } from "../identity/ca-kube.ts";
 import { issueNodeCredentials, revokeNode } from "../identity/node-credentials.ts";
 import { writeFileAtomic } from "../util/atomic-file.ts";
 import { DEFAULT_TRUST_DOMAIN } from "../identity/spiffe.ts";
@@ -27,9 +28,10 @@ commands:
   revoke-node   remove every credential of a node
   serve         serve the certificate API
 
-Security: a node credential may ask for ANY identity (spiffe://<trust domain>/ns/*/sa/*) of the
-CA's trust domain: without Kubernetes, nshub cannot tell which pods run on which node. Treat
-each node's token or key like the CA key itself, and give one only to nodes you trust.
+Security: without Kubernetes, a node credential may ask for ANY identity (spiffe://<trust
+domain>/ns/*/sa/*) of the CA's trust domain: nshub cannot tell which pods run on which node.
+Treat each node's token or key like the CA key itself, and give one only to nodes you trust.
+With 'serve --kubernetes', every caller gets only identities of pods scheduled on its node.
 
   nshub ca <command> --help   that command's options`;
 
@@ -78,22 +80,33 @@ pods stay valid until they expire (at most the maximum lifetime).
 const SERVE_HELP = `usage: nshub ca serve --dir <dir> [--address <host:port>] [--metrics-address <host:port>] [options]
 
 Serves istio.v1.auth.IstioCertificateService/CreateCertificate over gRPC + TLS (HTTP/2).
-Callers authenticate with "authorization: Bearer <token>" or a node client certificate (both
-from 'nshub ca issue-node'); the identity is the request metadata ImpersonatedIdentity, as
-ztunnel sends it. A CSR is signed only when its one URI SAN is that identity, in this CA's trust
-domain, for at most --max-lifetime. Every issuance is logged (node, identity, serial, not-after).
-Refusals use istiod's gRPC codes: UNAUTHENTICATED, INVALID_ARGUMENT, PERMISSION_DENIED.
+The identity is the request metadata ImpersonatedIdentity, as ztunnel sends it. A CSR is signed
+only when its one URI SAN is that identity, in this CA's trust domain, for at most
+--max-lifetime. Every issuance is logged (node, identity, serial, not-after). Refusals use gRPC
+codes: UNAUTHENTICATED, INVALID_ARGUMENT, PERMISSION_DENIED, UNAVAILABLE.
+
+Callers, in this order: a node client certificate; "authorization: Bearer nshub-ca.…", a node
+token (both from 'nshub ca issue-node'); with --kubernetes, any other bearer token is a
+service-account token the API server reviews (TokenReview): it must belong to a node agent
+(--node-agent-sa) and be bound to a pod, which gives its node.
 
   --dir <dir>                  the CA directory (required)
   --address <host:port>        where to serve (default ${DEFAULT_ADDRESS}; port 0: any free port)
-  --metrics-address <h:p>      Prometheus /metrics (default ${DEFAULT_METRICS}; "off": none)
+  --metrics-address <h:p>      Prometheus /metrics and /ready (default ${DEFAULT_METRICS}; "off": none)
   --server-name <name>         a DNS name or IP for the serving certificate, repeatable
                                (default: localhost, this host's name, 127.0.0.1, ::1, the --address IP)
   --default-lifetime <d>       when a request asks for 0 (default ${formatSeconds(DEFAULT_LIFETIME_SECONDS)})
   --max-lifetime <d>           refuse requests above this (default ${formatSeconds(MAX_LIFETIME_SECONDS)}, istiod's)
+  --kubernetes                 sign only identities of pods scheduled on the caller's node (a watch
+                               of all pods), for node credentials too; nothing before the first list
+  --kubeconfig <file>          the API server (default: in a pod its service account, else
+                               $KUBECONFIG or ~/.kube/config)
+  --node-agent-sa <ns>/<sa>    a service account whose tokens act for a node, repeatable
+                               (default ${DEFAULT_NODE_AGENTS.join(", ")})
+  --token-audience <aud>       the audience the tokens must be issued for, repeatable (default ${DEFAULT_TOKEN_AUDIENCES.join(", ")})
   -h, --help                   this text
 
-Security: any node with credentials may ask for any identity of the trust domain.`;
+Security: without --kubernetes, any node with credentials may ask for any identity of the trust domain.`;
 
 type Sub = (args: string[]) => Promise<number>;
 
@@ -225,10 +238,26 @@ async function serve(args: string[]): Promise<number> {
       "server-name": { type: "string", multiple: true },
       "default-lifetime": { type: "string" },
       "max-lifetime": { type: "string" },
+      kubernetes: { type: "boolean" },
+      kubeconfig: { type: "string" },
+      "node-agent-sa": { type: "string", multiple: true },
+      "token-audience": { type: "string", multiple: true },
       help: { type: "boolean", short: "h" },
     },
   });
   if (values.help) return (console.log(SERVE_HELP), 0);
+  if (!values.kubernetes) {
+    for (const f of ["kubeconfig", "node-agent-sa", "token-audience"] as const) if (values[f] !== undefined) throw usageError(`--${f} needs --kubernetes`);
+  }
+  const nodeAgents = (values["node-agent-sa"] ?? []).map((r) => {
+    try {
+      return parseServiceAccountRef(r);
+    } catch (e) {
+      throw usageError((e as Error).message);
+    }
+  });
+  const audiences = values["token-audience"] ?? [];
+  if (audiences.some((a) => a.trim() === "")) throw usageError("--token-audience: empty");
   const metricsFlag = values["metrics-address"] ?? DEFAULT_METRICS;
   const maxLifetimeSeconds = duration(values["max-lifetime"], MAX_LIFETIME_SECONDS, "--max-lifetime");
   const server = await startCaServer({
@@ -239,6 +268,7 @@ async function serve(args: string[]): Promise<number> {
     // a --max-lifetime below the default lowers the default with it
     defaultLifetimeSeconds: duration(values["default-lifetime"], Math.min(DEFAULT_LIFETIME_SECONDS, maxLifetimeSeconds), "--default-lifetime"),
     maxLifetimeSeconds,
+    kubernetes: values.kubernetes ? { cluster: loadKubeCluster(values.kubeconfig), nodeAgents, audiences } : undefined,
     log: createLogger("ca"),
   });
   await new Promise<void>((resolve) => {

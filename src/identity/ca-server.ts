@@ -3,13 +3,15 @@
 // workload certificates from it. Served with @connectrpc/connect-node on node:http2 (Bun.serve
 // sends no HTTP/2 trailers, which gRPC needs), gRPC protocol only.
 //
-// Per call: authenticate the node (a client certificate from the node CA, or `authorization:
-// Bearer <token>`; both from `nshub ca issue-node`), take the identity from the request metadata
+// Per call: authenticate the caller, take the identity from the request metadata
 // `ImpersonatedIdentity` (what ztunnel sends in shared mode: https://github.com/istio/ztunnel/
-// blob/master/src/identity/caclient.rs), sign through ./ca-signer.ts, log the issuance, count it.
-// Refusals answer with istiod's codes: Unauthenticated ("request authenticate failure"),
-// InvalidArgument for CSR and lifetime errors, PermissionDenied for identities the node may not
-// have. Any node may ask for any identity of the trust domain (see ./node-credentials.ts).
+// blob/master/src/identity/caclient.rs), check the caller may have it, sign through
+// ./ca-signer.ts, log the issuance, count it. Callers, in this order: a node client certificate
+// (./node-credentials.ts); a bearer token `nshub-ca.…` (a node token, never sent to the API
+// server); with --kubernetes, any other bearer token is a service-account token reviewed by the
+// API server (./ca-kube.ts). Without Kubernetes any node may ask for any identity of the trust
+// domain; with it every caller, node credentials included, only for pods on its node.
+// Refusals answer with istiod's codes where istiod has one (./ca-signer.ts REFUSAL_CODE).
 import { Code, ConnectError, createContextKey, createContextValues, type HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import http2 from "node:http2";
@@ -18,10 +20,12 @@ import { isIP } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { IstioCertificateService, type IstioCertificateRequest } from "../gen/istio/v1/auth/ca_pb.ts";
+import { KubeClient, type ClusterConfig } from "../k8s/index.ts";
 import type { Logger } from "../log/logger.ts";
 import { loadCaDir } from "./ca-dir.ts";
+import { KubeNodeAuthority, type KubeAuthorityOptions } from "./ca-kube.ts";
 import { CaRefusal, CaSigner, type RefusalReason, REFUSAL_CODE } from "./ca-signer.ts";
-import { NodeAuthenticator, type AuthResult } from "./node-credentials.ts";
+import { NodeAuthenticator, TOKEN_PREFIX } from "./node-credentials.ts";
 import { certFacts, generateP256, privateKeyPem, signLeaf } from "./x509.ts";
 
 /** The request metadata key ztunnel sets to the SPIFFE ID it asks for on a pod's behalf. */
@@ -37,6 +41,8 @@ export interface CaServerOptions {
   serverNames?: string[];
   defaultLifetimeSeconds?: number;
   maxLifetimeSeconds?: number;
+  /** Authenticate service-account tokens and bind identities to nodes through this API server. */
+  kubernetes?: { cluster: ClusterConfig } & Omit<KubeAuthorityOptions, "client" | "log">;
   log: Logger;
 }
 
@@ -45,10 +51,22 @@ export interface CaServer {
   metricsPort?: number;
   trustDomain: string;
   registry: Registry;
+  /** With `kubernetes`: the pods watch and the TokenReview check. */
+  kube?: KubeNodeAuthority;
   close(): Promise<void>;
 }
 
-const CODES: Record<string, Code> = { unauthenticated: Code.Unauthenticated, invalid_argument: Code.InvalidArgument, permission_denied: Code.PermissionDenied };
+/** Who called, once authenticated. */
+interface Caller {
+  node: string;
+  via: "token" | "cert" | "kubernetes";
+  serviceAccount?: string;
+  pod?: string;
+  nodeFrom?: "token" | "pod";
+}
+
+const CODES: Record<string, Code> = { unauthenticated: Code.Unauthenticated, invalid_argument: Code.InvalidArgument, permission_denied: Code.PermissionDenied, unavailable: Code.Unavailable };
+const NODE_CHECK = new Set<RefusalReason>(["not_node_agent", "node_unknown", "not_on_node"]);
 const REASONS = Object.keys(REFUSAL_CODE) as RefusalReason[];
 const peerKey = createContextKey<{ authorized: boolean; serial?: string; cn?: string; error?: string; address?: string }>({ authorized: false });
 
@@ -75,40 +93,55 @@ export async function startCaServer(o: CaServerOptions): Promise<CaServer> {
   const rootExpiry = new Gauge({ name: "nshub_ca_root_expiry_timestamp_seconds", help: "When the root certificate expires (unix seconds)", registers: [registry] });
   rootExpiry.set(certFacts(ca.rootBundle).notAfter.getTime() / 1000);
 
-  const authenticate = (ctx: HandlerContext): AuthResult => {
+  const kube = o.kubernetes
+    ? new KubeNodeAuthority({ ...o.kubernetes, client: new KubeClient(o.kubernetes.cluster), log: o.log.child({ component: "kubernetes" }) }).start()
+    : undefined;
+  if (kube) {
+    new Gauge({ name: "nshub_ca_kubernetes_pods_synced", help: "1 once the CA has listed the pods (nothing is signed before)", registers: [registry], collect() { this.set(kube.synced ? 1 : 0); } });
+    new Gauge({ name: "nshub_ca_kubernetes_pods", help: "Running pods in the CA's watch", registers: [registry], collect() { this.set(kube.pods.size); } });
+  }
+
+  /** The caller, or a CaRefusal saying why not. */
+  const authenticate = async (ctx: HandlerContext): Promise<Caller> => {
     const peer = ctx.values.get(peerKey);
-    if (peer.authorized && peer.serial && peer.cn) return nodes.cert(peer.serial, peer.cn);
+    const fromNodes = (r: ReturnType<NodeAuthenticator["token"]>): Caller => {
+      if (!r.ok) throw new CaRefusal("unauthenticated", r.why);
+      return { node: r.node, via: r.via };
+    };
+    if (peer.authorized && peer.serial && peer.cn) return fromNodes(nodes.cert(peer.serial, peer.cn));
     const auth = ctx.requestHeader.get("authorization");
     if (auth) {
       const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
-      return m ? nodes.token(m[1]!) : { ok: false, why: "the authorization header is not \"Bearer <token>\"" };
+      if (!m) throw new CaRefusal("unauthenticated", "the authorization header is not \"Bearer <token>\"");
+      const token = m[1]!;
+      if (!kube || token.startsWith(TOKEN_PREFIX)) return fromNodes(nodes.token(token));
+      return { ...(await kube.authenticate(token)), via: "kubernetes" };
     }
-    if (peer.error) return { ok: false, why: `the client certificate was not issued by this CA's node CA (${peer.error})` };
-    return { ok: false, why: "no credentials: send \"authorization: Bearer <token>\" or a node client certificate (nshub ca issue-node)" };
+    if (peer.error) throw new CaRefusal("unauthenticated", `the client certificate was not issued by this CA's node CA (${peer.error})`);
+    const what = kube ? "a service-account token (audience " + kube.audiences.join(", ") + ")" : "a node token";
+    throw new CaRefusal("unauthenticated", `no credentials: send "authorization: Bearer <token>" with ${what}, or a node client certificate (nshub ca issue-node)`);
   };
 
   const createCertificate = async (req: IstioCertificateRequest, ctx: HandlerContext) => {
     const address = ctx.values.get(peerKey).address;
-    const who = authenticate(ctx);
     const requested = req.metadata?.[IMPERSONATED_IDENTITY];
     const identity = typeof requested === "string" ? requested : "";
-    if (!who.ok) {
-      refused.inc({ reason: "unauthenticated" });
-      o.log.warn("certificate refused", { reason: "unauthenticated", identity, peer: address, error: who.why });
-      throw new ConnectError(`request authenticate failure: ${who.why}`, Code.Unauthenticated);
-    }
-    const started = performance.now();
+    let who: Caller | undefined;
     try {
-      const out = await signer.sign({ csr: req.csr, identity, validitySeconds: Number(req.validityDuration) });
+      who = await authenticate(ctx);
+      const caller = who;
+      const started = performance.now();
+      // with Kubernetes, every caller (node credentials too) only for pods on its node
+      const out = await signer.sign({ csr: req.csr, identity, validitySeconds: Number(req.validityDuration) }, kube && ((id) => kube.authorize(caller.node, id)));
       signSeconds.observe((performance.now() - started) / 1000);
       issued.inc();
-      o.log.info("certificate issued", { node: who.node, via: who.via, identity, serial: out.serial, notAfter: out.notAfter.toISOString(), peer: address });
+      o.log.info("certificate issued", { ...callerFields(who), identity, serial: out.serial, notAfter: out.notAfter.toISOString(), peer: address });
       return { certChain: out.chain };
     } catch (e) {
       if (!(e instanceof CaRefusal)) throw e;
       refused.inc({ reason: e.reason });
-      o.log.warn("certificate refused", { node: who.node, reason: e.reason, identity, peer: address, error: e.message });
-      throw new ConnectError(`CSR signing error (${e.message})`, CODES[e.code] ?? Code.InvalidArgument);
+      o.log.warn("certificate refused", { ...(who ? callerFields(who) : {}), reason: e.reason, identity, peer: address, error: e.message });
+      throw new ConnectError(refusalMessage(e), CODES[e.code] ?? Code.InvalidArgument);
     }
   };
 
@@ -162,19 +195,27 @@ export async function startCaServer(o: CaServerOptions): Promise<CaServer> {
     metrics = Bun.serve({
       hostname: m.host,
       port: m.port,
-      fetch: async (r) =>
-        new URL(r.url).pathname === "/metrics" ? new Response(await registry.metrics(), { headers: { "content-type": registry.contentType } }) : new Response("not found\n", { status: 404 }),
+      fetch: async (r) => {
+        const path = new URL(r.url).pathname;
+        if (path === "/metrics") return new Response(await registry.metrics(), { headers: { "content-type": registry.contentType } });
+        // the Deployment's readiness probe: with Kubernetes, not before the first list of pods
+        if (path === "/ready") return !kube || kube.synced ? new Response("ready\n") : new Response("waiting for the first complete list of pods\n", { status: 503 });
+        return new Response("not found\n", { status: 404 });
+      },
     });
   }
-  o.log.info("serving IstioCertificateService", { address: `${host.includes(":") ? `[${host}]` : host}:${boundPort}`, trustDomain: ca.trustDomain, serverNames: names, metricsPort: metrics?.port, maxLifetimeSeconds: signer.maxLifetimeSeconds });
+  const kubeFields = kube ? { kubernetes: o.kubernetes!.cluster.server, nodeAgents: [...kube.nodeAgents], tokenAudiences: kube.audiences } : {};
+  o.log.info("serving IstioCertificateService", { address: `${host.includes(":") ? `[${host}]` : host}:${boundPort}`, trustDomain: ca.trustDomain, serverNames: names, metricsPort: metrics?.port, maxLifetimeSeconds: signer.maxLifetimeSeconds, ...kubeFields });
 
   return {
     port: boundPort,
     metricsPort: metrics?.port,
     trustDomain: ca.trustDomain,
     registry,
+    kube,
     close: async () => {
       closing = true;
+      await kube?.stop();
       await metrics?.stop(true);
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const s of sessions) s.close(); // GOAWAY: calls in flight get a second to finish
@@ -183,6 +224,22 @@ export async function startCaServer(o: CaServerOptions): Promise<CaServer> {
       await Promise.race([closed, Bun.sleep(1000)]);
     },
   };
+}
+
+function callerFields(c: Caller): Record<string, string> {
+  const f: Record<string, string> = { node: c.node, via: c.via };
+  if (c.serviceAccount) f.serviceAccount = c.serviceAccount;
+  if (c.pod) f.pod = c.pod;
+  if (c.nodeFrom) f.nodeFrom = c.nodeFrom;
+  return f;
+}
+
+/** istiod's wording first, so logs and clients read alike, then nshub's reason. */
+function refusalMessage(e: CaRefusal): string {
+  if (e.reason === "unauthenticated") return `request authenticate failure: ${e.message}`;
+  if (NODE_CHECK.has(e.reason)) return `request impersonation authentication failure: ${e.message}`;
+  if (e.reason === "kube_unavailable") return `the CA cannot check this request now: ${e.message}`;
+  return `CSR signing error (${e.message})`;
 }
 
 /** The serving certificate: signed by the CA's signing certificate, valid one year, key in memory only. */

