@@ -31,7 +31,7 @@ import { PodState } from "../../src/gen/nshub/agent/v1/agent_pb.ts";
 import { Containerd } from "../fixtures/containerd/containerd.ts";
 import { CriClient } from "../fixtures/containerd/cri.ts";
 import { BUSYBOX, buildBusyboxImage } from "../fixtures/containerd/image.ts";
-import { AgentPaths, assertBuilt, CLEAN_STATE, ENROLLED_STATE, eventually, NSHUB, NSHUB_CNI, podNetState } from "../fixtures/agent-harness.ts";
+import { AgentPaths, assertBuilt, CLEAN_STATE, ENROLLED_STATE, eventually, NSHUB, NSHUB_CNI as CNI_PLUGIN, podNetState } from "../fixtures/agent-harness.ts";
 import { hostNetState } from "../helpers/host-state.ts";
 import { createSim, ipv4InSubnet, randomSubnet, run, subnetsOverlap, type NetSim, type Pod, type SimProcess } from "../helpers/netsim.ts";
 import { netnsDescribe } from "../helpers/root.ts";
@@ -221,7 +221,7 @@ netnsDescribe("containerd (ctr run --cni, and the CRI) with nshub-cni chained af
     // nshub-cni as ctr runs it, with what ctr passed written down first.
     spyLog = join(dir, "cni-calls.tsv");
     const spyBin = join(dir, "nshub-cni-spy");
-    writeFileSync(spyBin, `#!/bin/sh\nprintf '%s\\t%s\\t%s\\t%s\\n' "$CNI_COMMAND" "$CNI_CONTAINERID" "\${CNI_NETNS-(unset)}" "\${CNI_ARGS-(unset)}" >> '${spyLog}'\nexec '${NSHUB_CNI}' "$@"\n`);
+    writeFileSync(spyBin, `#!/bin/sh\nprintf '%s\\t%s\\t%s\\t%s\\n' "$CNI_COMMAND" "$CNI_CONTAINERID" "\${CNI_NETNS-(unset)}" "\${CNI_ARGS-(unset)}" >> '${spyLog}'\nexec '${CNI_PLUGIN}' "$@"\n`);
     chmodSync(spyBin, 0o755);
     const ctrdDir = join(dir, "containerd");
     ctrd = await Containerd.start({
