@@ -96,6 +96,18 @@ function busySentence(r: BenchResults, d: Derived): string {
   );
 }
 
+/** "`write` (native) 52.3%, …": the first rows of a `--cpu-prof-md` hot-functions table, by self time. */
+export function jsTop(hot: string, n = 3): string {
+  const out: string[] = [];
+  for (const line of hot.split("\n")) {
+    const m = /^\|\s*([0-9.]+%)\s*\|[^|]*\|[^|]*\|[^|]*\|\s*`([^`]+)`\s*\|\s*`([^`]+)`\s*\|/.exec(line);
+    if (!m) continue;
+    out.push(`\`${m[2]}\`${m[3] === "[native code]" ? " (native)" : ""} ${m[1]}`);
+    if (out.length >= n) break;
+  }
+  return out.join(", ");
+}
+
 function procSentence(p: ProcessProfile): string {
   const cpus = (p.cpu.user + p.cpu.sys) / Math.max(p.cpu.wallSec, 1e-9);
   return `${p.who}: ${fmt(cpus, 2)} CPUs busy (${fmt((100 * p.cpu.sys) / Math.max(p.cpu.user + p.cpu.sys, 1e-9), 0)}% of it in the kernel)${p.byDso ? `; samples: ${dsoSummary(p.byDso)}` : ""}${p.topSymbols ? `; top symbols ${topSymbols(p.topSymbols, 4)}` : ""}`;
@@ -109,6 +121,7 @@ export function mtlsNotes(r: BenchResults, d: Derived): string[] {
   const pr = r.mtls?.profile;
   const procs = (pr?.procs ?? []).filter((p) => (p.load ?? "iperf3") === "iperf3");
   const wrkProcs = (pr?.procs ?? []).filter((p) => p.load === "wrk");
+  const jsIperf = pr?.js?.find((j) => j.load.includes("iperf3"));
   if (missed(/throughput/)) {
     const [c1, c4] = [ratio(d.tpCpuPerGB["1"][H], d.tpCpuPerGB["1"][T]), ratio(d.tpCpuPerGB["4"][H], d.tpCpuPerGB["4"][T])];
     notes.push(
@@ -117,7 +130,8 @@ export function mtlsNotes(r: BenchResults, d: Derived): string[] {
         `With the client, the server and both proxies on ${r.machine.nproc} CPUs, the path that spends more CPU per byte moves fewer bytes. The splice relay does not apply to HBONE: every byte is decrypted and encrypted in user space and carried in HTTP/2 DATA frames through Bun's \`node:tls\` and \`node:http2\` on the proxies' JavaScript threads, ` +
         `where HAProxy runs OpenSSL in C on its own buffers. ` +
         busySentence(r, d) +
-        (procs.length ? ` The profile below (perf, \`iperf3 -P 1\`): ${procs.map(procSentence).join("; ")}.` : " (No profile ran: `--no-profile`, or a quick run.)"),
+        (procs.length ? ` The profile below (perf, \`iperf3 -P 1\`): ${procs.map(procSentence).join("; ")}.` : " (No profile ran: `--no-profile`, or a quick run.)") +
+        (jsIperf ? ` Bun's profiler on node 1's data-plane thread under \`iperf3 -P 1\` (self time): ${jsTop(jsIperf.hot)}: the thread's time goes to native socket writes (the TLS socket's \`write\`: encryption and the copy into the kernel), not to JavaScript.` : ""),
     );
   }
   if (missed(/latency/)) {
@@ -149,8 +163,14 @@ export function mtlsNotes(r: BenchResults, d: Derived): string[] {
   const mem = idleStreamBytes(r);
   if (mem && mem.total > 8000) {
     const i = r.mtls!.idle!;
+    const heap = i.heapBefore && i.heapAfter ? [0, 1].map((k) => (i.heapAfter![k]! - i.heapBefore![k]!) / 1024 / 1024) : undefined;
+    const leg = (r.memory?.legs ?? 2) === 1 ? d.perConnBytes : undefined;
     notes.push(
-      `**Memory per idle HBONE stream.** ${fmt(mem.total / 1000, 2)} KB per stream over ${i.held} idle streams (node 1's proxy ${fmt(mem.node1 / 1000, 2)} KB: the captured socket and the client stream; node 2's ${fmt(mem.node2 / 1000, 2)} KB: the server stream and the upstream socket), carried by ${i.poolConnections ?? "?"} pooled connections. A stream holds Bun's HTTP/2 stream object and its buffers (4 MiB windows are granted, not allocated), the tunnel's JavaScript state and a record on each side; the plaintext relay holds about a third of that per leg.`,
+      `**Memory per idle HBONE stream.** ${fmt(mem.total / 1000, 2)} KB per stream over ${i.held} idle streams, carried by ${i.poolConnections ?? "?"} pooled connections: node 1's proxy ${fmt(mem.node1 / 1000, 2)} KB (the captured socket, the client side of the stream, the tunnel and its record), node 2's ${fmt(mem.node2 / 1000, 2)} KB (the server side of the stream, the upstream socket, the tunnel and its record). ` +
+        (leg !== undefined ? `A plaintext relayed connection (one leg, splice relay) held ${fmt(leg / 1000, 2)} KB in this run: an HBONE leg costs ${fmtRatio(mem.total / 2 / leg)} that: an idle HBONE stream is held as JavaScript and native objects on a data-plane thread (the TCP socket, the HTTP/2 stream, the tunnel joining them, the record), where a spliced plaintext connection is two file descriptors on the relay thread plus its record. ` : "") +
+        (heap
+          ? `The proxies' main-thread JavaScript heaps (one of each proxy's two data-plane threads, which share the connections) grew by ${fmt(heap[0], 1)} and ${fmt(heap[1], 1)} MiB after a full GC, about ${fmt(((heap[0]! + heap[1]!) * 2 * 1024 * 1024) / i.held / 1000, 1)} KB per stream if the other threads hold as much; the rest of the growth is native memory (Bun's sockets, TLS and HTTP/2 state, the allocator).`
+          : ""),
     );
   }
   return notes;

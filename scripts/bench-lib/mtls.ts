@@ -266,7 +266,7 @@ export class MtlsBench {
     const server = b.spawn([...c.fdPrefix, c.bun, join(c.tools, "idle-server.ts"), String(port)], { stdin: true });
     try {
       await b.waitForTcpPort(port);
-      await this.gcBoth();
+      const heapBefore = (await this.gcBoth()).map((x) => x.heapUsed) as [number, number];
       const rssBeforeKiB = (await Promise.all(this.proxies.map((x) => sampleRssKiB(x.pid)))) as [number, number];
       const fdsBefore = this.proxies.map((x) => fdCount(x.pid)) as [number, number];
       const client = a.spawn([...c.fdPrefix, c.bun, join(c.tools, "idle-client.ts"), b.ip, String(port), String(n), "32"], { stdin: true });
@@ -290,11 +290,11 @@ export class MtlsBench {
         }
         if (held() < opened) errors.push(`idle HBONE streams: ${opened} opened by the client, ${held()} reached the server in B`);
         await Bun.sleep(3000);
-        await this.gcBoth();
+        const heapAfter = (await this.gcBoth()).map((x) => x.heapUsed) as [number, number];
         const rssAfterKiB = (await Promise.all(this.proxies.map((x) => sampleRssKiB(x.pid)))) as [number, number];
         const fdsAfter = this.proxies.map((x) => fdCount(x.pid)) as [number, number];
         const probe = await this.probe("hbone-nodes");
-        return { clientConns: opened, held: held(), rssBeforeKiB, rssAfterKiB, fdsBefore, fdsAfter, poolConnections: probe?.poolConnections, connectMs: m[2] ? Number(m[2]) : undefined, errors };
+        return { clientConns: opened, held: held(), rssBeforeKiB, rssAfterKiB, fdsBefore, fdsAfter, heapBefore, heapAfter, poolConnections: probe?.poolConnections, connectMs: m[2] ? Number(m[2]) : undefined, errors };
       } finally {
         client.proc.stdin?.end();
         await client.stop(10_000);
@@ -304,12 +304,16 @@ export class MtlsBench {
     }
   }
 
-  /** Full GC in every thread of both proxies (POST /debug/gc on their admin sockets). */
-  async gcBoth(): Promise<void> {
+  /** Full GC in every thread of both proxies (POST /debug/gc on their admin sockets); each one's answer (main thread's heap). */
+  async gcBoth(): Promise<Array<{ rss: number; heapUsed: number }>> {
+    const out: Array<{ rss: number; heapUsed: number }> = [];
     for (const n of this.nodes) {
-      const r = await n.sim.node.exec(["curl", "-s", "-m", "30", "-X", "POST", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", n.adminSocket, "http://localhost/debug/gc"], { timeoutMs: 35_000 });
-      if (r.stdout.trim() !== "200") throw new Error(`POST /debug/gc on ${n.sim.tag}'s proxy answered ${r.stdout.trim() || r.stderr.trim()}`);
+      const r = await n.sim.node.exec(["curl", "-s", "-m", "30", "-X", "POST", "-w", "\n%{http_code}", "--unix-socket", n.adminSocket, "http://localhost/debug/gc"], { timeoutMs: 35_000 });
+      const i = r.stdout.lastIndexOf("\n");
+      if (r.stdout.slice(i + 1).trim() !== "200") throw new Error(`POST /debug/gc on ${n.sim.tag}'s proxy answered ${r.stdout.trim() || r.stderr.trim()}`);
+      out.push(JSON.parse(r.stdout.slice(0, i)) as { rss: number; heapUsed: number });
     }
+    return out;
   }
 
   /** Node `i`'s proxy config file (the profile restarts it from source with the same one). */

@@ -301,6 +301,13 @@ export interface IdleStreamsResult {
   rssAfterKiB: [number, number];
   fdsBefore: [number, number];
   fdsAfter: [number, number];
+  /**
+   * JS heap in use (bytes) of each proxy's main thread after the GC, before and after: one of its
+   * two data-plane threads (SO_REUSEPORT spreads the connections over both), so about half the
+   * streams' JavaScript objects.
+   */
+  heapBefore?: [number, number];
+  heapAfter?: [number, number];
   /** node 1's pooled HBONE connections carrying them (`nshub_hbone_pool_connections`). */
   poolConnections?: number;
   connectMs?: number;

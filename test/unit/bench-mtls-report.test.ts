@@ -216,3 +216,18 @@ describe("metrics text", () => {
     expect(securityCounts(m, "source")).toEqual({ mutualTls: 7, plaintext: 0 });
   });
 });
+
+describe("Bun's hot-functions table", () => {
+  test("the first rows by self time, native code marked", async () => {
+    const { jsTop } = await import("../../scripts/bench-lib/mtls-report.ts");
+    const hot = [
+      "| Self% | Self | Total% | Total | Function | Location |",
+      "|------:|-----:|-------:|------:|----------|----------|",
+      "| 52.3% | 3.44s | 52.3% | 3.44s | `write` | `[native code]` |",
+      "| 25.3% | 1.66s | 76.6% | 5.04s | `(anonymous)` | `[native code]` |",
+      "| 0.4% | 31.8ms | 0.4% | 31.8ms | `originalDst` | `/work/main/src/sys/sockopt.ts` |",
+    ].join("\n");
+    expect(jsTop(hot)).toBe("`write` (native) 52.3%, `(anonymous)` (native) 25.3%, `originalDst` 0.4%");
+    expect(jsTop(hot, 1)).toBe("`write` (native) 52.3%");
+  });
+});
