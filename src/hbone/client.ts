@@ -8,7 +8,7 @@ import tls from "node:tls";
 import type { Duplex } from "node:stream";
 import { checkServerIdentity, PeerIdentityError } from "./peer.ts";
 import { fdStream } from "./fd-stream.ts";
-import { formatAuthority, h2Settings, HBONE_PORT, HEADER_BAGGAGE, HEADER_FORWARDED, HEADER_TRACEPARENT, TLS13_CIPHERS, type HboneHeaders, type Target } from "./wire.ts";
+import { CONNECTION_WINDOW, formatAuthority, h2Settings, HBONE_PORT, HEADER_BAGGAGE, HEADER_FORWARDED, HEADER_TRACEPARENT, TLS13_CIPHERS, type HboneHeaders, type Target } from "./wire.ts";
 
 /** The source workload's certificate. */
 export interface ClientCertificate {
@@ -112,6 +112,7 @@ export function dialHbone(o: DialOptions): Promise<HboneConnection> {
     // handshake before the server has checked the client certificate, so a refusal (an alert)
     // only arrives after; the SETTINGS frame proves the server accepted us.
     session.once("remoteSettings", () => {
+      session.setLocalWindowSize(CONNECTION_WINDOW);
       clearTimeout(timer);
       session.off("error", fail);
       session.removeAllListeners("close");

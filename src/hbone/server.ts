@@ -10,6 +10,7 @@ import type { TLSSocket } from "node:tls";
 import { checkClientIdentity, PeerIdentityError } from "./peer.ts";
 import { joinTunnel, type TcpSide, type TunnelResult } from "./tunnel.ts";
 import {
+  CONNECTION_WINDOW,
   h2Settings,
   HEADER_BAGGAGE,
   HEADER_FORWARDED,
@@ -134,6 +135,8 @@ export function createHboneServer(o: HboneServerOptions): HboneServer {
   let stopping = false;
   h2.on("session", (s: http2.ServerHttp2Session) => {
     sessions.add(s);
+    // Once our SETTINGS (stream window) are in force: the connection window to match (wire.ts).
+    s.once("localSettings", () => !s.destroyed && s.setLocalWindowSize(CONNECTION_WINDOW));
     if (stopping) setImmediate(() => !s.destroyed && s.close());
     s.on("close", () => sessions.delete(s));
     s.on("error", () => {});

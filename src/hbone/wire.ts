@@ -30,6 +30,14 @@ export const HEADER_TRACEPARENT = "traceparent";
 
 /** ztunnel's defaults: stream window 4 MiB, frame 1 MiB, 100 streams per pooled connection. */
 export const STREAM_WINDOW = 4 * 1024 * 1024;
+/**
+ * The connection-level receive window, raised with setLocalWindowSize() once the session is up
+ * (HTTP/2 starts it at 64 KiB, which capped a tunnel at 64 KiB in flight: ~1.3 Gb/s across two
+ * virtual nodes, docs/BENCHMARKS.md). ztunnel uses 16 MiB; on Bun 1.4.5 a value above the
+ * stream window also raises every new stream's receive window without telling the peer, and
+ * transfers stall at 64 KiB (oven-sh/bun#40180), so it stays at the stream window.
+ */
+export const CONNECTION_WINDOW = STREAM_WINDOW;
 export const MAX_FRAME = 1024 * 1024;
 export const POOL_MAX_STREAMS_PER_CONNECTION = 100;
 export const SERVER_MAX_CONCURRENT_STREAMS = 200;
@@ -123,7 +131,7 @@ export interface HboneHeaders {
   traceparent?: string;
 }
 
-/** HTTP/2 settings both ends send (ztunnel's; connection window is left to the stack). */
+/** HTTP/2 settings both ends send (ztunnel's); the connection window: CONNECTION_WINDOW. */
 export function h2Settings(maxConcurrentStreams?: number) {
   return {
     enablePush: false,

@@ -276,6 +276,8 @@ for (const relay of ["splice", "userspace"] as const) {
       async () => {
         const ok = await pyClient("a");
         expect(ok).toMatchObject({ status: 200, tls: "TLSv1.3", alpn: "h2", peer: [ID_B], received: 100_000 });
+        // the proxy raised its connection window past HTTP/2's initial 65,535 (src/hbone/wire.ts)
+        expect(ok.max_conn_window).toBeGreaterThan(1 << 20);
         expect(ok.sha256).toBe(ok.sent_sha256);
         const inb = await records((c) => c.direction === "inbound" && c.originalDst === `${db.ip}:7000` && c.source.startsWith(`${ext.ip}:`));
         expect(inb[0]).toMatchObject({ security: "mutual_tls", srcIdentity: ID_A, dstIdentity: ID_B });
