@@ -13,7 +13,7 @@
 // timing.
 //
 //   usage: scripts/bench [--quick] [--reps N] [--out FILE] [--json FILE] [--no-profile] [--profile]
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -608,6 +608,13 @@ async function main(): Promise<number> {
   workDir = mkdtempSync(join(tmpdir(), "nshub-bench-"));
   // The binary measured: a rebuild during the run would give later-started processes other code.
   const binary0 = statSync(NSHUB);
+  const newerSources = ["src", "zig", "proto"].flatMap((d) => {
+    try {
+      return (readdirSync(join(REPO, d), { recursive: true }) as string[]).map((f) => join(d, f)).filter((f) => statSync(join(REPO, f)).isFile() && statSync(join(REPO, f)).mtimeMs > binary0.mtimeMs);
+    } catch {
+      return [];
+    }
+  });
   const machine = await machineInfo(REPO, BUN);
   const loadStart = load1Text();
   const results: BenchResults = {
@@ -616,6 +623,7 @@ async function main(): Promise<number> {
     startedAt: new Date().toISOString(),
     machine,
     params,
+    nshubBinary: { builtAt: new Date(binary0.mtimeMs).toISOString(), newerSources: newerSources.sort() },
     checks: [],
     rules: undefined,
     throughput: { "1": emptyPerPath(), "4": emptyPerPath() },

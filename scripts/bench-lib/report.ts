@@ -280,6 +280,15 @@ export function renderReport(r: BenchResults, extras: ReportExtras = { notes: []
       [[m.cpuModel, String(m.nproc), `${m.memoryGiB} GiB`, m.kernel, m.os, m.bun, m.haproxy, m.iperf3, m.sockperf, m.wrk, `${m.nshubCommit}${m.nshubDirty ? " (+ uncommitted changes)" : ""}`]],
     ),
     "",
+    ...(r.nshubBinary
+      ? [
+          `dist/nshub as measured was built ${r.nshubBinary.builtAt.slice(0, 19).replace("T", " ")} UTC; ` +
+            (r.nshubBinary.newerSources.length
+              ? `${r.nshubBinary.newerSources.length} source file${r.nshubBinary.newerSources.length === 1 ? "" : "s"} changed after that (${r.nshubBinary.newerSources.slice(0, 5).join(", ")}${r.nshubBinary.newerSources.length > 5 ? ", …" : ""}): the run measured that build, not the sources of the commit above.`
+              : "no source file changed after that."),
+          "",
+        ]
+      : []),
     `Load average (1/5/15 min) when the run started: ${r.load?.start ?? "n/a"}; when it ended: ${r.load?.end ?? "n/a"} (anything above ~0 at the start is other work sharing these CPUs; the numbers are only as quiet as the machine was).`,
     "",
     `iptables: ${m.iptables}. HAProxy ran with ${r.haproxyThreads ?? "its default number of"} thread${r.haproxyThreads === 1 ? "" : "s"} (its default: one per CPU); the nshub proxy ran ${r.proxyWorkers ?? 1} data-plane thread${(r.proxyWorkers ?? 1) === 1 ? "" : "s"} (\`proxy.workers\`) with the ${r.proxyRelay ?? "userspace"} relay (\`proxy.relay\`${r.proxyRelay === "splice" ? ": one splice relay thread per data-plane thread" : ""}), and its process had ${r.proxyThreads ?? "?"} threads in all (JS threads plus Bun's runtime, fd-poller${r.proxyRelay === "splice" ? ", splice relay" : ""} threads).`,

@@ -284,6 +284,11 @@ export interface BenchResults {
   fdLimit?: number;
   /** Size of dist/nshub (the plugin is this executable too). */
   nshubBinaryBytes?: number;
+  /**
+   * dist/nshub as measured: when it was built (its mtime) and the source files changed after that
+   * (the run measured that build, not the sources of the commit shown; NSHUB_BENCH_NO_BUILD=1).
+   */
+  nshubBinary?: { builtAt: string; newerSources: string[] };
   errors: string[];
 }
 

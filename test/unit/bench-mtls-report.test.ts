@@ -231,3 +231,15 @@ describe("Bun's hot-functions table", () => {
     expect(jsTop(hot, 1)).toBe("`write` (native) 52.3%");
   });
 });
+
+describe("the binary measured", () => {
+  test("its build time, and the sources changed after it, under the machine table; nothing for older results", () => {
+    const r = results();
+    r.nshubBinary = { builtAt: "2026-12-03T16:15:48.626Z", newerSources: ["src/hbone/wire.ts", "src/proxy/pod.ts"] };
+    expect(renderReport(r)).toContain("dist/nshub as measured was built 2026-12-03 16:15:48 UTC; 2 source files changed after that (src/hbone/wire.ts, src/proxy/pod.ts): the run measured that build, not the sources of the commit above.");
+    r.nshubBinary.newerSources = [];
+    expect(renderReport(r)).toContain("dist/nshub as measured was built 2026-12-03 16:15:48 UTC; no source file changed after that.");
+    delete r.nshubBinary;
+    expect(renderReport(r)).not.toContain("dist/nshub as measured");
+  });
+});
