@@ -26,6 +26,7 @@ import type { SpliceEngine } from "./splice-engine.ts";
 import type { PodProxy, PodRelay } from "./pod.ts";
 import { fdStream, type TcpSide } from "../hbone/index.ts";
 import { HboneRelay } from "./hbone-relay.ts";
+import type { MeshEntry } from "./hbone-context.ts";
 import { outboundMtls, relayOverHbone } from "./hbone-outbound.ts";
 import { socketStream } from "./socket-stream.ts";
 
@@ -45,8 +46,8 @@ export function acceptSocket(pod: PodProxy, sock: RelaySocket, direction: Direct
     sock.terminate();
     return;
   }
-  const { rec, transparentSource, dst } = admitted;
-  if (rec.mtls) return void hbone(pod, rec, dst, () => socketStream(sock));
+  const { rec, transparentSource, dst, mesh } = admitted;
+  if (mesh) return void hbone(pod, rec, dst, mesh, () => socketStream(sock));
   const relay = new Relay(rec, sock, table, { maxQueuedBytes: cfg.maxQueuedBytes });
   pod.track(relay);
   if (refuseSelfCall(pod, relay, dst, direction)) return;
@@ -77,8 +78,8 @@ export function acceptFd(pod: PodProxy, fd: number, direction: Direction, engine
     closeReset(fd);
     return;
   }
-  const { rec, transparentSource, dst } = admitted;
-  if (rec.mtls) return void hbone(pod, rec, dst, () => fdStream(fd));
+  const { rec, transparentSource, dst, mesh } = admitted;
+  if (mesh) return void hbone(pod, rec, dst, mesh, () => fdStream(fd));
   const relay = new SpliceRelay(rec, fd, table, engine);
   pod.track(relay);
   if (refuseSelfCall(pod, relay, dst, direction)) return;
@@ -104,7 +105,7 @@ export function acceptFd(pod: PodProxy, fd: number, direction: Direction, engine
  * Reads the accepted connection's addresses, opens its record and, inbound, asks the policies;
  * undefined (after logging, or closing the record as policy_denied) and the caller resets it.
  */
-function admit(pod: PodProxy, fd: number, direction: Direction): { rec: ConnectionRecord; dst: SocketAddress; transparentSource: string | undefined } | undefined {
+function admit(pod: PodProxy, fd: number, direction: Direction): { rec: ConnectionRecord; dst: SocketAddress; transparentSource: string | undefined; mesh: MeshEntry | undefined } | undefined {
   const { table, log } = pod.deps;
   let source: SocketAddress;
   let dst: SocketAddress;
@@ -135,15 +136,14 @@ function admit(pod: PodProxy, fd: number, direction: Direction): { rec: Connecti
   // table-100 rules bring the app's replies back to this socket. Not when the client is the
   // pod itself (same IP): then a plain connect is right.
   const transparentSource = direction === "inbound" && source.ip !== dst.ip ? source.ip : undefined;
-  return { rec, dst, transparentSource };
+  return { rec, dst, transparentSource, mesh };
 }
 
 /** The captured connection goes to a mesh workload: over HBONE, its record says which. */
-function hbone(pod: PodProxy, rec: ConnectionRecord, dst: SocketAddress, client: () => TcpSide): void {
-  const ctx = pod.deps.hbone!;
+function hbone(pod: PodProxy, rec: ConnectionRecord, dst: SocketAddress, mesh: MeshEntry, client: () => TcpSide): void {
   const relay = new HboneRelay(rec, pod.deps.table, true);
   pod.track(relay);
-  relayOverHbone(pod, ctx, relay, client(), dst, ctx.meshDestination(dst.ip)!);
+  relayOverHbone(pod, pod.deps.hbone!, relay, client(), dst, mesh);
 }
 
 function refuseSelfCall(pod: PodProxy, relay: PodRelay, dst: SocketAddress, direction: Direction): boolean {

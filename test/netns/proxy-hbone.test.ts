@@ -367,12 +367,7 @@ for (const relay of ["splice", "userspace"] as const) {
           expect(JSON.parse(t.reply)).toMatchObject({ bytes: 16 << 20, sha256: t.sha256, peer: web.ip });
         }
         expect(await p.proc.exited).toBe(0);
-        const drained = p.proc
-          .stderr()
-          .split("\n")
-          .filter((l) => l.startsWith("{"))
-          .map((l) => JSON.parse(l))
-          .find((l) => l.msg === "drained; exiting");
+        const drained = p.drainedLine()!;
         expect(drained).toMatchObject({ reset: 0 });
         expect(drained.finished).toBeGreaterThanOrEqual(8);
       },

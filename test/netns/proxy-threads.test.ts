@@ -102,12 +102,7 @@ netnsDescribe("proxy: data-plane threads", () => {
       expect(JSON.parse(t.reply)).toMatchObject({ bytes: 20 << 20, sha256: t.sha256, peer: A.ip });
     }
     expect(await p.proc.exited).toBe(0);
-    const drained = p.proc
-      .stderr()
-      .split("\n")
-      .filter((l) => l.startsWith("{"))
-      .map((l) => JSON.parse(l))
-      .find((l) => l.msg === "drained; exiting");
+    const drained = p.drainedLine()!;
     expect(drained).toMatchObject({ reset: 0 });
     expect(drained.finished).toBeGreaterThanOrEqual(12);
     console.log(`[threads] drain: ${drained.finished} relays finished on threads ${[...threadsLive].join(",")}`);
